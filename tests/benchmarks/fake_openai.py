@@ -78,7 +78,7 @@ class FakeServer:
         self.delay_s = delay_s
         self.fail_alpha = fail_alpha
         self.echo_alpha = echo_alpha
-        self.requests: list[tuple[str, dict]] = []
+        self.requests: list[tuple[str, dict]] = []  # (path, body) of every completion request
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
