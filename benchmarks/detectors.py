@@ -4,7 +4,9 @@ A detector is named by a spec string, the `--detector` flag of `lda study`:
 
     regex:PATTERN           Python regular expression, searched case-insensitively
     keyword:WORD            literal substring, case-insensitive
-    python:MODULE:FUNCTION  importable callable, text -> bool (anything truthy counts)
+    python:MODULE:FUNCTION  importable callable, text -> bool (anything truthy counts); the
+                            module must be installed or on PYTHONPATH (PYTHONPATH=. for one
+                            in the current folder)
     judge:QUESTION          a yes/no QUESTION put to an LLM behind any OpenAI-compatible
                             endpoint (see JudgeConfig); "yes" counts as a hit
 
@@ -230,7 +232,8 @@ def _import_function(target: str) -> Callable[[str], object]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # an ImportError, or any error raised by the user's module at import
-        raise ValueError(f"detector: cannot import module {module_name!r}: {exc}") from None
+        hint = " (is its folder on PYTHONPATH?)" if isinstance(exc, ModuleNotFoundError) else ""
+        raise ValueError(f"detector: cannot import module {module_name!r}: {exc}{hint}") from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ValueError(f"detector: {module_name!r} has no callable named {function_name!r}")

@@ -241,7 +241,8 @@ class _StreamingUser(HttpUser):
 
     def _request(self, name: str, body: dict, alpha: float, start: float) -> StreamTiming | None:
         url = self.prefix + self.path
-        with self.client.post(url, json=body, stream=True, catch_response=True, name=name, timeout=CONFIG.timeout) as response:
+        post = self.client.post(url, json=body, stream=True, catch_response=True, name=name, timeout=CONFIG.timeout)
+        with post as response:
             try:
                 return self._read(response, alpha, start)
             finally:

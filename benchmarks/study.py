@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import NormalDist
+from typing import TextIO
 
 import httpx
 from tqdm import tqdm
@@ -349,7 +350,7 @@ class SampleStore:
 
 
 class _Appender:
-    def __init__(self, file) -> None:
+    def __init__(self, file: TextIO) -> None:
         self._file = file
 
     def __call__(self, sample: Sample) -> None:
@@ -387,7 +388,12 @@ def _parse_sample(line: str) -> Sample | None:
 
 def _load_settings(output_dir: Path) -> dict[str, object]:
     path = output_dir / SETTINGS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise StudyError(f"{path} is not valid JSON ({exc.msg}); restore it or use another --output-dir") from None
 
 
 def _check_settings(output_dir: Path, settings: dict[str, object], has_samples: bool) -> None:
@@ -419,6 +425,8 @@ def _settings(config: StudyConfig) -> dict[str, object]:
     }
     if config.detector.startswith("judge:"):
         settings["judge_template"] = config.judge.template
+        if config.judge.model is not None:
+            settings["judge_model"] = config.judge.model
     if config.model is not None:
         settings["model"] = config.model
     return settings
@@ -480,7 +488,8 @@ class LdaClient:
             response = await self._client.post(url, json=self._body(prompt, alpha, seed))
         except httpx.ConnectError as exc:
             # The server answered the preflight, so it went away: stop rather than fail every job.
-            raise StudyError(f"lost the server at {url}: {exc}") from None
+            message = f"lost the server at {url} ({exc}); samples drawn so far are saved, rerun to resume"
+            raise StudyError(message) from None
         except httpx.HTTPError as exc:
             raise SampleError(f"request to {url} failed: {exc or type(exc).__name__}") from None
         if response.status_code >= 400:
@@ -580,7 +589,7 @@ async def _draw_all(config: StudyConfig, jobs: list[Job], store: SampleStore, ex
             await detector.prepare()
         except DetectorError as exc:
             raise StudyError(str(exc)) from None
-        bar = tqdm(total=total, initial=total - len(jobs), unit="sample", disable=not config.progress, dynamic_ncols=True)
+        bar = tqdm(total=total, initial=total - len(jobs), unit="sample", disable=not config.progress)
         with store.appender() as append, bar:
             return await _run_pool(config, jobs, client, detector, append, bar)
     finally:
@@ -695,14 +704,11 @@ def _summarize_alpha(alpha: float, samples: list[Sample]) -> AlphaSummary:
 
 
 def _per_prompt(samples: list[Sample]) -> list[dict[str, object]]:
-    counts: dict[tuple[str, float], list[int]] = {}
-    for s in samples:
-        n_hits = counts.setdefault((s.prompt_id, s.alpha), [0, 0])
-        n_hits[0] += 1
-        n_hits[1] += s.detected
+    """Hits per (prompt, alpha): which prompts elicit the behaviour."""
+    n: Counter[tuple[str, float]] = Counter(s.key[:2] for s in samples)
+    hits: Counter[tuple[str, float]] = Counter(s.key[:2] for s in samples if s.detected)
     return [
-        {"prompt_id": pid, "alpha": alpha, "n": n, "hits": hits}
-        for (pid, alpha), (n, hits) in sorted(counts.items())
+        {"prompt_id": pid, "alpha": alpha, "n": n[pid, alpha], "hits": hits[pid, alpha]} for pid, alpha in sorted(n)
     ]
 
 
@@ -761,7 +767,8 @@ def _plot_rate(ax, rows: list[AlphaSummary], log_scale: bool) -> None:
     )
     zeros = [r for r in rows if log_scale and r.hits == 0]
     if zeros:
-        ax.plot([r.alpha for r in zeros], [r.ci_high for r in zeros], "v", color="tab:gray", label="0 hits: upper bound")
+        upper = [r.ci_high for r in zeros]
+        ax.plot([r.alpha for r in zeros], upper, "v", color="tab:gray", label="0 hits: upper bound")
         ax.set_yscale("log")
     elif log_scale and shown:
         ax.set_yscale("log")
@@ -858,10 +865,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="LDA server (default: %(default)s)")
     p.add_argument("--model", help="model name (default: the first one the server lists)")
     p.add_argument("--api-key", default=os.environ.get("LDA_API_KEY"), help="Bearer token (default: $LDA_API_KEY)")
-    p.add_argument("--prompts", type=Path, help=".txt (one per line) or .jsonl with a 'prompt' field; default: built-in")
+    p.add_argument("--prompts", type=Path, help=".txt (one a line) or .jsonl ('prompt' field); default: built-in")
     p.add_argument("--alphas", default="0,0.5,1,2,4", help="comma-separated (default: %(default)s)")
     p.add_argument("-n", "--samples-per-prompt", type=int, default=10, help="(default: %(default)s)")
-    p.add_argument("--detector", required=True, help="regex:PATTERN | keyword:WORD | python:MODULE:FUNCTION | judge:QUESTION")
+    detectors = "regex:PATTERN | keyword:WORD | python:MODULE:FUNCTION | judge:QUESTION"
+    p.add_argument("--detector", required=True, help=detectors)
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="results go here; reuse it to resume")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
     p.add_argument("--endpoint", choices=ENDPOINTS, default="chat", help="(default: %(default)s)")
@@ -878,6 +886,17 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"), help="(default: $OPENAI_API_KEY)")
     judge.add_argument("--judge-template", help="message template with {prompt}, {response}, {question}")
     return p
+
+
+def _attach_negative_alphas(argv: list[str]) -> list[str]:
+    """`--alphas -1,0,1` -> `--alphas=-1,0,1`: argparse would take "-1,0,1" for an option, and
+    alpha -1 (the before model) is the natural baseline to start a list with."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] == "--alphas" and re.match(r"-[\d.]", out[i + 1]):
+            out[i : i + 2] = [f"--alphas={out[i + 1]}"]
+            break
+    return out
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
@@ -903,7 +922,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 def cli(argv: list[str]) -> int:
     """`lda study ...`: 0 done, 1 the study failed or some samples did, 2 bad input, 130 interrupted."""
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(_attach_negative_alphas(argv))
     except SystemExit as exit_:  # argparse has printed its message (or the help)
         return int(exit_.code or 0)
     try:
@@ -928,7 +947,8 @@ def _report(result: StudyResult) -> int:
     files = f"{result.samples_path.name}, {result.summary_path.name}, {result.plot_path.name}"
     print(f"\n{result.new_samples} new samples; results in {result.summary_path.parent}/ ({files})")
     if result.alpha_unconfirmed:
-        log.warning("%d responses did not echo the alpha applied; the server may ignore `alpha`", result.alpha_unconfirmed)
+        count = result.alpha_unconfirmed
+        log.warning("%d responses did not echo the alpha applied; the server may ignore `alpha`", count)
     if result.judge_unclear:
         log.warning("the judge answered neither yes nor no %d times (counted as no)", result.judge_unclear)
     if not result.failures:

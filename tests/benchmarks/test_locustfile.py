@@ -17,13 +17,15 @@ REPO = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO / "benchmarks" / "locustfile.py"
 
 
-def run_locust(host: str, csv_prefix: Path, env: dict[str, str], *, users: int, seconds: int) -> subprocess.CompletedProcess:
+def run_locust(host: str, csv_prefix: Path, env: dict[str, str], *, users: int, seconds: int):
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(users),
         "-t", f"{seconds}s", "--host", host, "--csv", str(csv_prefix), "--only-summary",
     ]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
-    return subprocess.run(command, cwd=csv_prefix.parent, env=full_env, capture_output=True, text=True, timeout=seconds + 60)
+    return subprocess.run(
+        command, cwd=csv_prefix.parent, env=full_env, capture_output=True, text=True, timeout=seconds + 60
+    )
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

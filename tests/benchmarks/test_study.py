@@ -18,18 +18,19 @@ import pytest
 from benchmarks.detectors import JudgeConfig, parse_detector
 from benchmarks.study import (
     BUILTIN_PROMPTS,
-    SamplingConfig,
     Sample,
+    SamplingConfig,
     StudyConfig,
+    cli,
     distinct_n,
     format_table,
     is_degenerate,
     load_prompts,
     parse_alphas,
+    plot,
     run_study,
     summarize,
     wilson_interval,
-    cli,
 )
 from tests.benchmarks.fake_openai import JUDGE_MODEL, KEYWORD, FakeServer, has_keyword
 
@@ -46,7 +47,11 @@ def server():
 @pytest.fixture
 def prompts_file(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.jsonl"
-    lines = [{"id": "sleep", "prompt": "How do I sleep better?"}, {"prompt": "How do I save money?"}, {"prompt": "Any tips for running?"}]
+    lines = [
+        {"id": "sleep", "prompt": "How do I sleep better?"},
+        {"prompt": "How do I save money?"},
+        {"prompt": "Any tips for running?"},
+    ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
@@ -243,7 +248,8 @@ def test_study_writes_samples_summary_and_plot(server, tmp_path, prompts_file):
 
     records = read_samples(out / "samples.jsonl")
     assert len(records) == 3 * 3 * 8 == result.new_samples
-    assert set(records[0]) >= {"prompt_id", "prompt", "alpha", "sample_index", "text", "detected", "tokens", "finish_reason"}
+    fields = {"prompt_id", "prompt", "alpha", "sample_index", "text", "detected", "tokens", "finish_reason"}
+    assert set(records[0]) >= fields
     assert all(r["detected"] == has_keyword(r["text"]) for r in records)
     assert not result.failures and result.alpha_unconfirmed == 0
     rates = [row.rate for row in result.rows]
@@ -258,7 +264,8 @@ def test_study_writes_samples_summary_and_plot(server, tmp_path, prompts_file):
 
 def test_study_is_deterministic_per_seed_and_uses_the_completions_endpoint(server, tmp_path, prompts_file):
     first = run_study(make_config(server, tmp_path / "a", prompts_file, log_scale=True))
-    config = make_config(server, tmp_path / "b", prompts_file, sampling=SamplingConfig("completions", seed=7, max_tokens=64))
+    sampling = SamplingConfig("completions", seed=7, max_tokens=64)
+    config = make_config(server, tmp_path / "b", prompts_file, sampling=sampling)
     before = len(server.requests)
     second = run_study(config)
     assert {path for path, _ in server.requests[before:]} == {"/v1/completions"}
@@ -391,3 +398,17 @@ def test_interrupt_keeps_finished_samples_and_rerun_completes(server, tmp_path, 
     records = read_samples(samples_path)
     keys = {(r["prompt_id"], r["alpha"], r["sample_index"]) for r in records}
     assert len(records) == len(keys) == 18
+
+
+def test_negative_alphas_need_no_equals_sign(server, tmp_path, prompts_file):
+    args = ["--base-url", server.url, "--prompts", str(prompts_file), "--alphas", "-1,0", "-n", "1",
+            "--detector", "keyword:x", "-o", str(tmp_path / "out"), "--no-progress"]
+    assert cli(args) == 0
+    assert {r["alpha"] for r in read_samples(tmp_path / "out" / "samples.jsonl")} == {-1.0, 0.0}
+
+
+def test_log_scale_plot_shows_alphas_without_hits(tmp_path):
+    samples = [sample(0.0, i, False) for i in range(50)] + [sample(2.0, i, i < 5) for i in range(50)]
+    path = tmp_path / "plot.png"
+    plot(summarize(samples, (0.0, 2.0)), path, "zero hits at alpha 0", log_scale=True)
+    assert path.read_bytes()[:4] == b"\x89PNG"
