@@ -8,7 +8,8 @@ A detector is named by a spec string, the `--detector` flag of `lda study`:
                             module must be installed or on PYTHONPATH (PYTHONPATH=. for one
                             in the current folder)
     judge:QUESTION          a yes/no QUESTION put to an LLM behind any OpenAI-compatible
-                            endpoint (see JudgeConfig); "yes" counts as a hit
+                            endpoint (see JudgeConfig); "yes" counts as a hit. With a
+                            judge template that asks the whole question, `judge:` alone.
 
 All detectors share one async interface so that the study's request loop treats a
 microsecond regex and a network round trip to a judge alike.
@@ -211,9 +212,13 @@ def parse_detector(spec: str, judge: JudgeConfig | None = None) -> Detector:
         return PatternDetector(spec, re.compile(re.escape(argument), re.IGNORECASE))
     if kind == "python":
         return PythonDetector(spec, _import_function(argument))
-    if not argument.strip():
-        raise ValueError("detector: judge: needs a yes/no question, e.g. 'judge:Does the answer insult the user?'")
-    return JudgeDetector(spec, argument, judge or JudgeConfig())
+    judge = judge or JudgeConfig()
+    if not argument.strip() and "question" in _template_fields(judge.template):
+        raise ValueError(
+            "detector: judge: needs a yes/no question, e.g. 'judge:Does the answer insult the user?', "
+            "or a --judge-template that asks the whole question itself"
+        )
+    return JudgeDetector(spec, argument, judge)
 
 
 def _compile(pattern: str, spec: str) -> re.Pattern[str]:

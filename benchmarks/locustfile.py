@@ -163,7 +163,8 @@ def _decode(data: str) -> dict:
 
 def _read_chunk(chunk: dict, alpha: float, chat: bool, timing: StreamTiming) -> None:
     echoed = chunk.get("alpha")
-    if echoed is not None and abs(float(echoed) - alpha) > 1e-9:
+    # The tolerance allows a server that keeps alpha as float32 (0.3 -> 0.30000001).
+    if echoed is not None and abs(float(echoed) - alpha) > 1e-6 * max(1.0, abs(alpha)):
         raise StreamError(f"server applied alpha {echoed}, asked for {alpha:g}")
     usage = chunk.get("usage")
     if isinstance(usage, dict) and usage.get("completion_tokens") is not None:

@@ -568,12 +568,21 @@ def plan_jobs(prompts: list[Prompt], alphas: tuple[float, ...], samples_per_prom
     return [Job(p, a, i) for i in range(samples_per_prompt) for p in prompts for a in alphas]
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A sample that could not be drawn or judged this run."""
+
+    job: str
+    """prompt id, alpha and sample index, e.g. "advice-03 alpha=2 #4"."""
+    message: str
+
+
 @dataclass(slots=True)
 class _Draw:
     """What one run of the request loop produced."""
 
     samples: list[Sample] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     alpha_unconfirmed: int = 0
     judge_unclear: int = 0
 
@@ -633,11 +642,12 @@ async def _draw_one(config: StudyConfig, job: Job, client: LdaClient, detector: 
     seed = None if config.sampling.seed is None else config.sampling.seed + job.sample_index
     try:
         completion = await client.complete(job.prompt.text, job.alpha, seed)
-        if completion.alpha is not None and not math.isclose(completion.alpha, job.alpha, abs_tol=1e-9):
+        # The tolerance allows a server that keeps alpha as float32 (0.3 -> 0.30000001).
+        if completion.alpha is not None and not math.isclose(completion.alpha, job.alpha, rel_tol=1e-6, abs_tol=1e-6):
             raise SampleError(f"server applied alpha {completion.alpha:g}, asked for {job.alpha:g}")
         detected = await detector.detect(job.prompt.text, completion.text)
     except (SampleError, DetectorError) as exc:
-        draw.failures.append(f"{job.prompt.id} alpha={job.alpha:g} #{job.sample_index}: {exc}")
+        draw.failures.append(Failure(f"{job.prompt.id} alpha={job.alpha:g} #{job.sample_index}", str(exc)))
         return None
     if completion.alpha is None:
         draw.alpha_unconfirmed += 1
@@ -729,7 +739,10 @@ def format_table(rows: list[AlphaSummary]) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+    if value is None:
+        return "-"
+    # Rare behaviours are the point: below 0.01% keep two significant digits rather than print 0.00%.
+    return f"{100 * value:.2g}%" if 0 < value < 1e-4 else f"{100 * value:.2f}%"
 
 
 def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = False) -> None:
@@ -737,7 +750,7 @@ def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = Fal
     # The object-oriented API needs no pyplot and so changes no global backend setting.
     from matplotlib.figure import Figure
 
-    rows = [r for r in rows if r.n > 0]
+    rows = sorted((r for r in rows if r.n > 0), key=lambda r: r.alpha)
     alphas = [r.alpha for r in rows]
     fig = Figure(figsize=(7, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
@@ -787,7 +800,7 @@ class StudyResult:
     rows: list[AlphaSummary]
     new_samples: int
     """Samples drawn by this run (the others were already on disk)."""
-    failures: list[str]
+    failures: list[Failure]
     """One message per sample that could not be drawn this run; a rerun retries them."""
     alpha_unconfirmed: int
     """New samples whose response did not echo the alpha applied."""
@@ -884,7 +897,10 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
     judge.add_argument("--judge-model", help="(default: the first model the endpoint lists)")
     judge.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"), help="(default: $OPENAI_API_KEY)")
-    judge.add_argument("--judge-template", help="message template with {prompt}, {response}, {question}")
+    judge.add_argument(
+        "--judge-template",
+        help="the judge's message, with {response} and optionally {prompt} and {question} (the text after judge:)",
+    )
     return p
 
 
@@ -953,9 +969,14 @@ def _report(result: StudyResult) -> int:
         log.warning("the judge answered neither yes nor no %d times (counted as no)", result.judge_unclear)
     if not result.failures:
         return 0
-    print(f"lda study: {len(result.failures)} samples failed (rerun to retry them); first errors:", file=sys.stderr)
-    for message in list(dict.fromkeys(result.failures))[:5]:
-        print(f"  {message}", file=sys.stderr)
+    # One bad setting (an alpha the server refuses) fails many samples alike: group by message.
+    by_message = Counter(f.message for f in result.failures)
+    example = {f.message: f.job for f in reversed(result.failures)}
+    print(f"lda study: {len(result.failures)} samples failed (rerun to retry them):", file=sys.stderr)
+    for message, count in by_message.most_common(5):
+        print(f"  {count} x {message} (e.g. {example[message]})", file=sys.stderr)
+    if len(by_message) > 5:
+        print(f"  ... and {len(by_message) - 5} other errors", file=sys.stderr)
     return 1
 
 

@@ -205,6 +205,8 @@ def test_judge_template_is_checked():
         JudgeConfig(base_url="http://127.0.0.1:1/v1", template="Is {prompt} ok?")
     with pytest.raises(ValueError, match="unknown placeholder"):
         JudgeConfig(base_url="http://127.0.0.1:1/v1", template="{response} {answer}")
+    whole_question = JudgeConfig(base_url="http://127.0.0.1:1/v1", template="Is this rude, yes or no? {response}")
+    assert parse_detector("judge:", whole_question).spec == "judge:"
 
 
 def test_judge_detector_asks_the_endpoint(server):
@@ -329,7 +331,7 @@ def test_failed_samples_exit_non_zero_and_are_retried(tmp_path, prompts_file, ca
                 "--detector", "keyword:x", "-o", str(out), "--no-progress"]
         assert cli(args) == 1
     err = capsys.readouterr().err
-    assert "6 samples failed" in err and "HTTP 500" in err and "fake failure at alpha 4" in err
+    assert "6 samples failed" in err and "  6 x HTTP 500 from" in err and "fake failure at alpha 4" in err
     assert {r["alpha"] for r in read_samples(out / "samples.jsonl")} == {0.0}
     with FakeServer() as healthy:
         args[1] = healthy.url
