@@ -77,6 +77,16 @@ UsePAM no
 X11Forwarding no
 Subsystem sftp internal-sftp
 EOF
+    # SSH sessions don't inherit the container's environment: hand over what `lda` commands need.
+    local name setenv="SetEnv"
+    for name in PATH HF_HOME LDA_CACHE_DIR VLLM_CACHE_ROOT; do
+        if [[ -n "${!name:-}" ]]; then
+            setenv+=" ${name}=\"${!name}\""
+        fi
+    done
+    if [[ "$setenv" != SetEnv ]]; then
+        printf '%s\n' "$setenv" >>"$SSHD_DIR/sshd_config"
+    fi
 
     # sshd re-executes itself, so it needs its absolute path; -D keeps it our child, -e logs to stderr.
     "$sshd_bin" -D -e -f "$SSHD_DIR/sshd_config" &

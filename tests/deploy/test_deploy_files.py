@@ -11,8 +11,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -274,3 +276,38 @@ def test_start_sh_falls_back_when_the_cache_volume_is_not_writable(tmp_path):
     assert process.returncode == 0, err
     assert out == str(tmp_path / ".cache" / "huggingface")
     assert "not writable" in err
+
+
+def _wait_for_banner(port: int, timeout_s: float = 10) -> bytes:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                return sock.recv(64)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="openssh-server is not installed here (the image has it)")
+def test_start_sh_starts_sshd_when_public_key_is_set(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKzkPdH7U7GFAgll29uMgY6SELJSIC8Vex7msB3sbYdN test@deploy"
+    process = _start(
+        tmp_path, sys.executable, "-c", STUB_SERVER,
+        PUBLIC_KEY=key, SSH_PORT=str(port), SSH_LISTEN_ADDRESS="127.0.0.1",
+    )
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        assert _wait_for_banner(port).startswith(b"SSH-2.0-")
+        assert (tmp_path / ".ssh" / "authorized_keys").read_text() == key + "\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 42
+        with pytest.raises(OSError):  # sshd went down with the server
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
