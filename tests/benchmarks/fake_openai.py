@@ -162,6 +162,7 @@ async def _complete(server: FakeServer, body: dict, *, chat: bool, path: str):
     response = {
         "id": "fake-1",
         "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
         "model": body.get("model"),
         "choices": [choice],
         "usage": _usage(words),
@@ -178,24 +179,28 @@ def _usage(words: list[str]) -> dict:
 async def _stream(
     server: FakeServer, body: dict, words: list[str], finish: str, alpha: float, chat: bool, include_usage: bool
 ) -> AsyncIterator[str]:
-    def chunk(piece: str | None, finish_reason: str | None) -> str:
+    def chunk(piece: str | None, finish_reason: str | None, role: bool = False) -> str:
         if chat:
-            delta = {} if piece is None else {"content": piece}
+            delta = {"role": "assistant"} if role else {}
+            if piece is not None:
+                delta["content"] = piece
             choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
         else:
             choice = {"index": 0, "text": piece or "", "finish_reason": finish_reason}
-        data = {"id": "fake-1", "model": body.get("model"), "choices": [choice]}
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        data = {"id": "fake-1", "object": kind, "created": int(time.time()), "model": body.get("model")}
+        data["choices"] = [choice]
         if server.echo_alpha:
             data["alpha"] = alpha
         return f"data: {json.dumps(data)}\n\n"
 
     if chat:  # like vLLM: the first chunk carries the role and no text
-        yield chunk("", None).replace('"delta": {"content": ""}', '"delta": {"role": "assistant", "content": ""}')
+        yield chunk("", None, role=True)
     for i, word in enumerate(words):
         await asyncio.sleep(server.delay_s)
         yield chunk(word if i == 0 else " " + word, None)
     yield chunk(None, finish)
     if include_usage:
-        usage = {"id": "fake-1", "model": body.get("model"), "choices": [], "usage": _usage(words)}
+        usage = {"id": "fake-1", "model": body.get("model"), "choices": [], "usage": _usage(words)}  # like OpenAI
         yield f"data: {json.dumps(usage)}\n\n"
     yield "data: [DONE]\n\n"
