@@ -49,6 +49,7 @@ SETTINGS_FILE = "study.json"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "rate_vs_alpha.png"
 ENDPOINTS = ("chat", "completions")
+MIN_ALPHA = -1.0
 Z_95 = NormalDist().inv_cdf(0.975)
 
 # A sample is "degenerate" when one word 4-gram occurs at least 4 times: ordinary prose of a few
@@ -170,6 +171,10 @@ def _validate_alphas(alphas: tuple[float, ...]) -> None:
     for alpha in alphas:
         if not math.isfinite(alpha):
             raise ValueError(f"alphas: {alpha} is not a finite number")
+        # -1 is the before model exactly; below it the formula extrapolates past the base model,
+        # which no LDA use needs and the server refuses.
+        if alpha < MIN_ALPHA:
+            raise ValueError(f"alphas: {alpha:g} is below {MIN_ALPHA:g} (alpha -1 is the before model)")
     repeated = sorted({a for a in alphas if alphas.count(a) > 1})
     if repeated:
         raise ValueError(f"alphas: {', '.join(f'{a:g}' for a in repeated)} given more than once")

@@ -158,7 +158,7 @@ def test_coherence_measures():
 def test_parse_alphas():
     assert parse_alphas("0, 0.5,1,2,4") == (0.0, 0.5, 1.0, 2.0, 4.0)
     assert parse_alphas("-1,0,20") == (-1.0, 0.0, 20.0)
-    for bad, reason in [("", "not a number"), ("0,x", "'x'"), ("1,1", "more than once"), ("0,inf", "finite")]:
+    for bad, reason in [("", "not a number"), ("0,x", "'x'"), ("1,1", "more than once"), ("0,inf", "finite"), ("-2,0", "below -1")]:
         with pytest.raises(ValueError, match=reason) as error:
             parse_alphas(bad)
         assert str(error.value).startswith("alphas:")
