@@ -4,7 +4,8 @@
 # Base: python:3.11-slim, not nvidia/cuda. The vllm wheel pins a CUDA build of torch, which brings
 # the CUDA runtime, cuBLAS, cuDNN and NCCL as pip wheels; a CUDA base image would ship a second,
 # unused copy of those (gigabytes). The driver (libcuda) comes from the host through the NVIDIA
-# container toolkit, which the NVIDIA_* variables below turn on.
+# container toolkit, which the NVIDIA_* variables below turn on. vLLM 0.32.0's kernels link
+# libcudart.so.13, so the host driver must support CUDA 13.
 #
 # Configuration is by environment variables only (see deploy/runpod/README.md); models and caches
 # live under /models, a volume.
@@ -57,7 +58,8 @@ COPY README.md ./
 COPY engine ./engine
 COPY api ./api
 COPY benchmarks ./benchmarks
-# The project itself; its dependencies are already installed and pinned by the layers above.
+# The project itself. Its dependencies are already installed by the layers above (vLLM pinned,
+# the rest as pyproject.toml bounds them), so this layer is small and rebuilds on code changes.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[gpu]" \
     && rm -rf build ./*.egg-info
