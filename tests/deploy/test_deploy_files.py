@@ -229,6 +229,40 @@ def test_dashboard_queries_only_series_the_server_can_export():
     assert not unknown, f"queried but never exported: {sorted(unknown)}"
 
 
+def _dashboard_exprs() -> list[str]:
+    exprs: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("expr"), str):
+                exprs.append(node["expr"])
+            node = list(node.values())
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(json.loads(DASHBOARD.read_text()))
+    return exprs
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (Debian package `prometheus`)")
+def test_prometheus_config_and_dashboard_promql_are_valid(tmp_path):
+    """promtool parses the config, and every dashboard query as a recording rule (Grafana's
+    variables replaced by what Grafana would put there)."""
+    check = subprocess.run(["promtool", "check", "config", str(PROMETHEUS)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    grafana_values = {"$__rate_interval": "1m", "$__range": "1h", "$model": ".*"}
+    rules = []
+    for i, expr in enumerate(_dashboard_exprs()):
+        for variable, value in grafana_values.items():
+            expr = expr.replace(variable, value)
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    rules_file = tmp_path / "dashboard_rules.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    check = subprocess.run(["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 # --- start.sh's process handling, with a stand-in for the server ---------------------------------
 
 STUB_SERVER = """
