@@ -21,8 +21,8 @@ log() {
     printf 'start.sh: %s\n' "$*" >&2
 }
 
-# A cache dir on a volume that this user cannot write (RunPod mounts volumes root-owned on some
-# hosts) must not stop the pod: fall back to the container disk and say so.
+# A cache dir on a volume that this user cannot write (a volume mounted root-owned, say) must not
+# stop the pod: fall back to the container disk and say so.
 ensure_writable_dir() {
     local var="$1" fallback="$2" dir
     dir="${!var:-}"
@@ -98,10 +98,12 @@ EOF
 # shellcheck disable=SC2329
 forward() {
     local sig="$1"
-    if [[ -n "$server_pid" ]]; then
-        log "received SIG${sig}, forwarding to the server (pid ${server_pid})"
-        kill -s "$sig" "$server_pid" 2>/dev/null || true
+    if [[ -z "$server_pid" ]]; then
+        log "received SIG${sig} before the server started; exiting"
+        exit $((128 + $(kill -l "$sig")))
     fi
+    log "received SIG${sig}, forwarding to the server (pid ${server_pid})"
+    kill -s "$sig" "$server_pid" 2>/dev/null || true
 }
 
 # shellcheck disable=SC2329
@@ -113,6 +115,10 @@ stop_sshd() {
 }
 
 main() {
+    trap 'forward TERM' TERM
+    trap 'forward INT' INT
+    trap stop_sshd EXIT
+
     ensure_writable_dir HF_HOME "${HOME}/.cache/huggingface"
     ensure_writable_dir LDA_CACHE_DIR "${HOME}/.cache/lda"
     ensure_writable_dir VLLM_CACHE_ROOT "${HOME}/.cache/vllm"
@@ -120,10 +126,6 @@ main() {
     if [[ -n "${PUBLIC_KEY:-}" ]]; then
         start_sshd
     fi
-
-    trap 'forward TERM' TERM
-    trap 'forward INT' INT
-    trap stop_sshd EXIT
 
     if [[ $# -eq 0 ]]; then
         set -- lda serve
