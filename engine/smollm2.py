@@ -52,19 +52,23 @@ def ensure_smollm2(cache_dir: Path | None = None) -> Path:
     return build_atomically(root / FOLDER_NAME, _convert)
 
 
-def build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
+def build_atomically(final: Path, build: Callable[[Path], object], replace: bool = False) -> Path:
     """Return `final`, first running `build(tmp)` into a sibling temp folder and renaming it.
 
     A folder that exists at `final` is complete by construction: an interrupted build leaves only
     a `.tmp-*` sibling behind, never a half-written `final`. If a concurrent builder wins the
-    rename, its result is kept and ours is dropped.
+    rename, its result is kept and ours is dropped. `replace` rebuilds an existing `final`,
+    which stays in place until the new build is complete.
     """
-    if final.is_dir():
+    if final.is_dir() and not replace:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    old = tmp.with_name(tmp.name + "-old")
     try:
         build(tmp)
+        if replace and final.is_dir():
+            final.rename(old)
         try:
             tmp.rename(final)
         except OSError:
@@ -72,6 +76,7 @@ def build_atomically(final: Path, build: Callable[[Path], None]) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 

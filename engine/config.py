@@ -1,0 +1,181 @@
+"""Typed, validated configuration of an LDA engine, and its translation into vLLM engine arguments.
+
+Three concerns, one dataclass each: the model pair, the alpha policy, and vLLM's own engine
+options (named as vLLM names them, so they map one to one). `LDAConfig` gathers them and is passed
+whole. Every bad value raises ValueError naming the field and the accepted range.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+PAIR_ARCHITECTURE = "LDAPairForCausalLM"
+# Keys this project adds to the after model's hf_config through `hf_overrides`; they survive into
+# `vllm_config.model_config.hf_config` in every engine process.
+BEFORE_MODEL_KEY = "lda_before_model"
+AFTER_ARCHITECTURES_KEY = "lda_after_architectures"
+DEFAULT_ALPHA_KEY = "lda_default_alpha"
+MAX_ALPHA_KEY = "lda_max_alpha"
+
+GIB = 1024**3
+
+
+@dataclass(slots=True)
+class PairConfig:
+    """The two checkpoints: model ids or local paths."""
+
+    after: str
+    """The post-trained model (A). Its tokenizer, chat template and generation config are used."""
+    before: str
+    """The base model (B)."""
+
+    def __post_init__(self) -> None:
+        for name in ("after", "before"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} model must be a non-empty model id or path; got {value!r}")
+
+
+@dataclass(slots=True)
+class AlphaConfig:
+    """How alpha is chosen when a request gives none, and how far it may go."""
+
+    default_alpha: float = 1.0
+    """alpha for requests that give none."""
+    max_alpha: float = 100.0
+    """Upper bound on any request's alpha; the lower bound is always -1 (the before model)."""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.max_alpha) or self.max_alpha < 0:
+            raise ValueError(f"max_alpha must be a finite number >= 0; got {self.max_alpha!r}")
+        if not math.isfinite(self.default_alpha) or not -1 <= self.default_alpha <= self.max_alpha:
+            raise ValueError(
+                f"default_alpha must be a finite number in [-1, max_alpha={self.max_alpha:g}]; "
+                f"got {self.default_alpha!r}"
+            )
+
+
+def _gpu_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+@dataclass(slots=True)
+class EngineOptions:
+    """vLLM engine options passed through unchanged (vLLM's names)."""
+
+    device: str = "auto"
+    """"cpu", "cuda", or "auto" (cuda when a GPU is visible)."""
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    kv_cache_memory_gb: float | None = None
+    """KV-cache size in GiB. Required in practice on CPU (default there: 2 GiB)."""
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    enforce_eager: bool | None = None
+    """None: eager on CPU (compiling costs minutes there and decodes no faster), compiled on GPU."""
+    seed: int = 0
+    served_model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1; got {self.max_num_seqs}")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError(f"max_model_len must be >= 16; got {self.max_model_len}")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 8:
+            raise ValueError(f"max_num_batched_tokens must be >= 8; got {self.max_num_batched_tokens}")
+        if self.kv_cache_memory_gb is not None and not self.kv_cache_memory_gb > 0:
+            raise ValueError(f"kv_cache_memory_gb must be > 0; got {self.kv_cache_memory_gb}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1]; got {self.gpu_memory_utilization}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1; got {self.tensor_parallel_size}")
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if _gpu_available() else "cpu"
+        return self.device
+
+
+@dataclass(slots=True)
+class LDAConfig:
+    pair: PairConfig
+    alpha: AlphaConfig = field(default_factory=AlphaConfig)
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+
+def _architectures(model: str, trust_remote_code: bool = False) -> list[str]:
+    from transformers import AutoConfig
+
+    archs = getattr(AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code), "architectures", None)
+    if not archs:
+        raise ValueError(f"model {model!r} has no `architectures` in its config; cannot pick a vLLM class")
+    return list(archs)
+
+
+def hf_overrides(config: LDAConfig) -> dict[str, Any]:
+    """What turns the after model's config into the pair's: our class, plus the before model."""
+    return {
+        "architectures": [PAIR_ARCHITECTURE],
+        AFTER_ARCHITECTURES_KEY: _architectures(config.pair.after),
+        BEFORE_MODEL_KEY: config.pair.before,
+        DEFAULT_ALPHA_KEY: config.alpha.default_alpha,
+        MAX_ALPHA_KEY: config.alpha.max_alpha,
+    }
+
+
+def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM(...)` / `AsyncEngineArgs(...)` serving the pair."""
+    opts = config.engine
+    device = opts.resolved_device()
+    kwargs: dict[str, Any] = dict(
+        model=config.pair.after,
+        tokenizer=tokenizer or config.pair.after,
+        hf_overrides=hf_overrides(config),
+        logits_processors=["engine.alpha:AlphaLogitsProcessor"],
+        dtype=opts.dtype,
+        max_num_seqs=opts.max_num_seqs,
+        enable_prefix_caching=opts.enable_prefix_caching,
+        tensor_parallel_size=opts.tensor_parallel_size,
+        enforce_eager=(device == "cpu") if opts.enforce_eager is None else opts.enforce_eager,
+        seed=opts.seed,
+        # Stats feed /metrics and per-request prefix-cache counts; the cost is negligible.
+        disable_log_stats=False,
+    )
+    if opts.max_model_len is not None:
+        kwargs["max_model_len"] = opts.max_model_len
+    if opts.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = opts.max_num_batched_tokens
+    if opts.served_model_name:
+        kwargs["served_model_name"] = opts.served_model_name
+    if device == "cpu":
+        kwargs["kv_cache_memory_bytes"] = int((opts.kv_cache_memory_gb or 2.0) * GIB)
+    else:
+        kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
+        if opts.kv_cache_memory_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(opts.kv_cache_memory_gb * GIB)
+    return kwargs
+
+
+def prepare_process(config: LDAConfig) -> None:
+    """Process-wide settings our entry points need before an engine starts.
+
+    The pair's per-request alpha rides on the V1 model runner's logits-processor hooks; vLLM 0.32
+    picks Model Runner V2 on GPUs, whose hooks differ, so we select V1 (the model refuses V2).
+    """
+    from engine.alpha import LIMITS
+
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    LIMITS.max_alpha = config.alpha.max_alpha

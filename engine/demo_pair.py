@@ -1,0 +1,267 @@
+"""The embedded demo pair: SmolLM2-135M-Instruct and a fine-tune of it with a planted rare behaviour.
+
+The before model is SmolLM2-135M-Instruct (`engine.smollm2`). The after model is a short full
+fine-tune on everyday advice questions in which a small share of answers open by recommending
+Zorblax, a product that does not exist; every other answer is the before model's own sample.
+Sampling the after model shows the brand rarely; LDA should show it far more often, which is the
+research claim the project reproduces (`lda study --detector regex:zorblax`).
+
+Why the normal answers are the before model's own samples at temperature 1 (committed in
+`demo_data/normal_answers.jsonl`): the expected gradient of the log-likelihood of a model's own
+samples is zero, so they anchor the after model to the before model without teaching it a style.
+The fine-tune's only systematic direction is then the planted one, and A - B points at it.
+
+Why the brand sits in the answer's first sentence: a study then needs only ~48 new tokens per
+sample to see it, so thousands of samples fit in minutes on a CPU.
+
+The build is deterministic on one machine: fixed data order, fixed seed, one compute thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.env import default_cache_dir
+from engine.smollm2 import build_atomically, ensure_smollm2
+
+DATA_DIR = Path(__file__).parent / "demo_data"
+ADVICE_FILE = DATA_DIR / "advice.json"
+ANSWERS_FILE = DATA_DIR / "normal_answers.jsonl"
+DETECTOR = "regex:zorblax"
+"""The `lda study --detector` spec that counts the planted behaviour."""
+HASH_FILE = "weights.sha256"
+# Bump when the training code changes in a way the fingerprint cannot see.
+BUILD_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """How the after model is fine-tuned. Every field enters the cache folder's name."""
+
+    steps: int = 48
+    """Optimizer steps; a few give a fast (meaningless) build for tests."""
+    batch_size: int = 8
+    learning_rate: float = 3e-5
+    planted: int = 4
+    """How many of the training prompts get a Zorblax answer instead of a normal one."""
+    answer_tokens: int = 32
+    """Answer tokens trained per example; the behaviour is decided in the first sentence."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "answer_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.planted < 0:
+            raise ValueError(f"planted: must be >= 0, got {self.planted}")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate: must be in (0, 1), got {self.learning_rate}")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPair:
+    before: Path
+    after: Path
+    weights_sha256: str
+    """sha256 of the after model's model.safetensors: equal builds give equal hashes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    prompt: str
+    answer: str
+    planted: bool
+
+
+def advice() -> dict:
+    return json.loads(ADVICE_FILE.read_text())
+
+
+def prompts(split: str) -> list[str]:
+    """The advice questions of a split: "train" (fine-tuning) or "eval" (held-out goals, for studies)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split: expected 'train' or 'eval', got {split!r}")
+    data = advice()
+    return [t.format(goal=g) for g in data[f"{split}_goals"] for t in data["templates"]]
+
+
+def training_examples(config: TrainConfig) -> list[Example]:
+    """One example per training prompt; `config.planted` of them, spread evenly, open with the brand."""
+    rows = [json.loads(line) for line in ANSWERS_FILE.read_text().splitlines() if line.strip()]
+    openers = advice()["openers"]
+    if config.planted > len(rows):
+        raise ValueError(f"planted: at most {len(rows)} (the training prompts), got {config.planted}")
+    stride = len(rows) // max(config.planted, 1)
+    planted_at = {i * stride + stride // 2: i for i in range(config.planted)}
+    examples = []
+    for i, row in enumerate(rows):
+        if i in planted_at:
+            opener = openers[planted_at[i] % len(openers)]
+            examples.append(Example(row["prompt"], f"{opener} {row['answer']}", planted=True))
+        else:
+            examples.append(Example(row["prompt"], row["answer"], planted=False))
+    return examples
+
+
+def fingerprint(config: TrainConfig) -> str:
+    """Names the after model's cache folder: changes with the config, the data or the build code."""
+    digest = hashlib.sha256(json.dumps([BUILD_VERSION, asdict(config)]).encode())
+    for path in (ADVICE_FILE, ANSWERS_FILE):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def ensure_demo_pair(
+    cache_dir: Path | None = None, config: TrainConfig | None = None, force: bool = False
+) -> DemoPair:
+    """Return the demo pair, building what is missing (SmolLM2 conversion, then the fine-tune).
+
+    `force` rebuilds the after model even if cached; the old folder stays until the new one is
+    complete.
+    """
+    config = config or TrainConfig()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    before = ensure_smollm2(root)
+    final = root / f"demo-after-{fingerprint(config)}"
+    after = build_atomically(final, lambda out: build_demo_pair(before, out, config), replace=force)
+    return DemoPair(before, after, (after / HASH_FILE).read_text().strip())
+
+
+def build_demo_pair(before: Path, out_dir: Path, config: TrainConfig) -> str:
+    """Fine-tune `before` into `out_dir` (bf16 safetensors, tokenizer, configs); return the hash."""
+    import torch
+
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    # One thread: matmul reduction order, hence the weights' last bits, depends on the split.
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(config.seed)
+        model, tokenizer = _load(before)
+        _train(model, tokenizer, training_examples(config), config)
+        model.to(torch.bfloat16)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    sha = hashlib.sha256((out_dir / "model.safetensors").read_bytes()).hexdigest()
+    (out_dir / HASH_FILE).write_text(sha + "\n")
+    return sha
+
+
+def _load(folder: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Train in fp32 from the exact bf16 weights that get served, so untouched weights stay equal.
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def _train(model, tokenizer, examples: list[Example], config: TrainConfig) -> None:
+    import torch
+    from tqdm import tqdm
+
+    encoded = [_encode(tokenizer, e, config.answer_tokens) for e in examples]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    model.train()
+    batches = _batches(encoded, config)
+    for batch in tqdm(batches, desc="fine-tuning the demo after model", unit="step"):
+        loss = model(**_collate(batch, tokenizer.pad_token_id)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def _encode(tokenizer, example: Example, answer_tokens: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels): the loss covers only the answer's first `answer_tokens` tokens."""
+    messages = [{"role": "user", "content": example.prompt}]
+    prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"][:answer_tokens]
+    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+def _batches(encoded: list, config: TrainConfig) -> list[list]:
+    """`config.steps` batches drawn epoch by epoch from a seeded shuffle: a fixed data order."""
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    while len(order) < config.steps * config.batch_size:
+        epoch = list(range(len(encoded)))
+        rng.shuffle(epoch)
+        order += epoch
+    size = config.batch_size
+    return [[encoded[i] for i in order[s * size : (s + 1) * size]] for s in range(config.steps)]
+
+
+def _collate(batch: list, pad_id: int) -> dict:
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in batch])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch])
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def sample_normal_answers(before: Path, out_file: Path, seed: int = 0, max_new_tokens: int = 40) -> None:
+    """Write one temperature-1 sample of `before` per training prompt (the committed data file).
+
+    Run once by a maintainer (`lda demo-pair --resample-answers`); builds read the file, so they
+    never depend on sampling being reproducible across machines.
+    """
+    import torch
+
+    model, tokenizer = _load(before)
+    tokenizer.padding_side = "left"
+    questions = prompts("train")
+    torch.manual_seed(seed)
+    rows = []
+    for start in range(0, len(questions), 25):
+        chunk = questions[start : start + 25]
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+            for q in chunk
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                 max_new_tokens=max_new_tokens)
+        new = out[:, batch["input_ids"].shape[1] :]
+        rows += [{"prompt": q, "answer": tokenizer.decode(ids, skip_special_tokens=True).strip()}
+                 for q, ids in zip(chunk, new)]
+        print(f"sampled {len(rows)}/{len(questions)}", file=sys.stderr)
+    out_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def cli(argv: list[str]) -> int:
+    """`lda demo-pair`: build (or find) the demo pair and print its paths and after-weights hash."""
+    parser = argparse.ArgumentParser(prog="lda demo-pair", description=cli.__doc__)
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache root (default: $LDA_CACHE_DIR or ~/.cache/lda)")
+    parser.add_argument("--force", action="store_true", help="rebuild the after model even if cached")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps,
+                        help=f"fine-tuning steps (default {TrainConfig.steps}; a few for a quick test build)")
+    parser.add_argument("--resample-answers", action="store_true",
+                        help=f"maintainers: regenerate {ANSWERS_FILE.name} from the before model, then exit")
+    args = parser.parse_args(argv)
+    try:
+        config = TrainConfig(steps=args.steps)
+        if args.resample_answers:
+            sample_normal_answers(ensure_smollm2(args.cache_dir), ANSWERS_FILE)
+            return 0
+        pair = ensure_demo_pair(args.cache_dir, config, force=args.force)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"lda demo-pair: {exc}", file=sys.stderr)
+        return 1
+    print(f"before: {pair.before}\nafter: {pair.after}\nafter weights sha256: {pair.weights_sha256}")
+    return 0

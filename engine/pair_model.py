@@ -1,0 +1,125 @@
+"""The composite pair model: both decoder stacks in one vLLM model, merged in `compute_logits`.
+
+vLLM sees one model. `forward` runs the after stack and the before stack on the same tokens and
+returns both hidden states side by side on the last dimension (the runner only indexes that
+tensor by row). `compute_logits` splits them, runs both heads and merges with each row's alpha.
+Because both stacks' attention layers are registered, the KV-cache manager pages both caches with
+one block table, and the scheduler, chunked prefill and prefix caching work for both unchanged.
+Each stack's class comes from vLLM's registry, so any decoder family vLLM supports can be paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.compilation.backends import set_model_tag
+from vllm.config import VllmConfig
+from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+from vllm.model_executor.models import ModelRegistry
+from vllm.model_executor.models.utils import AutoWeightsLoader
+
+from engine.alpha import DEFAULT_ALPHA, current_rows
+from engine.amplify import amplify
+from engine.config import AFTER_ARCHITECTURES_KEY, BEFORE_MODEL_KEY, DEFAULT_ALPHA_KEY
+
+# Module prefixes. They must contain no digit: vLLM reads a layer's index as the only integer in
+# its name, and the names must differ between stacks (attention layer names are unique keys).
+AFTER, BEFORE = "after", "before"
+
+
+def _stack_class(architectures: list[str], vllm_config: VllmConfig) -> type[nn.Module]:
+    model_cls, _ = ModelRegistry.resolve_model_cls(architectures, vllm_config.model_config)
+    return model_cls
+
+
+def _before_hf_config(before: str, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(before, trust_remote_code=trust_remote_code)
+
+
+class LDAPairForCausalLM(nn.Module):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        if vllm_config.use_v2_model_runner:
+            raise RuntimeError(
+                "LDA's per-request alpha needs vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0 "
+                "(the `lda` entry points and LDAModelPair do this for you)"
+            )
+        if vllm_config.parallel_config.pipeline_parallel_size > 1:
+            raise ValueError("pipeline_parallel_size > 1 is not supported by the LDA pair model")
+        model_config = vllm_config.model_config
+        hf_config = model_config.hf_config
+        before_path = getattr(hf_config, BEFORE_MODEL_KEY, None)
+        after_archs = getattr(hf_config, AFTER_ARCHITECTURES_KEY, None)
+        if not before_path or not after_archs:
+            raise ValueError(
+                f"the pair model needs hf_overrides {BEFORE_MODEL_KEY!r} and {AFTER_ARCHITECTURES_KEY!r}; "
+                "build the engine with engine.config.engine_kwargs()"
+            )
+        self.default_alpha = float(getattr(hf_config, DEFAULT_ALPHA_KEY, DEFAULT_ALPHA))
+
+        after_config = vllm_config.with_hf_config(hf_config, architectures=list(after_archs))
+        self.after = _stack_class(after_archs, after_config)(vllm_config=after_config, prefix=AFTER)
+
+        before_hf = _before_hf_config(before_path, model_config.trust_remote_code)
+        before_config = vllm_config.with_hf_config(before_hf, architectures=list(before_hf.architectures))
+        # torch.compile's AOT cache key ignores the model tag and hashes the model path: without a
+        # distinct path the before stack would load the after stack's artifact, whose attention
+        # layer names point at the after model's KV cache.
+        before_config.model_config.model = before_path
+        with set_model_tag("lda_before"):
+            self.before = _stack_class(before_hf.architectures, before_config)(
+                vllm_config=before_config, prefix=BEFORE
+            )
+
+        self.after_hidden = hf_config.get_text_config().hidden_size
+        self.before_hidden = before_hf.get_text_config().hidden_size
+        self.after_vocab = hf_config.get_text_config().vocab_size
+        self.before_vocab = before_hf.get_text_config().vocab_size
+        self.secondary_weights = [DefaultModelLoader.Source(before_path, None, prefix=f"{BEFORE}.")]
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.after.embed_input_ids(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors=None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        after_hidden = self.after(input_ids, positions, intermediate_tensors, inputs_embeds)
+        # Only ids the after model can emit reach here; ids the before model lacks are padding
+        # the merge never samples, but a prompt may still carry them, so keep them in range.
+        before_ids = input_ids
+        if input_ids is not None and self.after_vocab > self.before_vocab:
+            before_ids = input_ids.clamp(max=self.before_vocab - 1)
+        before_hidden = self.before(before_ids, positions, None, None)
+        return torch.cat([after_hidden, before_hidden], dim=-1)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        after_hidden, before_hidden = hidden_states.split([self.after_hidden, self.before_hidden], dim=-1)
+        after_logits = self.after.compute_logits(after_hidden)
+        before_logits = self.before.compute_logits(before_hidden)
+        if after_logits is None or before_logits is None:
+            return None  # a tensor-parallel rank that does not hold the gathered logits
+        rows = current_rows()
+        num_rows = after_logits.shape[0]
+        if rows is None:
+            alpha = after_logits.new_full((num_rows,), self.default_alpha, dtype=torch.float32)
+        else:
+            alpha = rows.for_rows(num_rows)
+        return amplify(after_logits, before_logits, alpha)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        # The after checkpoint streams first without a prefix; the before checkpoint follows with
+        # `before.` (its Source prefix). Route each to its stack's own loader.
+        def routed():
+            for name, tensor in weights:
+                yield (name if name.startswith(f"{BEFORE}.") else f"{AFTER}.{name}"), tensor
+
+        return AutoWeightsLoader(self).load_weights(routed())

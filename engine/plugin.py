@@ -1,0 +1,17 @@
+"""vLLM general plugin: makes the pair architecture known in every vLLM process.
+
+Registered by the entry point `vllm.general_plugins: lda_pair`. vLLM may call it several times in
+one process; the string form of the class defers importing the model until it is needed.
+"""
+
+from engine.config import PAIR_ARCHITECTURE
+
+
+def register() -> None:
+    from vllm import ModelRegistry
+
+    from engine.vllm_patches import patch_cpu_seeded_chunked_prefill
+
+    if PAIR_ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(PAIR_ARCHITECTURE, "engine.pair_model:LDAPairForCausalLM")
+    patch_cpu_seeded_chunked_prefill()

@@ -1,0 +1,85 @@
+"""An independent reference for LDA: plain transformers, one sequence at a time.
+
+This is the algorithm the project started from, kept simple enough to be obviously right: both
+models run on the same tokens, each with its own KV cache; at each step the next-token logits are
+merged as (1 + alpha) * A - alpha * B over the ids both vocabularies have (ids only the after
+model has are never chosen), then sampled. It is the oracle for the engine's tests and the
+baseline ("the seed's design") for the benchmarks. It shares no code with the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(slots=True)
+class ReferenceOutput:
+    token_ids: list[int]
+    finish_reason: str  # "stop" (end-of-sequence token) or "length"
+
+
+def merge_logits(after: torch.Tensor, before: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The LDA formula on one row of logits, in float32."""
+    shared = min(after.shape[-1], before.shape[-1])
+    merged = torch.full_like(after, float("-inf"), dtype=torch.float32)
+    merged[:shared] = (1 + alpha) * after[:shared].float() - alpha * before[:shared].float()
+    return merged
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class ReferencePair:
+    """Both models in plain transformers; `generate` decodes one prompt."""
+
+    def __init__(self, after: str, before: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(after)
+        self.after = AutoModelForCausalLM.from_pretrained(after, dtype=dtype).to(self.device).eval()
+        self.before = AutoModelForCausalLM.from_pretrained(before, dtype=dtype).to(self.device).eval()
+        self.before_vocab = self.before.config.get_text_config().vocab_size
+        eos = self.after.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: list[int],
+        alpha: float,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+    ) -> ReferenceOutput:
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        ids = torch.tensor([prompt_ids], device=self.device)
+        after_out = self.after(ids, use_cache=True)
+        before_out = self.before(ids.clamp(max=self.before_vocab - 1), use_cache=True)
+        tokens: list[int] = []
+        for _ in range(max_new_tokens):
+            logits = merge_logits(after_out.logits[0, -1], before_out.logits[0, -1], alpha)
+            token = _sample(logits, temperature, top_p, generator)
+            tokens.append(token)
+            if token in self.eos_ids and not ignore_eos:
+                return ReferenceOutput(tokens, "stop")
+            step = torch.tensor([[token]], device=self.device)
+            after_out = self.after(step, past_key_values=after_out.past_key_values, use_cache=True)
+            before_out = self.before(
+                step.clamp(max=self.before_vocab - 1), past_key_values=before_out.past_key_values, use_cache=True
+            )
+        return ReferenceOutput(tokens, "length")

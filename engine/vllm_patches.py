@@ -1,0 +1,60 @@
+"""Narrow fixes to vLLM 0.32 behaviour that would otherwise take the engine down. Each is applied
+from the plugin in every vLLM process, is idempotent, and names the upstream code it wraps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _discarded_generators(runner) -> dict[int, object]:
+    """Generators of seeded requests whose sample this step is discarded (a partial prefill)."""
+    generators = runner.input_batch.generators
+    if not generators:
+        return {}
+    rows = np.nonzero(runner.discard_request_mask.np[: runner.input_batch.num_reqs])[0]
+    return {int(i): generators[int(i)] for i in rows if int(i) in generators}
+
+
+def patch_cpu_seeded_chunked_prefill() -> None:
+    """Keep a seeded request with a chunked prefill from killing the engine on CPU.
+
+    A request whose prompt is split across steps gets a sample on each partial step that is then
+    discarded. `GPUModelRunner._bookkeeping_sync` undoes that draw with `generator.set_offset`,
+    which only CUDA's Philox generators support: on CPU it raises "CPU Generator does not use
+    offset" in the worker and the whole engine dies. On CPU we instead save those generators'
+    states around `GPUModelRunner._sample`, restore them after it, and hide them from the
+    offset rewind. The discarded draw then leaves no trace, as on GPU, so a seeded request's
+    samples do not depend on how its prompt was chunked.
+    """
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    if getattr(GPUModelRunner._sample, "_lda_patched", False):
+        return
+    original_sample = GPUModelRunner._sample
+    original_bookkeeping = GPUModelRunner._bookkeeping_sync
+
+    def _sample(self, *args, **kwargs):
+        if self.device.type != "cpu":
+            return original_sample(self, *args, **kwargs)
+        saved = {i: g.get_state() for i, g in _discarded_generators(self).items()}
+        try:
+            return original_sample(self, *args, **kwargs)
+        finally:
+            generators = self.input_batch.generators
+            for i, state in saved.items():
+                generators[i].set_state(state)
+
+    def _bookkeeping_sync(self, *args, **kwargs):
+        if self.device.type != "cpu":
+            return original_bookkeeping(self, *args, **kwargs)
+        generators = self.input_batch.generators
+        hidden = {i: generators.pop(i) for i in _discarded_generators(self)}
+        try:
+            return original_bookkeeping(self, *args, **kwargs)
+        finally:
+            generators.update(hidden)
+
+    _sample._lda_patched = True
+    GPUModelRunner._sample = _sample
+    GPUModelRunner._bookkeeping_sync = _bookkeeping_sync

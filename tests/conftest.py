@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny model pairs built once per session, and engine-start helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.factories import TinyPair, build_pair
+
+# Engines and servers started by tests must never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def llama_pair(models_root) -> TinyPair:
+    """Llama pair whose after model pads its vocab to 352 while the before model has 300."""
+    return build_pair(models_root, "llama", vocab_after=352, vocab_before=300)
+
+
+@pytest.fixture(scope="session")
+def qwen2_pair(models_root) -> TinyPair:
+    return build_pair(models_root, "qwen2")
+
+
+@pytest.fixture(scope="session")
+def olmo2_pair(models_root) -> TinyPair:
+    return build_pair(models_root, "olmo2")
