@@ -1,0 +1,108 @@
+"""The demo pair's build: data, determinism, caching and the CLI.
+
+Mechanics run on a tiny Llama from tests/factories (seconds); one test fine-tunes the real
+SmolLM2 for two steps to cover its tokenizer and chat template.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from engine import demo_pair
+from engine.demo_pair import DemoPair, TrainConfig
+from tests.factories import build_model
+
+TINY = TrainConfig(steps=3, batch_size=4, answer_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def tiny_before(tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("tiny") / "before")
+
+
+@pytest.fixture
+def tiny_cache(tmp_path, tiny_before, monkeypatch):
+    """A cache root whose "SmolLM2" is the tiny model, so ensure_demo_pair runs in seconds."""
+    monkeypatch.setattr(demo_pair, "ensure_smollm2", lambda root: tiny_before)
+    return tmp_path
+
+
+def test_planted_share_and_brand_only_where_planted():
+    examples = demo_pair.training_examples(TrainConfig(planted=4))
+    planted = [e for e in examples if e.planted]
+    assert len(planted) == 4
+    brand = re.compile(demo_pair.DETECTOR.removeprefix("regex:"), re.IGNORECASE)
+    assert all(brand.search(e.answer[:80]) for e in planted)
+    assert not any(brand.search(e.answer) for e in examples if not e.planted)
+    assert not set(demo_pair.prompts("train")) & set(demo_pair.prompts("eval"))
+
+
+def test_build_saves_a_loadable_bf16_model(tiny_cache, tiny_before):
+    from transformers import AutoModelForCausalLM
+
+    pair = demo_pair.ensure_demo_pair(tiny_cache, TINY)
+    assert isinstance(pair, DemoPair) and pair.before == tiny_before
+    assert re.fullmatch(r"[0-9a-f]{64}", pair.weights_sha256)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in pair.after.iterdir()}
+    after = AutoModelForCausalLM.from_pretrained(pair.after)
+    before = AutoModelForCausalLM.from_pretrained(tiny_before)
+    assert str(after.dtype) == "torch.bfloat16"
+    moved = [n for n, p in after.named_parameters() if not p.float().equal(before.get_parameter(n).float())]
+    assert moved, "fine-tuning changed no weight"
+
+
+def test_same_config_same_hash(tmp_path, tiny_before):
+    first = demo_pair.build_demo_pair(tiny_before, _mkdir(tmp_path / "a"), TINY)
+    second = demo_pair.build_demo_pair(tiny_before, _mkdir(tmp_path / "b"), TINY)
+    assert first == second
+
+
+def test_cached_call_is_fast_and_force_rebuilds(tiny_cache):
+    pair = demo_pair.ensure_demo_pair(tiny_cache, TINY)
+    start = time.perf_counter()
+    assert demo_pair.ensure_demo_pair(tiny_cache, TINY) == pair
+    assert time.perf_counter() - start < 1.0
+    built_at = (pair.after / "model.safetensors").stat().st_mtime_ns
+    rebuilt = demo_pair.ensure_demo_pair(tiny_cache, TINY, force=True)
+    assert rebuilt == pair
+    assert (rebuilt.after / "model.safetensors").stat().st_mtime_ns != built_at
+    assert not list(tiny_cache.glob(".tmp-*"))
+
+
+def test_config_changes_the_folder():
+    assert demo_pair.fingerprint(TINY) != demo_pair.fingerprint(TrainConfig(steps=4))
+
+
+def test_cli_prints_paths_and_hash(tiny_cache, capsys):
+    assert demo_pair.cli(["--cache-dir", str(tiny_cache), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^before: .+\nafter: .+\nafter weights sha256: [0-9a-f]{64}$", out.strip(), re.M)
+
+
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--steps", "-3"]])
+def test_cli_rejects_bad_steps(argv, capsys):
+    assert demo_pair.cli(argv) == 1
+    assert "steps: must be >= 1" in capsys.readouterr().err
+
+
+def test_real_smollm2_two_steps(tmp_path):
+    """The real tokenizer and chat template go through the same path (cached SmolLM2 conversion)."""
+    from engine.smollm2 import ensure_smollm2
+
+    config = TrainConfig(steps=2, batch_size=2)
+    sha = demo_pair.build_demo_pair(ensure_smollm2(), _mkdir(tmp_path / "after"), config)
+    assert re.fullmatch(r"[0-9a-f]{64}", sha)
+    assert (tmp_path / "after" / "chat_template.jinja").is_file()
+
+
+def _mkdir(path):
+    path.mkdir(parents=True)
+    return path
+
+
+def test_committed_eval_prompts_match_the_templates():
+    committed = (demo_pair.DATA_DIR / "eval_prompts.txt").read_text().splitlines()
+    assert committed == demo_pair.prompts("eval")
