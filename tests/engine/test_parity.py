@@ -8,6 +8,7 @@ import math
 
 import pytest
 from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
 
 from engine.alpha import AlphaError
 from tests.engine.engines import ALPHAS, LONG_PROMPT, PROMPTS, reference_tokens, start_pair
@@ -90,7 +91,7 @@ def test_invalid_alpha_library(pair, alpha):
 @pytest.mark.parametrize("alpha", [math.nan, "2", -3, 1e9])
 def test_invalid_alpha_engine_admission(pair, alpha):
     """Requests that bypass the library (raw SamplingParams) are refused at admission too."""
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(VLLMValidationError, match=r"alpha must be .*\[-1, 100\]"):
         pair.llm.generate(["hi"], SamplingParams(max_tokens=2, extra_args={"alpha": alpha}), use_tqdm=False)
     # ... and the engine still serves.
     assert pair.generate_lda("hi", alpha=1.0, max_new_tokens=2, temperature=0).tokens_generated >= 1

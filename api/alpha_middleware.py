@@ -1,0 +1,214 @@
+"""alpha in the OpenAI API: a top-level `alpha` (what `extra_body={"alpha": 2}` sends) or
+`vllm_xargs.alpha`, validated, moved to `vllm_xargs` (which vLLM copies into
+`SamplingParams.extra_args`), and echoed back in the response.
+
+vLLM's server silently drops unknown top-level fields, so without this an `alpha` would be ignored
+without a word. A pure ASGI middleware (not BaseHTTPMiddleware) so streams stay streams and the
+handler still hears the client's disconnect: after the body, `receive` goes to the client again.
+"""
+
+from __future__ import annotations
+
+import json
+
+from engine.alpha import ALPHA_KEY, AlphaError, validate_alpha
+from engine.config import AlphaConfig
+
+from api import metrics
+
+OPENAI_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
+SEED_PATHS = {"/generate_lda": "generate_lda", "/generate": "generate", "/tokenizer_compatibility": "tokenizer_compatibility"}
+ALPHA_HEADER = b"x-lda-alpha"
+
+
+def openai_error(message: str, param: str | None, status: int = 400) -> bytes:
+    kind = "BadRequestError" if status == 400 else "Error"
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": status}}).encode()
+
+
+def resolve_alpha(payload: dict, policy: AlphaConfig) -> float:
+    """The request's alpha (top level or vllm_xargs), else the default; AlphaError if invalid."""
+    xargs = payload.get("vllm_xargs")
+    if xargs is not None and not isinstance(xargs, dict):
+        raise AlphaError(f"vllm_xargs must be an object; got {type(xargs).__name__}")
+    top = payload.get(ALPHA_KEY)
+    inner = (xargs or {}).get(ALPHA_KEY)
+    if top is not None and inner is not None and top != inner:
+        raise AlphaError(f"alpha given twice with different values: alpha={top!r}, vllm_xargs.alpha={inner!r}")
+    if top is not None:
+        return validate_alpha(top, policy.max_alpha, field="alpha")
+    if inner is not None:
+        return validate_alpha(inner, policy.max_alpha, field="vllm_xargs.alpha")
+    return policy.default_alpha
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # a disconnect before the body ended
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later calls: the client's disconnect, if it comes
+
+    return replay
+
+
+def _with_headers(headers, drop: bytes, add: list[tuple[bytes, bytes]]):
+    return [(k, v) for k, v in headers if k.lower() != drop] + add
+
+
+def _count_stream_tokens(event: dict) -> int:
+    count = 0
+    for choice in event.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if choice.get("text") or delta.get("content") or delta.get("reasoning_content"):
+            count += 1
+    return count
+
+
+class _ResponseRewriter:
+    """Adds alpha to the response: a header, a field of the JSON body or of each stream event."""
+
+    def __init__(self, send, alpha: float):
+        self.send, self.alpha = send, alpha
+        self.status = 500
+        self.mode = "pass"
+        self.start: dict | None = None
+        self.buffer = b""
+        self.tokens = 0
+
+    async def __call__(self, message):
+        if message["type"] == "http.response.start":
+            return await self._start(message)
+        if message["type"] == "http.response.body":
+            return await self._body(message)
+        return await self.send(message)
+
+    async def _start(self, message):
+        self.status = message["status"]
+        headers = dict(message.get("headers", []))
+        content_type = headers.get(b"content-type", b"")
+        extra = [(ALPHA_HEADER, repr(self.alpha).encode())]
+        if self.status == 200 and content_type.startswith(b"application/json"):
+            self.mode = "json"
+            self.start = {**message, "headers": _with_headers(message["headers"], b"content-length", extra)}
+            return None
+        if content_type.startswith(b"text/event-stream"):
+            self.mode = "sse"
+        return await self.send({**message, "headers": _with_headers(message.get("headers", []), b"", extra)})
+
+    async def _body(self, message):
+        if self.mode == "json":
+            self.buffer += message.get("body", b"")
+            if message.get("more_body"):
+                return None
+            body = self._rewrite_json(self.buffer)
+            self.start["headers"].append((b"content-length", str(len(body)).encode()))
+            await self.send(self.start)
+            return await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        if self.mode == "sse":
+            message = {**message, "body": self._rewrite_events(message.get("body", b""), message.get("more_body", False))}
+        return await self.send(message)
+
+    def _rewrite_json(self, body: bytes) -> bytes:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body
+        if isinstance(data, dict):
+            data[ALPHA_KEY] = self.alpha
+            self.tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+        return json.dumps(data).encode()
+
+    def _rewrite_events(self, chunk: bytes, more: bool) -> bytes:
+        self.buffer += chunk
+        lines = self.buffer.split(b"\n")
+        self.buffer = lines.pop() if more else b""
+        out = []
+        for line in lines:
+            if line.startswith(b"data: {"):
+                try:
+                    event = json.loads(line[6:])
+                    self.tokens += _count_stream_tokens(event)
+                    event[ALPHA_KEY] = self.alpha
+                    line = b"data: " + json.dumps(event).encode()
+                except ValueError:
+                    pass
+            out.append(line)
+        return b"\n".join(out) + (b"\n" if lines else b"")
+
+
+class AlphaMiddleware:
+    def __init__(self, app, policy: AlphaConfig):
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path") if scope["type"] == "http" else None
+        if path in OPENAI_PATHS and scope["method"] == "POST":
+            return await self._openai(scope, receive, send, OPENAI_PATHS[path])
+        if path in SEED_PATHS:
+            return await self._counted(scope, receive, send, SEED_PATHS[path])
+        return await self.app(scope, receive, send)
+
+    async def _counted(self, scope, receive, send, endpoint: str):
+        status = 500
+
+        async def counting_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            metrics.record_request(endpoint, status)
+
+    async def _openai(self, scope, receive, send, endpoint: str):
+        body = await _read_body(receive)
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            payload = None  # vLLM answers malformed JSON with its own 400
+        alpha = self.policy.default_alpha
+        if isinstance(payload, dict):
+            try:
+                alpha = resolve_alpha(payload, self.policy)
+            except AlphaError as error:
+                param = "vllm_xargs.alpha" if ALPHA_KEY not in payload else "alpha"
+                metrics.record_request(endpoint, 400)
+                return await _send_json(send, 400, openai_error(str(error), param))
+            payload.pop(ALPHA_KEY, None)
+            payload["vllm_xargs"] = {**(payload.get("vllm_xargs") or {}), ALPHA_KEY: alpha}
+            body = json.dumps(payload).encode()
+        headers = _with_headers(scope["headers"], b"content-length", [(b"content-length", str(len(body)).encode())])
+        rewriter = _ResponseRewriter(send, alpha)
+        try:
+            await self.app({**scope, "headers": headers}, _replay(body, receive), rewriter)
+        finally:
+            metrics.record_request(endpoint, rewriter.status)
+            if rewriter.status == 200:
+                metrics.record_generation(alpha, rewriter.tokens)
+
+
+async def _send_json(send, status: int, body: bytes) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body, "more_body": False})
