@@ -12,6 +12,7 @@ import uuid
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field, model_validator
 from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
 from api import metrics
@@ -67,6 +68,7 @@ class LDAGenerateResponse(BaseModel):
     tokens_generated: int
     stopped_early: bool
     finish_reason: str
+    token_ids: list[int]
 
 
 def _format(tokenizer, req: GenerateRequest) -> str:
@@ -86,6 +88,9 @@ def _params(req: GenerateRequest, alpha: float) -> SamplingParams:
         top_k=req.top_k,
         seed=req.seed,
         extra_args={"alpha": alpha},
+        # One output at the end, fully detokenized (no partial UTF-8 held back), as the
+        # OpenAI endpoints do for non-streaming requests.
+        output_kind=RequestOutputKind.FINAL_ONLY,
     )
 
 
@@ -140,6 +145,7 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
         tokens_generated=len(out.token_ids),
         stopped_early=out.finish_reason == "stop",
         finish_reason=out.finish_reason or "length",
+        token_ids=list(out.token_ids),
     )
 
 

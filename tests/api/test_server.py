@@ -1,0 +1,237 @@
+"""The server end to end: a real `lda serve` process on loopback, real HTTP, the official client.
+
+One server for the module (a tiny Llama pair with equal vocabularies); correctness is checked
+against each model alone in plain transformers, which shares no code with the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import httpx
+import openai
+import pytest
+
+from tests.factories import build_pair
+from tests.servers import free_port, start_lda_server
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "Tell me about the weather today."
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def pair(models_root):
+    return build_pair(models_root / "server", "llama")
+
+
+@pytest.fixture(scope="module")
+def server(pair, tmp_path_factory):
+    handle = start_lda_server(pair, tmp_path_factory.mktemp("server") / "server.log")
+    yield handle
+    code = handle.stop()
+    assert code == 0, f"SIGTERM should shut down cleanly, got {code}:\n{handle.log()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def alone(pair):
+    """Greedy tokens of each model alone, from plain transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pair.after)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
+    texts = {}
+    for name, path in (("after", pair.after), ("before", pair.before)):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        for kind, prompt in (("plain", PROMPT), ("chat", chat)):
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            out = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=tokenizer.eos_token_id)
+            texts[name, kind] = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            texts[name, kind, "ids"] = out[0, ids.shape[1]:].tolist()
+    return texts
+
+
+def _complete(client, **kwargs):
+    return client.completions.create(model="lda", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0, **kwargs)
+
+
+def test_models_lists_the_served_name(client):
+    assert [m.id for m in client.models.list().data] == ["lda"]
+
+
+@pytest.mark.parametrize("alpha, model", [(0.0, "after"), (-1.0, "before")])
+def test_completion_alpha_top_level_matches_model_alone(client, alone, alpha, model):
+    response = _complete(client, extra_body={"alpha": alpha})
+    assert response.choices[0].text == alone[model, "plain"]
+    assert response.model_extra["alpha"] == alpha
+
+
+@pytest.mark.parametrize("alpha, model", [(0.0, "after"), (-1.0, "before")])
+def test_completion_alpha_in_vllm_xargs(client, alone, alpha, model):
+    response = _complete(client, extra_body={"vllm_xargs": {"alpha": alpha}})
+    assert response.choices[0].text == alone[model, "plain"]
+
+
+def test_chat_matches_model_alone_streaming_and_not(client, alone):
+    messages = [{"role": "user", "content": PROMPT}]
+    kwargs = dict(model="lda", messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+    plain = client.chat.completions.create(**kwargs, extra_body={"alpha": 0})
+    assert plain.choices[0].message.content == alone["after", "chat"]
+    # Random tiny models emit partial UTF-8 bytes that streaming detokenization holds back, so
+    # compare the streamed token ids rather than the text.
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, extra_body={"alpha": -1, "return_token_ids": True}))
+    streamed = [t for c in chunks if c.choices for t in (c.choices[0].model_extra.get("token_ids") or [])]
+    assert streamed == alone["before", "chat", "ids"]
+    assert all(c.model_extra["alpha"] == -1 for c in chunks)
+
+
+def test_streaming_completion_and_alpha_changes_output(client, alone):
+    chunks = list(client.completions.create(model="lda", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0, stream=True, extra_body={"alpha": 0, "return_token_ids": True}))
+    streamed = [t for c in chunks if c.choices for t in (c.choices[0].model_extra.get("token_ids") or [])]
+    assert streamed == alone["after", "plain", "ids"]
+    amplified = _complete(client, extra_body={"alpha": 20})
+    assert amplified.choices[0].text not in (alone["after", "plain"], alone["before", "plain"])
+
+
+def test_default_alpha_is_used_and_reported(client):
+    response = _complete(client)
+    assert response.model_extra["alpha"] == 1.0
+
+
+def test_concurrent_requests_with_different_alphas(client, alone):
+    results = {}
+
+    def run(alpha):
+        results[alpha] = _complete(client, extra_body={"alpha": alpha}).choices[0].text
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in (0.0, -1.0, 0.0, -1.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0.0] == alone["after", "plain"] and results[-1.0] == alone["before", "plain"]
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"alpha": "high"}, "alpha"),
+        ({"alpha": 1000}, "alpha"),
+        ({"alpha": -2}, "alpha"),
+        ({"alpha": True}, "alpha"),
+        ({"vllm_xargs": {"alpha": "x"}}, "vllm_xargs.alpha"),
+        ({"alpha": 1, "vllm_xargs": {"alpha": 2}}, "alpha"),
+    ],
+)
+def test_bad_alpha_is_a_400_naming_the_field(server, body, param):
+    for path, extra in (("/v1/completions", {"prompt": "hi"}), ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})):
+        r = httpx.post(f"{server.base_url}{path}", json={"model": "lda", "max_tokens": 2, **extra, **body}, timeout=60)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == param and "alpha" in error["message"]
+    assert httpx.post(f"{server.base_url}/v1/completions", json={"model": "lda", "prompt": "hi", "max_tokens": 2}, timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path, content, status",
+    [
+        ("/v1/completions", b"{not json", (400, 422)),
+        ("/v1/completions", json.dumps({"model": "lda"}).encode(), (400, 422)),
+        ("/v1/completions", json.dumps({"model": "lda", "prompt": "hi", "max_tokens": -5}).encode(), (400, 422)),
+        ("/v1/completions", json.dumps({"model": "lda", "prompt": "hi", "max_tokens": "many"}).encode(), (400, 422)),
+        ("/v1/completions", json.dumps({"model": "lda", "prompt": "word " * 2000, "max_tokens": 4}).encode(), (400,)),
+        ("/v1/chat/completions", json.dumps({"model": "lda", "messages": "hi"}).encode(), (400, 422)),
+        ("/generate_lda", b"{not json", (400, 422)),
+        ("/generate_lda", json.dumps({"alpha": 1}).encode(), (400, 422)),
+        ("/generate_lda", json.dumps({"prompt": "hi", "alpha": "2"}).encode(), (400, 422)),
+        ("/generate_lda", json.dumps({"prompt": "hi", "alpha": 500}).encode(), (400,)),
+        ("/generate_lda", json.dumps({"prompt": "hi", "max_new_tokens": -1}).encode(), (400, 422)),
+        ("/generate_lda", json.dumps({"prompt": "word " * 2000}).encode(), (400,)),
+        ("/generate", json.dumps({"prompt": ""}).encode(), (400, 422)),
+    ],
+)
+def test_bad_input_is_4xx_never_500(server, path, content, status):
+    r = httpx.post(f"{server.base_url}{path}", content=content, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code in status, r.text
+    assert r.text  # a message, not an empty body
+
+
+def test_seed_endpoints_keep_the_seed_field_names(server, alone):
+    url = server.base_url
+    lda = httpx.post(f"{url}/generate_lda", json={"prompt": PROMPT, "alpha": 0, "max_new_tokens": MAX_TOKENS, "do_sample": False}, timeout=60).json()
+    assert {"prompt", "formatted_prompt", "completion", "text", "alpha", "model_after", "model_before", "tokens_generated", "stopped_early"} <= set(lda)
+    assert lda["token_ids"] == alone["after", "chat", "ids"] and lda["alpha"] == 0
+    before = httpx.post(f"{url}/generate_lda", json={"prompt": PROMPT, "alpha": -1, "max_new_tokens": MAX_TOKENS, "do_sample": False}, timeout=60).json()
+    assert before["token_ids"] == alone["before", "chat", "ids"]
+    both = httpx.post(f"{url}/generate", json={"prompt": PROMPT, "max_new_tokens": MAX_TOKENS, "do_sample": False}, timeout=60).json()
+    assert both["model_1"]["completion"] == lda["completion"]
+    assert both["model_2"]["completion"] == before["completion"]
+    assert both["model_1"]["completion"] != both["model_2"]["completion"]
+    assert both["model_1"]["model_id"].endswith("llama-after-300")
+    compat = httpx.get(f"{url}/tokenizer_compatibility", timeout=10).json()
+    assert compat["compatible"] is True and compat["vocab_size_1"] == compat["vocab_size_2"] == 300
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            head = line.split(" ")[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_metrics_expose_vllm_and_lda_and_move(server, client):
+    before = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    _complete(client, extra_body={"alpha": 2.0})
+    after = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    assert "vllm:num_requests_running" in after and "vllm:generation_tokens_total" in after
+    assert _metric(after, "lda_requests_total", endpoint="completions", status="2xx") == _metric(before, "lda_requests_total", endpoint="completions", status="2xx") + 1
+    assert _metric(after, "lda_request_alpha_count") == _metric(before, "lda_request_alpha_count") + 1
+    assert _metric(after, "lda_amplified_tokens_total") >= _metric(before, "lda_amplified_tokens_total") + 1
+
+
+def test_client_disconnect_mid_stream_leaves_server_healthy(server, client):
+    body = {"model": "lda", "prompt": PROMPT, "max_tokens": 400, "stream": True, "alpha": 1, "ignore_eos": True}
+    with httpx.stream("POST", f"{server.base_url}/v1/completions", json=body, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i >= 3:
+                break  # closing the stream here disconnects mid-generation
+    assert _complete(client, extra_body={"alpha": 0}).choices[0].text
+    assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200
+    running = _metric(httpx.get(f"{server.base_url}/metrics", timeout=10).text, "vllm:num_requests_running")
+    assert running == 0, "the abandoned request must be aborted, not left decoding"
+
+
+def test_regress_writes_json_and_compares(server, tmp_path):
+    out = tmp_path / "base.json"
+    cmd = [sys.executable, "-m", "api.cli", "regress", "--url", server.base_url, "--alpha", "0.5", "--max-new-tokens", "6"]
+    first = subprocess.run([*cmd, "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(out.read_text())
+    assert data["alpha"] == 0.5 and len(data["results"]) == 5
+    assert "Tokens:" in first.stdout and "Stopped early:" in first.stdout
+    again = subprocess.run([*cmd, "--compare", str(out)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Compared with the baseline" in again.stdout and "unchanged" in again.stdout
+
+
+def test_regress_without_server_fails_fast():
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "regress", "--url", f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert f"no LDA server answering at http://127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
