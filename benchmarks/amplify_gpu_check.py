@@ -1,0 +1,75 @@
+"""GPU check of the amplification step's Triton kernel: correctness against the formula and
+memory bandwidth, beside the plain-torch path on the same device.
+
+    python -m benchmarks.amplify_gpu_check            # needs a CUDA device and Triton
+
+Prints one line per case: max abs error vs float64, time per call, effective GB/s (bytes of A
+and B read plus the float32 result written).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from engine.amplify import _amplify_triton, amplify_torch
+
+CASES = [(rows, vocab, dtype) for dtype in (torch.bfloat16, torch.float32) for vocab in (49152, 100352) for rows in (1, 64, 256, 1024)]
+
+
+def _expected(a, b, alpha):
+    shared = min(a.shape[1], b.shape[1])
+    out = torch.full(a.shape, float("-inf"), dtype=torch.float64, device=a.device)
+    al = alpha.double()[:, None]
+    out[:, :shared] = (1 + al) * a[:, :shared].double() - al * b[:, :shared].double()
+    return out
+
+
+def _time(fn, iters=50) -> float:
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters / 1e3
+
+
+def check(rows: int, vocab: int, dtype: torch.dtype) -> tuple[float, float, float, float]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = (torch.randn(rows, vocab, device="cuda", generator=g) * 5).to(dtype)
+    b = (torch.randn(rows, vocab - 48, device="cuda", generator=g) * 5).to(dtype)  # padded vocab
+    alpha = torch.tensor([-1.0, 0.0, 0.3, 20.0], device="cuda").repeat(rows // 4 + 1)[:rows]
+    got = _amplify_triton(a.clone(), b, alpha)
+    ref = _expected(a, b, alpha)
+    finite = torch.isfinite(ref)
+    if not torch.equal(torch.isfinite(got), finite):
+        raise AssertionError(f"-inf columns differ for {rows}x{vocab} {dtype}")
+    err = (got.double()[finite] - ref[finite]).abs().max().item()
+    moved = a.numel() * a.element_size() + b.numel() * b.element_size() + a.numel() * 4
+    t_triton = _time(lambda: _amplify_triton(a, b, alpha) if dtype != torch.float32 else _amplify_triton(a.clone(), b, alpha))
+    t_torch = _time(lambda: amplify_torch(a.clone() if dtype == torch.float32 else a, b, alpha))
+    return err, t_triton, moved / t_triton / 1e9, t_torch
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("amplify_gpu_check: no CUDA device", file=sys.stderr)
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}")
+    print(f"{'rows':>5} {'vocab':>7} {'dtype':>9} {'max_err':>9} {'triton_us':>10} {'GB/s':>7} {'torch_us':>9}")
+    worst = 0.0
+    for rows, vocab, dtype in CASES:
+        err, t, gbs, t_torch = check(rows, vocab, dtype)
+        worst = max(worst, err)
+        print(f"{rows:>5} {vocab:>7} {str(dtype)[6:]:>9} {err:>9.2e} {t * 1e6:>10.1f} {gbs:>7.0f} {t_torch * 1e6:>9.1f}")
+    print(f"worst abs error vs float64: {worst:.2e}")
+    return 0 if worst < 1e-2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
