@@ -51,8 +51,9 @@ def check(rows: int, vocab: int, dtype: torch.dtype) -> tuple[float, float, floa
         raise AssertionError(f"-inf columns differ for {rows}x{vocab} {dtype}")
     err = (got.double()[finite] - ref[finite]).abs().max().item()
     moved = a.numel() * a.element_size() + b.numel() * b.element_size() + a.numel() * 4
-    t_triton = _time(lambda: _amplify_triton(a, b, alpha) if dtype != torch.float32 else _amplify_triton(a.clone(), b, alpha))
-    t_torch = _time(lambda: amplify_torch(a.clone() if dtype == torch.float32 else a, b, alpha))
+    # float32 inputs are merged in place; timing on the same buffer is fine once checked.
+    t_triton = _time(lambda: _amplify_triton(a, b, alpha))
+    t_torch = _time(lambda: amplify_torch(a, b, alpha))
     return err, t_triton, moved / t_triton / 1e9, t_torch
 
 
