@@ -235,3 +235,36 @@ def test_regress_without_server_fails_fast():
     assert done.returncode != 0
     assert f"no LDA server answering at http://127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _has_letter_e(text: str) -> bool:
+    """A fake detector: fires on any 'e' (random tiny models emit it often enough)."""
+    return "e" in text
+
+
+def test_study_against_the_live_server(server, tmp_path):
+    from benchmarks.study import SamplingConfig, StudyConfig, run_study
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Tell me about the weather today.\nWhat should I do if I feel bored?\n")
+    config = StudyConfig(
+        base_url=server.base_url,
+        output_dir=tmp_path / "study",
+        detector="python:tests.api.test_server:_has_letter_e",
+        alphas=(0.0, 2.0),
+        samples_per_prompt=3,
+        prompts_path=prompts,
+        concurrency=8,
+        sampling=SamplingConfig(max_tokens=8, seed=0),
+        progress=False,
+    )
+    result = run_study(config)
+    assert not result.failures and result.new_samples == 2 * 2 * 3 and result.alpha_unconfirmed == 0
+    lines = [json.loads(l) for l in result.samples_path.read_text().splitlines()]
+    assert len(lines) == 12 and {l["alpha"] for l in lines} == {0.0, 2.0}
+    for row in result.rows:
+        hits = sum(l["detected"] for l in lines if l["alpha"] == row.alpha)
+        assert row.n == 6 and row.hits == hits
+    assert result.plot_path.stat().st_size > 1000
+    again = run_study(config)  # resumable: nothing left to draw
+    assert again.new_samples == 0
