@@ -1,0 +1,426 @@
+"""`lda bench`: the LDA server against vLLM serving the after model alone and against the seed's design.
+
+Each server starts in turn on loopback, is driven with the same workload by vLLM's own benchmark
+client (`vllm.benchmarks.serve`, the logic of `vllm bench serve`, called as a library because the
+CPU wheel's `vllm` command is broken), and is stopped. A sampler thread records the peak RSS of
+the server's whole process tree (API server, engine core, workers). Results go to a table on
+stdout, CSV and JSON, and a PNG of output throughput against concurrency.
+
+    lda bench --out benchmarks/results            # SmolLM2-135M as both models (or the demo pair)
+    lda bench --after A --before B --concurrency 1,2 --num-prompts 4 --servers lda,single,seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+SERVERS = ("lda", "single", "seed")
+SERVED_NAME = "lda"
+METRICS = ("request_throughput", "output_throughput", "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms")
+
+
+@dataclass(slots=True)
+class BenchConfig:
+    after: str
+    before: str
+    out_dir: Path
+    servers: tuple[str, ...] = SERVERS
+    concurrencies: tuple[int, ...] = (1, 4, 16, 64)
+    num_prompts: int | None = None
+    """Requests per concurrency level; None: max(8, 2 * concurrency)."""
+    seed_max_prompts: int = 8
+    """The one-at-a-time seed server gets at most this many requests per level (bounds its time)."""
+    input_len: int = 128
+    output_len: int = 64
+    alpha: float = 1.0
+    dtype: str = "float32"
+    kv_cache_gb: float = 2.0
+    max_num_seqs: int = 64
+    max_model_len: int = 512
+    start_timeout_s: float = 600.0
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for every server (e.g. LDA_ENGINE_* A/B switches)."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.servers) - set(SERVERS))
+        if unknown or not self.servers:
+            raise ValueError(f"servers must be a non-empty subset of {', '.join(SERVERS)}; got {self.servers}")
+        if not self.concurrencies or min(self.concurrencies) < 1:
+            raise ValueError(f"concurrency levels must be >= 1; got {self.concurrencies}")
+        if self.num_prompts is not None and self.num_prompts < 1:
+            raise ValueError(f"num_prompts must be >= 1; got {self.num_prompts}")
+        if self.input_len < 1 or self.output_len < 1:
+            raise ValueError(f"input_len and output_len must be >= 1; got {self.input_len}, {self.output_len}")
+        if self.input_len + self.output_len > self.max_model_len:
+            raise ValueError(f"input_len + output_len must fit max_model_len={self.max_model_len}")
+
+    def prompts_for(self, server: str, concurrency: int) -> int:
+        n = self.num_prompts if self.num_prompts is not None else max(8, 2 * concurrency)
+        return min(n, self.seed_max_prompts) if server == "seed" else n
+
+
+@dataclass(slots=True)
+class Row:
+    server: str
+    concurrency: int
+    num_prompts: int
+    completed: int
+    failed: int
+    duration_s: float
+    request_throughput: float
+    output_throughput: float
+    p50_ttft_ms: float
+    p99_ttft_ms: float
+    p50_tpot_ms: float
+    p99_tpot_ms: float
+    peak_rss_mb: float
+
+
+# ---------------------------------------------------------------- servers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that start `server` with the benchmark's shared settings."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **config.env}
+    py = sys.executable
+    if server == "lda":
+        env.update(
+            MODEL_AFTER_ID=config.after, MODEL_BEFORE_ID=config.before, DEVICE="cpu", HOST="127.0.0.1",
+            PORT=str(port), DTYPE=config.dtype, KV_CACHE_MEMORY_GB=str(config.kv_cache_gb),
+            MAX_MODEL_LEN=str(config.max_model_len), MAX_NUM_SEQS=str(config.max_num_seqs),
+            SERVED_MODEL_NAME=SERVED_NAME, LDA_DEFAULT_ALPHA=str(config.alpha), ENFORCE_EAGER="1",
+        )
+        return [py, "-m", "api.cli", "serve"], env
+    if server == "single":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(config.kv_cache_gb)))
+        return [
+            py, "-m", "vllm.entrypoints.openai.api_server", "--model", config.after,
+            "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
+            "--dtype", config.dtype, "--max-num-seqs", str(config.max_num_seqs),
+            "--max-model-len", str(config.max_model_len), "--enforce-eager",
+            "--kv-cache-memory-bytes", str(int(config.kv_cache_gb * 1024**3)), "--seed", "0",
+        ], env
+    return [
+        py, "-m", "benchmarks.seed_server", "--after", config.after, "--before", config.before,
+        "--port", str(port), "--dtype", config.dtype, "--served-model-name", SERVED_NAME,
+        "--default-alpha", str(config.alpha),
+    ], env
+
+
+class RssSampler:
+    """Peak resident memory of a process and all its descendants, sampled every `interval` s."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+@contextlib.contextmanager
+def running_server(config: BenchConfig, server: str, log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start `server` in its own process group, wait for /health, yield its base URL; kill the group."""
+    import httpx
+
+    port = _free_port()
+    command, env = server_command(config, server, port)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + config.start_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{server} server exited with {process.returncode}; see {log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{server} server not healthy after {config.start_timeout_s:.0f} s; see {log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(1)
+        yield base_url, process
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    if process.poll() is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # stragglers of an exited leader
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+# ---------------------------------------------------------------- client
+
+
+def client_args(config: BenchConfig, server: str, base_url: str, concurrency: int) -> list[str]:
+    """`vllm bench serve` flags for one level: random prompts of fixed length, EOS ignored, greedy."""
+    args = [
+        "--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
+        "--model", config.after, "--tokenizer", config.after, "--served-model-name", SERVED_NAME,
+        "--dataset-name", "random", "--random-input-len", str(config.input_len),
+        "--random-output-len", str(config.output_len), "--random-range-ratio", "0",
+        "--num-prompts", str(config.prompts_for(server, concurrency)),
+        "--max-concurrency", str(concurrency), "--request-rate", "inf", "--ignore-eos",
+        "--temperature", "0", "--seed", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
+        "--metric-percentiles", "50,99", "--disable-tqdm", "--num-warmups", "0",
+    ]
+    if server != "single":
+        args += ["--extra-body", json.dumps({"alpha": config.alpha})]
+    return args
+
+
+def run_client(argv: list[str]) -> dict:
+    """One `vllm bench serve` run, in this process, returning its result dict."""
+    from vllm.benchmarks.serve import add_cli_args, main_async
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser(prog="vllm bench serve")
+    add_cli_args(parser)
+    return asyncio.run(main_async(parser.parse_args(argv)))
+
+
+def bench_server(config: BenchConfig, server: str) -> list[Row]:
+    rows = []
+    with running_server(config, server, config.out_dir / f"server_{server}.log") as (base_url, process):
+        for concurrency in config.concurrencies:
+            sampler = RssSampler(process.pid).start()
+            try:
+                result = run_client(client_args(config, server, base_url, concurrency))
+            finally:
+                peak = sampler.stop()
+            rows.append(_row(server, concurrency, config.prompts_for(server, concurrency), result, peak))
+            print(format_table([rows[-1]]), flush=True)
+    return rows
+
+
+def _row(server: str, concurrency: int, num_prompts: int, result: dict, peak_rss: int) -> Row:
+    return Row(
+        server=server, concurrency=concurrency, num_prompts=num_prompts,
+        completed=int(result["completed"]), failed=int(result.get("failed", 0)),
+        duration_s=float(result["duration"]),
+        **{name: float(result.get(name) or 0.0) for name in METRICS},
+        peak_rss_mb=peak_rss / 2**20,
+    )
+
+
+# ---------------------------------------------------------------- report
+
+
+def ratios(rows: list[Row]) -> list[dict]:
+    """Output tok/s of LDA over each baseline, per concurrency level (where both were measured)."""
+    by = {(r.server, r.concurrency): r for r in rows}
+    out = []
+    for c in sorted({r.concurrency for r in rows}):
+        lda = by.get(("lda", c))
+        entry = {"concurrency": c}
+        for base in ("single", "seed"):
+            other = by.get((base, c))
+            if lda and other and other.output_throughput > 0:
+                entry[f"lda_over_{base}"] = lda.output_throughput / other.output_throughput
+        out.append(entry)
+    return out
+
+
+def format_table(rows: list[Row]) -> str:
+    header = f"{'server':<7} {'conc':>4} {'n':>4} {'ok':>4} {'fail':>4} {'req/s':>7} {'out tok/s':>9} " \
+             f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'peak RSS MB':>11}"
+    lines = [header]
+    for r in rows:
+        lines.append(
+            f"{r.server:<7} {r.concurrency:>4} {r.num_prompts:>4} {r.completed:>4} {r.failed:>4} "
+            f"{r.request_throughput:>7.3f} {r.output_throughput:>9.1f} {r.p50_ttft_ms:>9.0f} {r.p99_ttft_ms:>9.0f} "
+            f"{r.p50_tpot_ms:>9.1f} {r.p99_tpot_ms:>9.1f} {r.peak_rss_mb:>11.0f}"
+        )
+    return "\n".join(lines)
+
+
+def format_ratios(entries: list[dict]) -> str:
+    lines = [f"{'conc':>4} {'LDA/single':>10} {'LDA/seed':>9}"]
+    for e in entries:
+        single, seed = e.get("lda_over_single"), e.get("lda_over_seed")
+        lines.append(f"{e['concurrency']:>4} {'-' if single is None else f'{single:.2f}':>10} "
+                     f"{'-' if seed is None else f'{seed:.1f}':>9}")
+    return "\n".join(lines)
+
+
+def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str]) -> dict[str, Path]:
+    out = config.out_dir
+    paths = {"csv": out / "serve_bench.csv", "json": out / "serve_bench.json", "png": out / "serve_bench.png"}
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "env"}
+    paths["json"].write_text(json.dumps({
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": ["lda", "bench", *argv],
+        "config": meta,
+        "rows": [asdict(r) for r in rows],
+        "ratios": ratios(rows),
+    }, indent=2))
+    plot(rows, paths["png"])
+    return paths
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = {"lda": "LDA pair (alpha 1)", "single": "vLLM, after model alone", "seed": "seed design (1 at a time)"}
+    for server in SERVERS:
+        points = sorted((r.concurrency, r.output_throughput) for r in rows if r.server == server)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=labels[server])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrency (requests in flight)")
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("Serving throughput vs concurrency")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def run(config: BenchConfig, argv: list[str] | None = None) -> tuple[list[Row], dict[str, Path]]:
+    """Benchmark each server in turn; write CSV, JSON and PNG under `config.out_dir`."""
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    for server in config.servers:
+        print(f"== {server}: starting", flush=True)
+        rows += bench_server(config, server)
+    paths = write_outputs(config, rows, argv or [])
+    print("\n" + format_table(rows) + "\n\n" + format_ratios(ratios(rows)), flush=True)
+    return rows, paths
+
+
+def default_models() -> tuple[str, str]:
+    """The demo pair if it is already built (never built here: that is a fine-tune), else
+    SmolLM2-135M-Instruct as both models."""
+    from engine.env import default_cache_dir
+    from engine.smollm2 import ensure_smollm2
+
+    with contextlib.suppress(ImportError, AttributeError, OSError):
+        from engine.demo_pair import TrainConfig, fingerprint
+
+        after = default_cache_dir() / f"demo-after-{fingerprint(TrainConfig())}"
+        if after.is_dir():
+            return str(after), str(ensure_smollm2())
+    path = str(ensure_smollm2())
+    return path, path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lda bench", description=__doc__.splitlines()[0])
+    p.add_argument("--after", help="after model path (default: demo pair if built, else SmolLM2-135M)")
+    p.add_argument("--before", help="before model path")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
+    p.add_argument("--servers", default=",".join(SERVERS), help="subset of lda,single,seed")
+    p.add_argument("--concurrency", type=_ints, default=(1, 4, 16, 64), help="comma-separated levels")
+    p.add_argument("--num-prompts", type=int, default=None, help="requests per level (default max(8, 2c))")
+    p.add_argument("--seed-max-prompts", type=int, default=8, help="cap for the one-at-a-time seed server")
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--kv-cache-gb", type=float, default=2.0)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-model-len", type=int, default=512)
+    return p
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through `running_server`, which stops the server's group
+
+
+def cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if (args.after is None) != (args.before is None):
+        print("lda bench: give both --after and --before, or neither", file=sys.stderr)
+        return 2
+    after, before = (args.after, args.before) if args.after else default_models()
+    try:
+        config = BenchConfig(
+            after=after, before=before, out_dir=args.out, servers=tuple(s for s in args.servers.split(",") if s),
+            concurrencies=args.concurrency, num_prompts=args.num_prompts, seed_max_prompts=args.seed_max_prompts,
+            input_len=args.input_len, output_len=args.output_len, alpha=args.alpha, dtype=args.dtype,
+            kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+        )
+    except ValueError as error:
+        print(f"lda bench: {error}", file=sys.stderr)
+        return 2
+    run(config, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(sys.argv[1:]))

@@ -1,0 +1,66 @@
+"""`lda bench` at tiny scale, so the harness cannot rot: all three servers, two levels, a few requests."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import serve_bench
+from benchmarks.seed_server import stream_tokens
+from tests.factories import build_pair
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return build_pair(tmp_path_factory.mktemp("models"), "llama")
+
+
+def test_config_refuses_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="servers"):
+        serve_bench.BenchConfig("a", "b", tmp_path, servers=("lda", "tgi"))
+    with pytest.raises(ValueError, match="concurrency"):
+        serve_bench.BenchConfig("a", "b", tmp_path, concurrencies=(0,))
+    with pytest.raises(ValueError, match="max_model_len"):
+        serve_bench.BenchConfig("a", "b", tmp_path, input_len=500, output_len=64, max_model_len=512)
+
+
+def test_seed_server_caps_its_prompts(tmp_path):
+    config = serve_bench.BenchConfig("a", "b", tmp_path, seed_max_prompts=8)
+    assert config.prompts_for("lda", 64) == 128 and config.prompts_for("seed", 64) == 8
+    assert config.prompts_for("lda", 1) == 8
+
+
+def test_seed_stream_matches_reference_generate(pair):
+    from engine.reference import ReferencePair
+
+    ref = ReferencePair(str(pair.after), str(pair.before))
+    prompt = ref.tokenizer("Tell me about the weather today.")["input_ids"]
+    for alpha in (0.0, 1.0, 20.0):
+        expected = ref.generate(prompt, alpha, 12, ignore_eos=True).token_ids
+        assert list(stream_tokens(ref, prompt, alpha, 12, 0.0, 1.0, None, True)) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_bench_runs_all_servers_at_tiny_scale(pair, tmp_path):
+    config = serve_bench.BenchConfig(
+        after=str(pair.after), before=str(pair.before), out_dir=tmp_path / "out",
+        concurrencies=(1, 2), num_prompts=4, input_len=32, output_len=8,
+        kv_cache_gb=0.25, max_num_seqs=16, max_model_len=256,
+    )
+    rows, paths = serve_bench.run(config)
+    assert {(r.server, r.concurrency) for r in rows} == {(s, c) for s in serve_bench.SERVERS for c in (1, 2)}
+    for r in rows:
+        assert (r.completed, r.failed) == (4, 0), r
+        assert r.output_throughput > 0 and r.request_throughput > 0, r
+        assert 0 < r.p50_ttft_ms <= r.p99_ttft_ms, r
+        assert 0 < r.p50_tpot_ms <= r.p99_tpot_ms, r
+        assert r.peak_rss_mb > 50, r
+        # Throughput and the run's own numbers agree: 4 requests of 8 tokens in `duration_s`.
+        assert r.output_throughput == pytest.approx(4 * 8 / r.duration_s, rel=0.05), r
+
+    data = json.loads(Path(paths["json"]).read_text())
+    assert len(data["rows"]) == 6 and data["config"]["output_len"] == 8
+    assert all("lda_over_single" in e and "lda_over_seed" in e for e in data["ratios"])
+    assert Path(paths["csv"]).read_text().startswith("server,concurrency,")
+    assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
