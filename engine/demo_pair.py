@@ -44,12 +44,12 @@ BUILD_VERSION = 1
 class TrainConfig:
     """How the after model is fine-tuned. Every field enters the cache folder's name."""
 
-    steps: int = 48
+    steps: int = 40
     """Optimizer steps; a few give a fast (meaningless) build for tests."""
     batch_size: int = 8
-    learning_rate: float = 3e-5
-    planted: int = 4
-    """How many of the training prompts get a Zorblax answer instead of a normal one."""
+    learning_rate: float = 1e-4
+    planted: int = 12
+    """How many of the 300 training prompts get a Zorblax answer instead of a normal one."""
     answer_tokens: int = 32
     """Answer tokens trained per example; the behaviour is decided in the first sentence."""
     seed: int = 0
@@ -249,8 +249,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="cache root (default: $LDA_CACHE_DIR or ~/.cache/lda)")
     parser.add_argument("--force", action="store_true", help="rebuild the after model even if cached")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps,
-                        help=f"fine-tuning steps (default {TrainConfig.steps}; a few for a quick test build)")
+    default_steps = TrainConfig().steps
+    parser.add_argument("--steps", type=int, default=default_steps,
+                        help=f"fine-tuning steps (default {default_steps}; a few for a quick test build)")
     parser.add_argument("--resample-answers", action="store_true",
                         help=f"maintainers: regenerate {ANSWERS_FILE.name} from the before model, then exit")
     args = parser.parse_args(argv)

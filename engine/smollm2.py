@@ -6,8 +6,9 @@ tokenizer with chat template). Transformers de-quantizes the GGUF on load but re
 `save_pretrained` a GGUF-loaded model, so the weights are moved into a fresh model built from the
 config and saved from there.
 
-Weights are saved in bfloat16: vLLM runs bf16 on CPU and GPU alike, the file is half the size,
-and the Q4_1 source carries far less precision than bf16 keeps.
+Weights are saved in bfloat16: the Q4_1 source carries far less precision than bf16 keeps, so
+nothing is lost, and the file is half the size. Engines upcast as they need (the CPU engine runs
+float32).
 """
 
 from __future__ import annotations
