@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 
-START_TIMEOUT_S = 300
+# Generous: an engine starts in 30-60 s alone, but several minutes on a loaded 2-core machine.
+START_TIMEOUT_S = 600
 
 
 def free_port() -> int:

@@ -35,7 +35,7 @@ START_SH = ROOT / "deploy" / "runpod" / "start.sh"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "lda.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 SERVED_MODEL_NAME = "lda-tiny"
-STARTUP_TIMEOUT_S = 240
+STARTUP_TIMEOUT_S = 600  # 30-70 s alone; minutes on a loaded 2-core machine
 SHUTDOWN_TIMEOUT_S = 90
 
 
