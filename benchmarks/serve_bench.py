@@ -237,8 +237,8 @@ def run_client(argv: list[str]) -> dict:
     return asyncio.run(main_async(parser.parse_args(argv)))
 
 
-def bench_server(config: BenchConfig, server: str) -> list[Row]:
-    rows = []
+def bench_server(config: BenchConfig, server: str, rows: list[Row]) -> None:
+    """Drive `server` at each level, appending a Row per level to `rows` as soon as it is measured."""
     with running_server(config, server, config.out_dir / f"server_{server}.log") as (base_url, process):
         for concurrency in config.concurrencies:
             sampler = RssSampler(process.pid).start()
@@ -248,7 +248,6 @@ def bench_server(config: BenchConfig, server: str) -> list[Row]:
                 peak = sampler.stop()
             rows.append(_row(server, concurrency, config.prompts_for(server, concurrency), result, peak))
             print(format_table([rows[-1]]), flush=True)
-    return rows
 
 
 def _row(server: str, concurrency: int, num_prompts: int, result: dict, peak_rss: int) -> Row:
@@ -301,7 +300,7 @@ def format_ratios(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str]) -> dict[str, Path]:
+def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str], sources: list[str] | None = None) -> dict[str, Path]:
     out = config.out_dir
     paths = {"csv": out / "serve_bench.csv", "json": out / "serve_bench.json", "png": out / "serve_bench.png"}
     with open(paths["csv"], "w", newline="") as f:
@@ -315,6 +314,7 @@ def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str]) -> dict
         "config": meta,
         "rows": [asdict(r) for r in rows],
         "ratios": ratios(rows),
+        **({"combined_from": sources} if sources else {}),
     }, indent=2))
     plot(rows, paths["png"])
     return paths
@@ -343,17 +343,116 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
+def load_rows(paths: list[Path]) -> list[Row]:
+    """Rows of earlier runs' JSON files, for a table over servers measured in separate runs."""
+    rows = []
+    for path in paths:
+        rows += [Row(**r) for r in json.loads(Path(path).read_text())["rows"]]
+    return rows
+
+
+# ---------------------------------------------------------------- soak
+
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+@dataclass(slots=True)
+class SoakResult:
+    seconds: int
+    users: int
+    max_tokens: int
+    requests: int
+    failures: int
+    status_counts: dict[str, int]
+    """HTTP status of every completion request, from the server's access log."""
+    healthy_after: bool
+    completion_after: str
+    peak_rss_mb: float
+    locust_exit_code: int
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for code, n in self.status_counts.items() if code.startswith("5"))
+
+
+def _locust_counts(final_json: Path) -> tuple[int, int]:
+    """Requests and failures of the HTTP rows (not the TTFT/TPOT/TOKENS custom events), from
+    locust's --json-file, which it writes after its users stop. (Its --csv stats are written
+    earlier and miss the requests that finish during --stop-timeout.)"""
+    requests = failures = 0
+    for entry in json.loads(final_json.read_text()):
+        if entry.get("method") == "POST":
+            requests += int(entry["num_requests"])
+            failures += int(entry["num_failures"])
+    return requests, failures
+
+
+def _status_counts(log_path: Path) -> dict[str, int]:
+    import re
+
+    counts: dict[str, int] = {}
+    pattern = re.compile(r'"POST /v1/(?:chat/)?completions HTTP/[\d.]+" (\d{3})')
+    for line in log_path.read_text(errors="replace").splitlines():
+        if match := pattern.search(line):
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    return counts
+
+
+def soak(config: BenchConfig, seconds: int, users: int, max_tokens: int) -> SoakResult:
+    """The LDA server under `users` closed-loop locust users for `seconds`, then a health check and
+    one completion. Locust's --stop-timeout lets requests in flight at the end finish, so every
+    request sent is counted as succeeded or failed."""
+    import httpx
+
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.out_dir / "server_soak.log"
+    with running_server(config, "lda", log_path) as (base_url, process):
+        sampler = RssSampler(process.pid, interval=1.0).start()
+        env = {**os.environ, "LDA_MODEL": SERVED_NAME, "LDA_MAX_TOKENS": str(max_tokens), "LDA_ALPHAS": "0,1,4",
+               "LDA_IGNORE_EOS": "1", "LDA_TIMEOUT": "600"}
+        command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
+                   "-r", str(users), "-t", f"{seconds}s", "--stop-timeout", "300", "--host", base_url,
+                   "--csv", str(config.out_dir / "soak"), "--json-file", str(config.out_dir / "soak_final"),
+                   "--only-summary", "--loglevel", "WARNING"]
+        print("$ " + " ".join(command), flush=True)
+        locust = subprocess.run(command, env=env, timeout=seconds + 420)
+        peak = sampler.stop()
+        healthy = httpx.get(f"{base_url}/health", timeout=30).status_code == 200
+        reply = httpx.post(f"{base_url}/v1/completions", timeout=120, json={
+            "model": SERVED_NAME, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0, "alpha": 1.0})
+        reply.raise_for_status()
+        text = reply.json()["choices"][0]["text"]
+    requests, failures = _locust_counts(config.out_dir / "soak_final.json")
+    result = SoakResult(seconds, users, max_tokens, requests, failures, _status_counts(log_path), healthy, text,
+                        peak / 2**20, locust.returncode)
+    (config.out_dir / "soak.json").write_text(json.dumps(
+        {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **asdict(result),
+         "server_errors": result.server_errors}, indent=2))
+    print(json.dumps({**asdict(result), "server_errors": result.server_errors}, indent=2), flush=True)
+    return result
+
+
 # ---------------------------------------------------------------- entry point
 
 
 def run(config: BenchConfig, argv: list[str] | None = None) -> tuple[list[Row], dict[str, Path]]:
-    """Benchmark each server in turn; write CSV, JSON and PNG under `config.out_dir`."""
+    """Benchmark each server in turn; write CSV, JSON and PNG under `config.out_dir`.
+
+    The outputs are rewritten after every server, and also when the run is cut short (Ctrl-C,
+    SIGTERM), so a long run that is stopped still leaves what it measured.
+    """
     config.out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
-    for server in config.servers:
-        print(f"== {server}: starting", flush=True)
-        rows += bench_server(config, server)
-    paths = write_outputs(config, rows, argv or [])
+    paths: dict[str, Path] = {}
+    try:
+        for server in config.servers:
+            print(f"== {server}: starting", flush=True)
+            bench_server(config, server, rows)
+            paths = write_outputs(config, rows, argv or [])
+    finally:
+        if rows:
+            paths = write_outputs(config, rows, argv or [])
     print("\n" + format_table(rows) + "\n\n" + format_ratios(ratios(rows)), flush=True)
     return rows, paths
 
@@ -394,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-gb", type=float, default=2.0)
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=512)
+    p.add_argument("--combine", type=Path, nargs="+", metavar="JSON", default=None,
+                   help="instead of running: merge these earlier serve_bench.json files into one report")
+    p.add_argument("--soak", type=int, metavar="SECONDS", default=None,
+                   help="instead of the benchmark: locust against the LDA server for SECONDS, then check health")
+    p.add_argument("--soak-users", type=int, default=96, help="closed-loop locust users in the soak")
+    p.add_argument("--soak-max-tokens", type=int, default=16, help="max_tokens per soak request")
     return p
 
 
@@ -418,6 +523,16 @@ def cli(argv: list[str]) -> int:
     except ValueError as error:
         print(f"lda bench: {error}", file=sys.stderr)
         return 2
+    if args.combine:
+        rows = load_rows(args.combine)
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        write_outputs(config, rows, argv, sources=[str(p) for p in args.combine])
+        print(format_table(rows) + "\n\n" + format_ratios(ratios(rows)))
+        return 0
+    if args.soak is not None:
+        result = soak(config, args.soak, args.soak_users, args.soak_max_tokens)
+        clean = result.failures == 0 and result.server_errors == 0 and result.healthy_after
+        return 0 if clean else 1
     run(config, argv)
     return 0
 

@@ -30,6 +30,24 @@ def test_seed_server_caps_its_prompts(tmp_path):
     assert config.prompts_for("lda", 1) == 8
 
 
+def test_soak_counts_http_rows_and_statuses(tmp_path):
+    final = tmp_path / "soak_final.json"
+    final.write_text(json.dumps([
+        {"method": "POST", "name": "/v1/completions alpha=0", "num_requests": 10, "num_failures": 1},
+        {"method": "POST", "name": "/v1/chat/completions alpha=1", "num_requests": 5, "num_failures": 0},
+        {"method": "TTFT", "name": "/v1/completions alpha=0", "num_requests": 9, "num_failures": 0},
+    ]))
+    assert serve_bench._locust_counts(final) == (15, 1)
+    log = tmp_path / "server.log"
+    log.write_text(
+        'INFO:     127.0.0.1:1 - "POST /v1/completions HTTP/1.1" 200 OK\n'
+        'INFO:     127.0.0.1:2 - "POST /v1/chat/completions HTTP/1.1" 200 OK\n'
+        'INFO:     127.0.0.1:3 - "POST /v1/completions HTTP/1.1" 500 Internal Server Error\n'
+        'INFO:     127.0.0.1:4 - "GET /health HTTP/1.1" 200 OK\n'
+    )
+    assert serve_bench._status_counts(log) == {"200": 2, "500": 1}
+
+
 def test_seed_stream_matches_reference_generate(pair):
     from engine.reference import ReferencePair
 
@@ -41,7 +59,7 @@ def test_seed_stream_matches_reference_generate(pair):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)
 def test_bench_runs_all_servers_at_tiny_scale(pair, tmp_path):
     config = serve_bench.BenchConfig(
         after=str(pair.after), before=str(pair.before), out_dir=tmp_path / "out",
@@ -64,3 +82,18 @@ def test_bench_runs_all_servers_at_tiny_scale(pair, tmp_path):
     assert all("lda_over_single" in e and "lda_over_seed" in e for e in data["ratios"])
     assert Path(paths["csv"]).read_text().startswith("server,concurrency,")
     assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_soak_runs_at_tiny_scale(pair, tmp_path):
+    config = serve_bench.BenchConfig(
+        after=str(pair.after), before=str(pair.before), out_dir=tmp_path / "soak",
+        kv_cache_gb=0.25, max_num_seqs=4, max_model_len=256,
+    )
+    result = serve_bench.soak(config, seconds=8, users=6, max_tokens=4)
+    assert result.locust_exit_code == 0 and result.healthy_after and result.completion_after
+    assert result.requests > 0 and result.failures == 0 and result.server_errors == 0
+    # Every request the server answered was counted by locust (plus the one check afterwards).
+    assert sum(result.status_counts.values()) == result.requests + 1
+    assert json.loads((tmp_path / "soak" / "soak.json").read_text())["requests"] == result.requests
