@@ -58,7 +58,12 @@ if triton is not None:
         alpha = tl.load(alpha_ptr + row)
         a = tl.load(a_ptr + row * a_stride + cols, mask=in_a, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + row * b_stride + cols, mask=in_shared, other=0.0).to(tl.float32)
-        merged = a + alpha * (a - b)
+        # torch.lerp's two-sided form with weight w = -alpha, as the CPU path computes it: exact at
+        # alpha = 0 (the after model) and alpha = -1 (the before model), where a + alpha * (a - b)
+        # is off by an ulp at alpha = -1.
+        w = -alpha
+        diff = b - a
+        merged = tl.where(tl.abs(w) < 0.5, a + w * diff, b - diff * (1.0 - w))
         merged = tl.where(in_shared, merged, float("-inf"))
         tl.store(out_ptr + row * out_stride + cols, merged, mask=in_a)
 
