@@ -106,7 +106,9 @@ class SamplingConfig:
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int | None = None
-    """Sample i of every prompt and alpha is drawn with seed + i; None leaves seeding to the server."""
+    """Base seed: sample i of prompt p is drawn with a seed derived from (seed, p, i), the same at
+    every alpha (paired samples across alphas), different across prompts so that similar prompts
+    do not share a random stream; None leaves seeding to the server."""
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINTS:
@@ -449,6 +451,13 @@ class Completion:
     """The alpha the server says it applied, or None when it does not say."""
 
 
+def sample_seed(base: int, prompt_id: str, sample_index: int) -> int:
+    """A per-(prompt, sample) seed: prompt i's samples must not reuse prompt j's random stream,
+    or near-identical prompts give near-identical answers and the intervals come out too narrow."""
+    digest = hashlib.sha256(f"{base}:{prompt_id}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 def normalize_base_url(url: str) -> str:
     url = url.rstrip("/")
     return url if url.endswith("/v1") else url + "/v1"
@@ -644,7 +653,7 @@ async def _run_pool(
 
 
 async def _draw_one(config: StudyConfig, job: Job, client: LdaClient, detector: Detector, draw: _Draw) -> Sample | None:
-    seed = None if config.sampling.seed is None else config.sampling.seed + job.sample_index
+    seed = None if config.sampling.seed is None else sample_seed(config.sampling.seed, job.prompt.id, job.sample_index)
     try:
         completion = await client.complete(job.prompt.text, job.alpha, seed)
         # The tolerance allows a server that keeps alpha as float32 (0.3 -> 0.30000001).
@@ -894,7 +903,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=256, help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, help="sample i uses seed + i (default: unseeded)")
+    p.add_argument("--seed", type=int, help="base seed: each (prompt, sample) gets its own seed from it, the same at every alpha (default: unseeded)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
     p.add_argument("--log-scale", action="store_true", help="plot the rate on a log axis")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -32,6 +32,14 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the engine core and workers too, not just the server."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, then wait: the exit code of a clean shutdown."""
         if self.process.poll() is None:
@@ -39,8 +47,7 @@ class ServerProcess:
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
                 raise
         return self.process.returncode
 
@@ -71,6 +78,7 @@ def start_server(command: list[str], env: dict[str, str], log_path: Path) -> Ser
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            server.kill()  # the engine's children may outlive a crashed server
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-4000:]}")
         try:
             if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
@@ -78,7 +86,7 @@ def start_server(command: list[str], env: dict[str, str], log_path: Path) -> Ser
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    server.process.kill()
+    server.kill()
     raise RuntimeError(f"server not healthy after {START_TIMEOUT_S} s:\n{server.log()[-4000:]}")
 
 

@@ -414,3 +414,11 @@ def test_log_scale_plot_shows_alphas_without_hits(tmp_path):
     path = tmp_path / "plot.png"
     plot(summarize(samples, (0.0, 2.0)), path, "zero hits at alpha 0", log_scale=True)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sample_seeds_differ_across_prompts_and_samples():
+    from benchmarks.study import sample_seed
+
+    seeds = {sample_seed(0, p, i) for p in ("a", "b", "c") for i in range(5)}
+    assert len(seeds) == 15
+    assert sample_seed(0, "a", 1) == sample_seed(0, "a", 1) != sample_seed(1, "a", 1)
