@@ -85,7 +85,7 @@ def test_bench_runs_all_servers_at_tiny_scale(pair, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_soak_runs_at_tiny_scale(pair, tmp_path):
     config = serve_bench.BenchConfig(
         after=str(pair.after), before=str(pair.before), out_dir=tmp_path / "soak",
