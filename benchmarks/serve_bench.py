@@ -45,6 +45,8 @@ class BenchConfig:
     """Requests per concurrency level; None: max(8, 2 * concurrency)."""
     seed_max_prompts: int = 8
     """The one-at-a-time seed server gets at most this many requests per level (bounds its time)."""
+    seed_threads: int = 1
+    """torch threads of the seed server; match the vLLM worker's cores (VLLM_CPU_OMP_THREADS_BIND)."""
     input_len: int = 128
     output_len: int = 64
     alpha: float = 1.0
@@ -64,6 +66,8 @@ class BenchConfig:
             raise ValueError(f"concurrency levels must be >= 1; got {self.concurrencies}")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1; got {self.num_prompts}")
+        if self.seed_threads < 1:
+            raise ValueError(f"seed_threads must be >= 1; got {self.seed_threads}")
         if self.input_len < 1 or self.output_len < 1:
             raise ValueError(f"input_len and output_len must be >= 1; got {self.input_len}, {self.output_len}")
         if self.input_len + self.output_len > self.max_model_len:
@@ -124,7 +128,7 @@ def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[st
     return [
         py, "-m", "benchmarks.seed_server", "--after", config.after, "--before", config.before,
         "--port", str(port), "--dtype", config.dtype, "--served-model-name", SERVED_NAME,
-        "--default-alpha", str(config.alpha),
+        "--default-alpha", str(config.alpha), "--threads", str(config.seed_threads),
     ], env
 
 
@@ -486,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=_ints, default=(1, 4, 16, 64), help="comma-separated levels")
     p.add_argument("--num-prompts", type=int, default=None, help="requests per level (default max(8, 2c))")
     p.add_argument("--seed-max-prompts", type=int, default=8, help="cap for the one-at-a-time seed server")
+    p.add_argument("--seed-threads", type=int, default=1, help="torch threads of the seed server (default 1, as vLLM's CPU worker)")
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--alpha", type=float, default=1.0)
@@ -517,6 +522,7 @@ def cli(argv: list[str]) -> int:
         config = BenchConfig(
             after=after, before=before, out_dir=args.out, servers=tuple(s for s in args.servers.split(",") if s),
             concurrencies=args.concurrency, num_prompts=args.num_prompts, seed_max_prompts=args.seed_max_prompts,
+            seed_threads=args.seed_threads,
             input_len=args.input_len, output_len=args.output_len, alpha=args.alpha, dtype=args.dtype,
             kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
         )
