@@ -108,7 +108,7 @@ class _ResponseRewriter:
             return None
         if content_type.startswith(b"text/event-stream"):
             self.mode = "sse"
-        return await self.send({**message, "headers": _with_headers(message.get("headers", []), b"", extra)})
+        return await self.send({**message, "headers": [*message.get("headers", []), *extra]})
 
     async def _body(self, message):
         if self.mode == "json":

@@ -17,6 +17,7 @@ from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
 from api import metrics
 from engine.alpha import AlphaError, validate_alpha
+from engine.library import format_prompt
 
 router = APIRouter()
 
@@ -72,11 +73,7 @@ class LDAGenerateResponse(BaseModel):
 
 
 def _format(tokenizer, req: GenerateRequest) -> str:
-    if not req.apply_chat_template or not getattr(tokenizer, "chat_template", None):
-        return req.prompt
-    messages = [{"role": "system", "content": req.system_prompt}] if req.system_prompt else []
-    messages.append({"role": "user", "content": req.prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return format_prompt(tokenizer, req.prompt, req.apply_chat_template, req.system_prompt)
 
 
 def _params(req: GenerateRequest, alpha: float) -> SamplingParams:

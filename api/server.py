@@ -40,10 +40,8 @@ def vllm_namespace(settings: ServerSettings):
     args = parser.parse_args(["--model", settings.config.pair.after, *settings.vllm_args])
     for key, value in engine_kwargs(settings.config).items():
         setattr(args, key, value)
-    if not settings.config.engine.served_model_name:
-        args.served_model_name = None
-    elif isinstance(args.served_model_name, str) or args.served_model_name is None:
-        args.served_model_name = [settings.config.engine.served_model_name]
+    name = settings.config.engine.served_model_name
+    args.served_model_name = [name] if name else None  # vLLM's server takes a list
     args.host, args.port = settings.host, settings.port
     validate_parsed_serve_args(args)
     return args

@@ -50,6 +50,15 @@ class GenerateResult:
     before: ModelCompletion
 
 
+def format_prompt(tokenizer, prompt: str, apply_chat_template: bool = True, system_prompt: str | None = None) -> str:
+    """The prompt as the after model expects it: its chat template when asked and available."""
+    if not apply_chat_template or not getattr(tokenizer, "chat_template", None):
+        return prompt
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": prompt})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def _engine_options(options: dict) -> EngineOptions:
     known = {f.name for f in fields(EngineOptions)}
     unknown = sorted(set(options) - known)
@@ -121,11 +130,7 @@ class LDAModelPair:
         return self._compatibility
 
     def format_prompt(self, prompt: str, apply_chat_template: bool = True, system_prompt: str | None = None) -> str:
-        if not apply_chat_template or not getattr(self.tokenizer, "chat_template", None):
-            return prompt
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": prompt})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return format_prompt(self.tokenizer, prompt, apply_chat_template, system_prompt)
 
     def generate_lda(
         self,
