@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
+from vllm.exceptions import VLLMValidationError
 
 from api import metrics
 from engine.alpha import AlphaError, validate_alpha
@@ -29,7 +30,7 @@ class GenerateRequest(BaseModel):
     temperature: float = Field(0.8, ge=0.0, le=10.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 disables top-k")
-    seed: int | None = Field(None, description="Makes sampling reproducible")
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Makes sampling reproducible")
     apply_chat_template: bool = True
     system_prompt: str | None = None
 
@@ -102,7 +103,7 @@ async def _complete(request: Request, prompt: str, params: SamplingParams):
     except asyncio.CancelledError:
         await engine.abort(request_id)
         raise
-    except ValueError as error:  # the engine's own validation (e.g. prompt longer than the context)
+    except (ValueError, VLLMValidationError) as error:  # the engine's own request validation
         raise HTTPException(status_code=400, detail=str(error)) from error
     return final.outputs[0]
 

@@ -157,6 +157,7 @@ def test_bad_alpha_is_a_400_naming_the_field(server, body, param):
         ("/generate_lda", json.dumps({"prompt": "hi", "alpha": 500}).encode(), (400,)),
         ("/generate_lda", json.dumps({"prompt": "hi", "max_new_tokens": -1}).encode(), (400, 422)),
         ("/generate_lda", json.dumps({"prompt": "word " * 2000}).encode(), (400,)),
+        ("/generate_lda", json.dumps({"prompt": "hi", "seed": 2**70}).encode(), (400, 422)),
         ("/generate", json.dumps({"prompt": ""}).encode(), (400, 422)),
     ],
 )
