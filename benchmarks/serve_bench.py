@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from engine.config import cpu_dtype
+
 SERVERS = ("lda", "single", "seed")
 SERVED_NAME = "lda"
 METRICS = ("request_throughput", "output_throughput", "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms")
@@ -50,7 +52,12 @@ class BenchConfig:
     input_len: int = 128
     output_len: int = 64
     alpha: float = 1.0
-    dtype: str = "float32"
+    dtype: str = "auto"
+    """Both vLLM servers' dtype; "auto" as the engine resolves it (bf16 checkpoints run in bf16 on
+    a CPU with native bf16, else float32)."""
+    seed_dtype: str = "float32"
+    """The seed server's dtype: float32 is its fastest on CPU (transformers' bf16 decode was slower
+    here: 6.5 vs 7.0 tok/s on one thread, 6.2 vs 8.0 on two), so the comparison is with its best."""
     kv_cache_gb: float = 2.0
     max_num_seqs: int = 64
     max_model_len: int = 512
@@ -121,13 +128,13 @@ def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[st
         return [
             py, "-m", "vllm.entrypoints.openai.api_server", "--model", config.after,
             "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
-            "--dtype", config.dtype, "--max-num-seqs", str(config.max_num_seqs),
+            "--dtype", cpu_dtype(config.dtype), "--max-num-seqs", str(config.max_num_seqs),
             "--max-model-len", str(config.max_model_len), "--enforce-eager",
             "--kv-cache-memory-bytes", str(int(config.kv_cache_gb * 1024**3)), "--seed", "0",
         ], env
     return [
         py, "-m", "benchmarks.seed_server", "--after", config.after, "--before", config.before,
-        "--port", str(port), "--dtype", config.dtype, "--served-model-name", SERVED_NAME,
+        "--port", str(port), "--dtype", config.seed_dtype, "--served-model-name", SERVED_NAME,
         "--default-alpha", str(config.alpha), "--threads", str(config.seed_threads),
     ], env
 
@@ -312,6 +319,7 @@ def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str], sources
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "env"}
+    meta["cpu_binding"] = {k: v for k, v in os.environ.items() if k.startswith("VLLM_CPU_")}
     paths["json"].write_text(json.dumps({
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": ["lda", "bench", *argv],
@@ -494,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="auto", help="dtype of both vLLM servers (default auto: the checkpoint's, float32 on a CPU without native bf16)")
+    p.add_argument("--seed-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the seed server's dtype (default float32, its fastest on CPU)")
     p.add_argument("--kv-cache-gb", type=float, default=2.0)
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=512)
@@ -524,6 +534,7 @@ def cli(argv: list[str]) -> int:
             concurrencies=args.concurrency, num_prompts=args.num_prompts, seed_max_prompts=args.seed_max_prompts,
             seed_threads=args.seed_threads,
             input_len=args.input_len, output_len=args.output_len, alpha=args.alpha, dtype=args.dtype,
+            seed_dtype=args.seed_dtype,
             kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
         )
     except ValueError as error:

@@ -30,6 +30,21 @@ def test_seed_server_caps_its_prompts(tmp_path):
     assert config.prompts_for("lda", 1) == 8
 
 
+def test_dtypes_reach_each_server(tmp_path, monkeypatch):
+    monkeypatch.setattr(serve_bench, "cpu_dtype", lambda dtype: "float32" if dtype == "auto" else dtype)
+    config = serve_bench.BenchConfig("a", "b", tmp_path)
+    _, lda_env = serve_bench.server_command(config, "lda", 1)
+    single, _ = serve_bench.server_command(config, "single", 1)
+    seed, _ = serve_bench.server_command(config, "seed", 1)
+    assert lda_env["DTYPE"] == "auto"  # resolved by the engine itself
+    assert single[single.index("--dtype") + 1] == "float32"  # as the engine would resolve auto
+    assert seed[seed.index("--dtype") + 1] == "float32"  # the seed's own (fastest) dtype
+    config = serve_bench.BenchConfig("a", "b", tmp_path, dtype="bfloat16", seed_dtype="bfloat16")
+    single, _ = serve_bench.server_command(config, "single", 1)
+    seed, _ = serve_bench.server_command(config, "seed", 1)
+    assert single[single.index("--dtype") + 1] == "bfloat16" and seed[seed.index("--dtype") + 1] == "bfloat16"
+
+
 def test_soak_counts_http_rows_and_statuses(tmp_path):
     final = tmp_path / "soak_final.json"
     final.write_text(json.dumps([
