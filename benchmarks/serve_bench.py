@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.config import cpu_dtype
+from engine.config import DTYPES, cpu_dtype
 
 SERVERS = ("lda", "single", "seed")
 SERVED_NAME = "lda"
@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--dtype", default="auto", help="dtype of both vLLM servers (default auto: the checkpoint's, float32 on a CPU without native bf16)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="dtype of both vLLM servers (default auto: the checkpoint's, float32 on a CPU without native bf16)")
     p.add_argument("--seed-dtype", default="float32", choices=["float32", "bfloat16"],
                    help="the seed server's dtype (default float32, its fastest on CPU)")
     p.add_argument("--kv-cache-gb", type=float, default=2.0)

@@ -58,6 +58,10 @@ class AlphaConfig:
             )
 
 
+DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float")
+"""What vLLM's `--dtype` accepts (half = float16, float = float32)."""
+
+
 def cpu_has_native_bf16() -> bool:
     import torch
 
@@ -109,6 +113,8 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1; got {self.max_num_seqs}")
         if self.max_model_len is not None and self.max_model_len < 16:

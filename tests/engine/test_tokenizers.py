@@ -77,7 +77,8 @@ def test_unknown_engine_option_is_refused(llama_pair):
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [(dict(default_alpha=500.0), "default_alpha"), (dict(max_alpha=-2.0), "max_alpha"), (dict(max_num_seqs=0), "max_num_seqs"), (dict(device="tpu"), "device")],
+    [(dict(default_alpha=500.0), "default_alpha"), (dict(max_alpha=-2.0), "max_alpha"), (dict(max_num_seqs=0), "max_num_seqs"), (dict(device="tpu"), "device"),
+     (dict(dtype="bf16"), "dtype")],
 )
 def test_bad_config_names_the_field(llama_pair, kwargs, field):
     with pytest.raises(ValueError, match=field):
