@@ -462,9 +462,10 @@ def run(config: BenchConfig, argv: list[str] | None = None) -> tuple[list[Row], 
             print(f"== {server}: starting", flush=True)
             bench_server(config, server, rows)
             paths = write_outputs(config, rows, argv or [])
-    finally:
-        if rows:
-            paths = write_outputs(config, rows, argv or [])
+    except BaseException:
+        if rows:  # the levels the interrupted server finished
+            write_outputs(config, rows, argv or [])
+        raise
     print("\n" + format_table(rows) + "\n\n" + format_ratios(ratios(rows)), flush=True)
     return rows, paths
 
