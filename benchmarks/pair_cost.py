@@ -13,6 +13,7 @@ merge alone, during the full pass. Defaults: SmolLM2-135M-Instruct as both model
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -23,43 +24,33 @@ OUTPUT_LEN = 64
 
 
 class PairTimers:
-    """Wall time inside the pair model's forward, compute_logits and merge (this process only)."""
+    """Wall time and calls inside the pair model's forward, compute_logits and merge (this process only)."""
 
     def __init__(self) -> None:
         import engine.pair_model as pair_model
 
         self.seconds: dict[str, float] = defaultdict(float)
-        self.calls = 0
-        self._wrap(pair_model.LDAPairForCausalLM, "forward", "forward")
-        self._wrap(pair_model.LDAPairForCausalLM, "compute_logits", "compute_logits")
-        original_amplify = pair_model.amplify
+        self.calls: dict[str, int] = defaultdict(int)
+        pair = pair_model.LDAPairForCausalLM
+        pair.forward = self._timed(pair.forward, "forward")
+        pair.compute_logits = self._timed(pair.compute_logits, "compute_logits")
+        pair_model.amplify = self._timed(pair_model.amplify, "merge")
 
-        def amplify(*args):
+    def _timed(self, fn, key: str):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return original_amplify(*args)
+                return fn(*args, **kwargs)
             finally:
-                self.seconds["merge"] += time.perf_counter() - start
-                self.calls += 1
+                self.seconds[key] += time.perf_counter() - start
+                self.calls[key] += 1
 
-        pair_model.amplify = amplify
-
-    def _wrap(self, cls, name: str, key: str) -> None:
-        original = getattr(cls, name)
-        timers = self
-
-        def timed(self, *args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return original(self, *args, **kwargs)
-            finally:
-                timers.seconds[key] += time.perf_counter() - start
-
-        setattr(cls, name, timed)
+        return timed
 
     def reset(self) -> None:
         self.seconds.clear()
-        self.calls = 0
+        self.calls.clear()
 
 
 def timed_passes(llm, prompts: list, extra: dict, timers: PairTimers | None = None) -> dict[str, float]:
@@ -129,7 +120,8 @@ def main(argv: list[str]) -> int:
               f"full {pair['full'] / single['full']:.2f}x (LDA/single throughput {single['full'] / pair['full']:.2f})")
         t = timers.seconds
         print(f"         pair, full pass: forward {t['forward']:.2f}, compute_logits {t['compute_logits']:.2f}, "
-              f"merge {t['merge']:.3f} ({1000 * t['merge'] / max(1, timers.calls):.2f} ms a call, {timers.calls} calls)",
+              f"merge {t['merge']:.3f} ({1000 * t['merge'] / max(1, timers.calls['merge']):.2f} ms a call, "
+              f"{timers.calls['merge']} calls)",
               flush=True)
     return 0
 
