@@ -48,7 +48,8 @@ def main() -> int:
     results = {label: run_case(path, dtype, amx) for dtype, amx, label in CASES}
     for label, (text, rate) in results.items():
         print(f"{label:>34}: {rate:6.1f} out tok/s  {text!r} -> {'ok' if 'Paris' in text else 'WRONG'}")
-    return 0 if all("Paris" in text for text, _ in list(results.values())[1:]) else 1
+    # vLLM's own AMX choice is expected to fail here; the cases the engine can run must not.
+    return 0 if all("Paris" in results[label][0] for _, amx, label in CASES if amx == "0") else 1
 
 
 if __name__ == "__main__":

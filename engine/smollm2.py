@@ -7,8 +7,8 @@ tokenizer with chat template). Transformers de-quantizes the GGUF on load but re
 config and saved from there.
 
 Weights are saved in bfloat16: the Q4_1 source carries far less precision than bf16 keeps, so
-nothing is lost, and the file is half the size. Engines upcast as they need (the CPU engine runs
-float32).
+nothing is lost, and the file is half the size. Engines run it in bf16 (float32 on a CPU without
+native bf16; see engine.config.cpu_dtype).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import httpx  # noqa: E402
 
 from tests.deploy.metric_names import exposed_series_names, queried_metric_names_in_files  # noqa: E402
 from tests.factories import build_pair  # noqa: E402
+from tests.servers import START_TIMEOUT_S  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,6 @@ START_SH = ROOT / "deploy" / "runpod" / "start.sh"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "lda.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 SERVED_MODEL_NAME = "lda-tiny"
-STARTUP_TIMEOUT_S = 600  # 30-70 s alone; minutes on a loaded 2-core machine
 SHUTDOWN_TIMEOUT_S = 90
 
 
@@ -110,7 +110,7 @@ def pod(tmp_path_factory):
         )
     pod = Pod(process, f"http://127.0.0.1:{port}", log)
     try:
-        pod.wait_healthy(STARTUP_TIMEOUT_S)
+        pod.wait_healthy(START_TIMEOUT_S)
         yield pod
     finally:
         if pod.group_alive():
