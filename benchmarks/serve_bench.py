@@ -1,10 +1,15 @@
 """`lda bench`: the LDA server against vLLM serving the after model alone and against the seed's design.
 
-Each server starts in turn on loopback, is driven with the same workload by vLLM's own benchmark
-client (`vllm.benchmarks.serve`, the logic of `vllm bench serve`, called as a library because the
-CPU wheel's `vllm` command is broken), and is stopped. A sampler thread records the peak RSS of
-the server's whole process tree (API server, engine core, workers). Results go to a table on
-stdout, CSV and JSON, and a PNG of output throughput against concurrency.
+The servers start one after another on loopback and stay up for the whole run. Each is driven
+with the same workload by vLLM's own benchmark client (`vllm.benchmarks.serve`, the logic of
+`vllm bench serve`, called as a library because the CPU wheel's `vllm` command is broken), one
+server at a time: for each round, for each concurrency level, every server back to back (the
+order rotates between rounds). Shared machines drift by tens of percent over minutes, so the
+servers compared at a level are measured within a minute or two of each other, and the report
+gives the median over rounds and each ratio's median and range over rounds. A sampler thread
+records the peak RSS of the driven server's process tree (API server, engine core, workers).
+Results go to tables on stdout, CSV and JSON (every round), and a PNG of output throughput
+against concurrency (median, with the rounds' range).
 
     lda bench --out benchmarks/results            # SmolLM2-135M as both models (or the demo pair)
     lda bench --after A --before B --concurrency 1,2 --num-prompts 4 --servers lda,single,seed
@@ -28,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 
 from engine.config import DTYPES, cpu_dtype
 
@@ -61,6 +67,8 @@ class BenchConfig:
     kv_cache_gb: float = 2.0
     max_num_seqs: int = 64
     max_model_len: int = 512
+    rounds: int = 3
+    """Measurements of every (server, level); the report takes their median."""
     start_timeout_s: float = 600.0
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for every server (e.g. LDA_ENGINE_* A/B switches)."""
@@ -73,6 +81,8 @@ class BenchConfig:
             raise ValueError(f"concurrency levels must be >= 1; got {self.concurrencies}")
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1; got {self.num_prompts}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1; got {self.rounds}")
         if self.seed_threads < 1:
             raise ValueError(f"seed_threads must be >= 1; got {self.seed_threads}")
         if self.input_len < 1 or self.output_len < 1:
@@ -100,6 +110,8 @@ class Row:
     p50_tpot_ms: float
     p99_tpot_ms: float
     peak_rss_mb: float
+    round: int = 1
+    """The round that measured this row; in a `summary` row, how many rounds it summarises."""
 
 
 # ---------------------------------------------------------------- servers
@@ -248,54 +260,83 @@ def run_client(argv: list[str]) -> dict:
     return asyncio.run(main_async(parser.parse_args(argv)))
 
 
-def bench_server(config: BenchConfig, server: str, rows: list[Row]) -> None:
-    """Drive `server` at each level, appending a Row per level to `rows` as soon as it is measured."""
-    with running_server(config, server, config.out_dir / f"server_{server}.log") as (base_url, process):
-        for concurrency in config.concurrencies:
-            sampler = RssSampler(process.pid).start()
-            try:
-                result = run_client(client_args(config, server, base_url, concurrency))
-            finally:
-                peak = sampler.stop()
-            rows.append(_row(server, concurrency, config.prompts_for(server, concurrency), result, peak))
-            print(format_table([rows[-1]]), flush=True)
+def measure(config: BenchConfig, server: str, base_url: str, pid: int, concurrency: int, round_: int) -> Row:
+    """One level of one server: the client's run, and the peak RSS of the server's tree meanwhile."""
+    sampler = RssSampler(pid).start()
+    try:
+        result = run_client(client_args(config, server, base_url, concurrency))
+    finally:
+        peak = sampler.stop()
+    return _row(server, concurrency, config.prompts_for(server, concurrency), result, peak, round_)
 
 
-def _row(server: str, concurrency: int, num_prompts: int, result: dict, peak_rss: int) -> Row:
+def rotated(servers: tuple[str, ...], round_: int) -> tuple[str, ...]:
+    """Round r drives the servers starting from the r-th, so none is always measured first."""
+    shift = (round_ - 1) % len(servers)
+    return servers[shift:] + servers[:shift]
+
+
+def _row(server: str, concurrency: int, num_prompts: int, result: dict, peak_rss: int, round_: int) -> Row:
     return Row(
         server=server, concurrency=concurrency, num_prompts=num_prompts,
         completed=int(result["completed"]), failed=int(result.get("failed", 0)),
         duration_s=float(result["duration"]),
         **{name: float(result.get(name) or 0.0) for name in METRICS},
-        peak_rss_mb=peak_rss / 2**20,
+        peak_rss_mb=peak_rss / 2**20, round=round_,
     )
 
 
 # ---------------------------------------------------------------- report
 
 
+def summary(rows: list[Row]) -> list[Row]:
+    """One row per (server, level): the median of each metric over rounds (peak RSS: the maximum).
+
+    `round` holds the number of rounds summarised."""
+    groups: dict[tuple[str, int], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.server, r.concurrency), []).append(r)
+    out = []
+    for (server, concurrency), group in sorted(groups.items(), key=lambda item: (SERVERS.index(item[0][0]), item[0][1])):
+        out.append(Row(
+            server=server, concurrency=concurrency, num_prompts=group[0].num_prompts,
+            completed=sum(r.completed for r in group), failed=sum(r.failed for r in group),
+            duration_s=median([r.duration_s for r in group]),
+            **{name: median([getattr(r, name) for r in group]) for name in METRICS},
+            peak_rss_mb=max(r.peak_rss_mb for r in group), round=len(group),
+        ))
+    return out
+
+
 def ratios(rows: list[Row]) -> list[dict]:
-    """Output tok/s of LDA over each baseline, per concurrency level (where both were measured)."""
-    by = {(r.server, r.concurrency): r for r in rows}
+    """LDA's output tok/s over each baseline's, per level: each round's ratio (both servers measured
+    back to back in that round), and their median, min and max."""
+    by = {(r.server, r.concurrency, r.round): r for r in rows}
     out = []
     for c in sorted({r.concurrency for r in rows}):
-        lda = by.get(("lda", c))
-        entry = {"concurrency": c}
+        entry: dict = {"concurrency": c}
         for base in ("single", "seed"):
-            other = by.get((base, c))
-            if lda and other and other.output_throughput > 0:
-                entry[f"lda_over_{base}"] = lda.output_throughput / other.output_throughput
+            per_round = [
+                by[("lda", c, k)].output_throughput / by[(base, c, k)].output_throughput
+                for k in sorted({r.round for r in rows})
+                if ("lda", c, k) in by and (base, c, k) in by and by[(base, c, k)].output_throughput > 0
+            ]
+            if per_round:
+                entry[f"lda_over_{base}"] = median(per_round)
+                entry[f"lda_over_{base}_min"] = min(per_round)
+                entry[f"lda_over_{base}_max"] = max(per_round)
+                entry[f"lda_over_{base}_rounds"] = per_round
         out.append(entry)
     return out
 
 
-def format_table(rows: list[Row]) -> str:
-    header = f"{'server':<7} {'conc':>4} {'n':>4} {'ok':>4} {'fail':>4} {'req/s':>7} {'out tok/s':>9} " \
+def format_table(rows: list[Row], rounds_column: str = "round") -> str:
+    header = f"{'server':<7} {'conc':>4} {rounds_column:>6} {'n':>4} {'ok':>4} {'fail':>4} {'req/s':>7} {'out tok/s':>9} " \
              f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'peak RSS MB':>11}"
     lines = [header]
     for r in rows:
         lines.append(
-            f"{r.server:<7} {r.concurrency:>4} {r.num_prompts:>4} {r.completed:>4} {r.failed:>4} "
+            f"{r.server:<7} {r.concurrency:>4} {r.round:>6} {r.num_prompts:>4} {r.completed:>4} {r.failed:>4} "
             f"{r.request_throughput:>7.3f} {r.output_throughput:>9.1f} {r.p50_ttft_ms:>9.0f} {r.p99_ttft_ms:>9.0f} "
             f"{r.p50_tpot_ms:>9.1f} {r.p99_tpot_ms:>9.1f} {r.peak_rss_mb:>11.0f}"
         )
@@ -303,12 +344,29 @@ def format_table(rows: list[Row]) -> str:
 
 
 def format_ratios(entries: list[dict]) -> str:
-    lines = [f"{'conc':>4} {'LDA/single':>10} {'LDA/seed':>9}"]
+    """Median ratio over rounds, with the rounds' range where there was more than one."""
+    def cell(e: dict, base: str, digits: int) -> str:
+        value = e.get(f"lda_over_{base}")
+        if value is None:
+            return "-"
+        low, high = e[f"lda_over_{base}_min"], e[f"lda_over_{base}_max"]
+        spread = "" if len(e[f"lda_over_{base}_rounds"]) == 1 else f" ({low:.{digits}f}-{high:.{digits}f})"
+        return f"{value:.{digits}f}{spread}"
+
+    lines = [f"{'conc':>4} {'LDA/single':>18} {'LDA/seed':>18}"]
     for e in entries:
-        single, seed = e.get("lda_over_single"), e.get("lda_over_seed")
-        lines.append(f"{e['concurrency']:>4} {'-' if single is None else f'{single:.2f}':>10} "
-                     f"{'-' if seed is None else f'{seed:.1f}':>9}")
+        lines.append(f"{e['concurrency']:>4} {cell(e, 'single', 2):>18} {cell(e, 'seed', 1):>18}")
     return "\n".join(lines)
+
+
+def report(rows: list[Row]) -> str:
+    """The summary table (medians over rounds) and the ratios, as printed at the end of a run."""
+    return (
+        "median over rounds (ok and fail: totals; peak RSS: the maximum):\n"
+        + format_table(summary(rows), rounds_column="rounds")
+        + "\n\nLDA output tok/s over each baseline's, median over rounds (range):\n"
+        + format_ratios(ratios(rows))
+    )
 
 
 def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str], sources: list[str] | None = None) -> dict[str, Path]:
@@ -325,6 +383,7 @@ def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str], sources
         "command": ["lda", "bench", *argv],
         "config": meta,
         "rows": [asdict(r) for r in rows],
+        "summary": [asdict(r) for r in summary(rows)],
         "ratios": ratios(rows),
         **({"combined_from": sources} if sources else {}),
     }, indent=2))
@@ -333,6 +392,7 @@ def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str], sources
 
 
 def plot(rows: list[Row], path: Path) -> None:
+    """Median output tok/s against concurrency per server, with the rounds' min-max as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,12 +401,16 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = {"lda": "LDA pair (alpha 1)", "single": "vLLM, after model alone", "seed": "seed design (1 at a time)"}
     for server in SERVERS:
-        points = sorted((r.concurrency, r.output_throughput) for r in rows if r.server == server)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=labels[server])
+        levels = sorted({r.concurrency for r in rows if r.server == server})
+        if not levels:
+            continue
+        values = [[r.output_throughput for r in rows if r.server == server and r.concurrency == c] for c in levels]
+        mid = [median(v) for v in values]
+        spread = [[m - min(v) for m, v in zip(mid, values)], [max(v) - m for m, v in zip(mid, values)]]
+        ax.errorbar(levels, mid, yerr=spread, marker="o", capsize=3, label=labels[server])
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency (requests in flight)")
-    ax.set_ylabel("output tokens/s")
+    ax.set_ylabel("output tokens/s (median over rounds)")
     ax.set_title("Serving throughput vs concurrency")
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -449,24 +513,34 @@ def soak(config: BenchConfig, seconds: int, users: int, max_tokens: int) -> Soak
 
 
 def run(config: BenchConfig, argv: list[str] | None = None) -> tuple[list[Row], dict[str, Path]]:
-    """Benchmark each server in turn; write CSV, JSON and PNG under `config.out_dir`.
+    """Start every server, then measure each (round, level, server); write CSV, JSON and PNG under
+    `config.out_dir`.
 
-    The outputs are rewritten after every server, and also when the run is cut short (Ctrl-C,
+    The outputs are rewritten after every round, and also when the run is cut short (Ctrl-C,
     SIGTERM), so a long run that is stopped still leaves what it measured.
     """
     config.out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     paths: dict[str, Path] = {}
     try:
-        for server in config.servers:
-            print(f"== {server}: starting", flush=True)
-            bench_server(config, server, rows)
-            paths = write_outputs(config, rows, argv or [])
+        with contextlib.ExitStack() as stack:
+            running = {}
+            for server in config.servers:
+                print(f"== {server}: starting", flush=True)
+                running[server] = stack.enter_context(running_server(config, server, config.out_dir / f"server_{server}.log"))
+            for round_ in range(1, config.rounds + 1):
+                print(f"== round {round_} of {config.rounds}", flush=True)
+                for concurrency in config.concurrencies:
+                    for server in rotated(config.servers, round_):
+                        base_url, process = running[server]
+                        rows.append(measure(config, server, base_url, process.pid, concurrency, round_))
+                        print(format_table([rows[-1]]), flush=True)
+                paths = write_outputs(config, rows, argv or [])
     except BaseException:
-        if rows:  # the levels the interrupted server finished
+        if rows and len(rows) % (len(config.servers) * len(config.concurrencies)):  # a round cut short
             write_outputs(config, rows, argv or [])
         raise
-    print("\n" + format_table(rows) + "\n\n" + format_ratios(ratios(rows)), flush=True)
+    print("\n" + report(rows), flush=True)
     return rows, paths
 
 
@@ -506,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="dtype of both vLLM servers (default auto: the checkpoint's, float32 on a CPU without native bf16)")
     p.add_argument("--seed-dtype", default="float32", choices=["float32", "bfloat16"],
                    help="the seed server's dtype (default float32, its fastest on CPU)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="measurements of every server at every level, interleaved; the report takes medians (default 3)")
     p.add_argument("--kv-cache-gb", type=float, default=2.0)
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=512)
@@ -535,7 +611,7 @@ def cli(argv: list[str]) -> int:
             concurrencies=args.concurrency, num_prompts=args.num_prompts, seed_max_prompts=args.seed_max_prompts,
             seed_threads=args.seed_threads,
             input_len=args.input_len, output_len=args.output_len, alpha=args.alpha, dtype=args.dtype,
-            seed_dtype=args.seed_dtype,
+            seed_dtype=args.seed_dtype, rounds=args.rounds,
             kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
         )
     except ValueError as error:
@@ -545,7 +621,7 @@ def cli(argv: list[str]) -> int:
         rows = load_rows(args.combine)
         config.out_dir.mkdir(parents=True, exist_ok=True)
         write_outputs(config, rows, argv, sources=[str(p) for p in args.combine])
-        print(format_table(rows) + "\n\n" + format_ratios(ratios(rows)))
+        print(report(rows))
         return 0
     if args.soak is not None:
         result = soak(config, args.soak, args.soak_users, args.soak_max_tokens)

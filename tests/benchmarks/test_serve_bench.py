@@ -22,6 +22,50 @@ def test_config_refuses_bad_values(tmp_path):
         serve_bench.BenchConfig("a", "b", tmp_path, concurrencies=(0,))
     with pytest.raises(ValueError, match="max_model_len"):
         serve_bench.BenchConfig("a", "b", tmp_path, input_len=500, output_len=64, max_model_len=512)
+    with pytest.raises(ValueError, match="rounds"):
+        serve_bench.BenchConfig("a", "b", tmp_path, rounds=0)
+
+
+def _row(server, concurrency, round_, tok_s, rss=100.0):
+    return serve_bench.Row(
+        server=server, concurrency=concurrency, num_prompts=8, completed=8, failed=0, duration_s=64 / tok_s,
+        request_throughput=tok_s / 64, output_throughput=tok_s, p50_ttft_ms=10.0 * round_, p99_ttft_ms=20.0,
+        p50_tpot_ms=1.0, p99_tpot_ms=2.0, peak_rss_mb=rss, round=round_,
+    )
+
+
+def test_ratios_pair_servers_within_a_round_and_take_the_median():
+    # Round 2 is a slow spell for both servers; each ratio compares servers within one round.
+    rows = [
+        _row("lda", 64, 1, 100), _row("single", 64, 1, 200),
+        _row("lda", 64, 2, 50), _row("single", 64, 2, 100),
+        _row("lda", 64, 3, 120), _row("single", 64, 3, 200),
+        _row("seed", 64, 1, 10), _row("lda", 16, 1, 30),
+    ]
+    by_level = {e["concurrency"]: e for e in serve_bench.ratios(rows)}
+    c64 = by_level[64]
+    assert c64["lda_over_single_rounds"] == pytest.approx([0.5, 0.5, 0.6])
+    assert (c64["lda_over_single"], c64["lda_over_single_min"], c64["lda_over_single_max"]) == pytest.approx((0.5, 0.5, 0.6))
+    assert c64["lda_over_seed_rounds"] == pytest.approx([10.0])  # only round 1 has both
+    assert by_level[16] == {"concurrency": 16}  # nothing to compare with
+
+    table = serve_bench.format_ratios(serve_bench.ratios(rows))
+    assert "0.50 (0.50-0.60)" in table and "10.0" in table and "(10.0" not in table
+
+
+def test_summary_takes_medians_over_rounds():
+    rows = [_row("single", 4, k, tok_s, rss) for k, tok_s, rss in ((1, 90, 300), (2, 300, 100), (3, 100, 200))]
+    rows.append(_row("lda", 4, 1, 50))
+    lda, single = serve_bench.summary(rows)  # servers in SERVERS order
+    assert (lda.server, lda.round, lda.output_throughput) == ("lda", 1, 50)
+    assert (single.server, single.round, single.completed) == ("single", 3, 24)
+    assert single.output_throughput == 100 and single.p50_ttft_ms == 20 and single.peak_rss_mb == 300
+
+
+def test_rounds_rotate_which_server_goes_first():
+    servers = ("lda", "single", "seed")
+    assert [serve_bench.rotated(servers, k)[0] for k in (1, 2, 3, 4)] == ["lda", "single", "seed", "lda"]
+    assert sorted(serve_bench.rotated(servers, 2)) == sorted(servers)
 
 
 def test_seed_server_caps_its_prompts(tmp_path):
@@ -79,10 +123,13 @@ def test_bench_runs_all_servers_at_tiny_scale(pair, tmp_path):
     config = serve_bench.BenchConfig(
         after=str(pair.after), before=str(pair.before), out_dir=tmp_path / "out",
         concurrencies=(1, 2), num_prompts=4, input_len=32, output_len=8,
-        kv_cache_gb=0.25, max_num_seqs=16, max_model_len=256,
+        kv_cache_gb=0.25, max_num_seqs=16, max_model_len=256, rounds=2,
     )
     rows, paths = serve_bench.run(config)
-    assert {(r.server, r.concurrency) for r in rows} == {(s, c) for s in serve_bench.SERVERS for c in (1, 2)}
+    assert [(r.round, r.concurrency, r.server) for r in rows] == [
+        (1, 1, "lda"), (1, 1, "single"), (1, 1, "seed"), (1, 2, "lda"), (1, 2, "single"), (1, 2, "seed"),
+        (2, 1, "single"), (2, 1, "seed"), (2, 1, "lda"), (2, 2, "single"), (2, 2, "seed"), (2, 2, "lda"),
+    ]
     for r in rows:
         assert (r.completed, r.failed) == (4, 0), r
         assert r.output_throughput > 0 and r.request_throughput > 0, r
@@ -93,9 +140,15 @@ def test_bench_runs_all_servers_at_tiny_scale(pair, tmp_path):
         assert r.output_throughput == pytest.approx(4 * 8 / r.duration_s, rel=0.05), r
 
     data = json.loads(Path(paths["json"]).read_text())
-    assert len(data["rows"]) == 6 and data["config"]["output_len"] == 8
-    assert all("lda_over_single" in e and "lda_over_seed" in e for e in data["ratios"])
-    assert Path(paths["csv"]).read_text().startswith("server,concurrency,")
+    assert len(data["rows"]) == 12 and data["config"]["output_len"] == 8 and data["config"]["rounds"] == 2
+    assert [(r["server"], r["concurrency"], r["round"]) for r in data["summary"]] == [
+        (s, c, 2) for s in serve_bench.SERVERS for c in (1, 2)
+    ]
+    for e in data["ratios"]:
+        assert len(e["lda_over_single_rounds"]) == 2 and len(e["lda_over_seed_rounds"]) == 2
+        assert e["lda_over_single_min"] <= e["lda_over_single"] <= e["lda_over_single_max"]
+    csv_text = Path(paths["csv"]).read_text()
+    assert csv_text.startswith("server,concurrency,") and csv_text.count("\n") == 13
     assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
