@@ -36,6 +36,7 @@ from pathlib import Path
 from statistics import median
 
 from engine.config import DTYPES, cpu_dtype
+from engine.env import STEP_TIMING_VAR
 
 SERVERS = ("lda", "single", "seed")
 SERVED_NAME = "lda"
@@ -69,6 +70,8 @@ class BenchConfig:
     max_model_len: int = 512
     rounds: int = 3
     """Measurements of every (server, level); the report takes their median."""
+    step_timing: bool = False
+    """Record each vLLM worker step (`engine.step_timing`) under `out_dir/steps/<server>`."""
     start_timeout_s: float = 600.0
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for every server (e.g. LDA_ENGINE_* A/B switches)."""
@@ -126,6 +129,8 @@ def _free_port() -> int:
 def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The command and environment that start `server` with the benchmark's shared settings."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **config.env}
+    if config.step_timing and server != "seed":
+        env[STEP_TIMING_VAR] = str(config.out_dir / "steps" / server)
     py = sys.executable
     if server == "lda":
         env.update(
@@ -541,7 +546,21 @@ def run(config: BenchConfig, argv: list[str] | None = None) -> tuple[list[Row], 
             write_outputs(config, rows, argv or [])
         raise
     print("\n" + report(rows), flush=True)
+    if config.step_timing:
+        print("\n" + step_report(config), flush=True)
     return rows, paths
+
+
+def step_report(config: BenchConfig) -> str:
+    """The workers' step timings: decode steps at each concurrency level, and prefill steps."""
+    from engine.step_timing import format_summary, load_steps, summarize
+
+    rows = []
+    for server in config.servers:
+        if server != "seed":
+            steps = load_steps(config.out_dir / "steps" / server)
+            rows += [(server, r) for r in summarize(steps, batch_sizes=config.concurrencies)]
+    return "worker step timings (decode: median ms per step; prefill: total s over the run):\n" + format_summary(rows)
 
 
 def default_models() -> tuple[str, str]:
@@ -582,6 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the seed server's dtype (default float32, its fastest on CPU)")
     p.add_argument("--rounds", type=int, default=3,
                    help="measurements of every server at every level, interleaved; the report takes medians (default 3)")
+    p.add_argument("--step-timing", action="store_true",
+                   help="record every vLLM worker step (forward, each stack, heads and merge, sampler) and print a summary")
     p.add_argument("--kv-cache-gb", type=float, default=2.0)
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=512)
@@ -611,7 +632,7 @@ def cli(argv: list[str]) -> int:
             concurrencies=args.concurrency, num_prompts=args.num_prompts, seed_max_prompts=args.seed_max_prompts,
             seed_threads=args.seed_threads,
             input_len=args.input_len, output_len=args.output_len, alpha=args.alpha, dtype=args.dtype,
-            seed_dtype=args.seed_dtype, rounds=args.rounds,
+            seed_dtype=args.seed_dtype, rounds=args.rounds, step_timing=args.step_timing,
             kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
         )
     except ValueError as error:

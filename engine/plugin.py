@@ -16,3 +16,10 @@ def register() -> None:
         ModelRegistry.register_model(PAIR_ARCHITECTURE, "engine.pair_model:LDAPairForCausalLM")
     patch_cpu_seeded_chunked_prefill()
     patch_cpu_attention_isa()
+
+    from engine.env import step_timing_dir
+
+    if (folder := step_timing_dir()) is not None:
+        from engine.step_timing import install
+
+        install(folder)

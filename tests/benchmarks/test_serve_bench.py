@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import serve_bench
 from benchmarks.seed_server import stream_tokens
+from engine.step_timing import load_steps
 from tests.factories import build_pair
 
 
@@ -123,7 +124,7 @@ def test_bench_runs_all_servers_at_tiny_scale(pair, tmp_path):
     config = serve_bench.BenchConfig(
         after=str(pair.after), before=str(pair.before), out_dir=tmp_path / "out",
         concurrencies=(1, 2), num_prompts=4, input_len=32, output_len=8,
-        kv_cache_gb=0.25, max_num_seqs=16, max_model_len=256, rounds=2,
+        kv_cache_gb=0.25, max_num_seqs=16, max_model_len=256, rounds=2, step_timing=True,
     )
     rows, paths = serve_bench.run(config)
     assert [(r.round, r.concurrency, r.server) for r in rows] == [
@@ -150,6 +151,20 @@ def test_bench_runs_all_servers_at_tiny_scale(pair, tmp_path):
     csv_text = Path(paths["csv"]).read_text()
     assert csv_text.startswith("server,concurrency,") and csv_text.count("\n") == 13
     assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The workers' step records: the pair times each stack, the single model has none.
+    lda_steps = load_steps(config.out_dir / "steps" / "lda")
+    single_steps = load_steps(config.out_dir / "steps" / "single")
+    assert not (config.out_dir / "steps" / "seed").exists()
+    # 12 levels' worth of 4 requests x 8 tokens: at least 8 steps a level with output.
+    assert len(lda_steps) >= 2 * 2 * 8 and len(single_steps) >= 2 * 2 * 8
+    for s in lda_steps:
+        assert s["tokens"] >= s["requests"] >= 1
+        assert 0 < s["after"] and 0 < s["before"] and s["after"] + s["before"] <= s["forward"] <= s["step"]
+        assert 0 < s["logits"] < s["step"] and 0 < s["sample"] < s["step"]
+    assert all("after" not in s and 0 < s["logits"] and 0 < s["forward"] < s["step"] for s in single_steps)
+    report = serve_bench.step_report(config)
+    assert "lda     decode       1" in report and "single  prefill" in report
 
 
 @pytest.mark.slow
