@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from api.settings import ServerSettings, parse_settings
 from engine.config import LDAConfig, engine_kwargs, prepare_process
-from engine.tokenizers import CompatibilityReport, TokenizerMismatchError, check_pair
+from engine.tokenizers import CompatibilityReport, ModelLoadError, TokenizerMismatchError, check_pair
 
 logger = logging.getLogger("lda.server")
 
@@ -122,7 +122,7 @@ def cli(argv: list[str]) -> int:
         return 2
     try:
         serve(settings)
-    except TokenizerMismatchError as error:
+    except (ModelLoadError, TokenizerMismatchError) as error:
         print(f"lda serve: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

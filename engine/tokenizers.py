@@ -15,6 +15,10 @@ SPECIAL_TOKENS = ("eos_token", "bos_token", "pad_token")
 MAX_LISTED = 10
 
 
+class ModelLoadError(ValueError):
+    """A model id or folder whose tokenizer cannot be loaded (a missing folder, a typo, no hub)."""
+
+
 class TokenizerMismatchError(ValueError):
     """The pair's tokenizers disagree where the engine needs them to agree."""
 
@@ -103,9 +107,21 @@ def compare_tokenizers(after, before, strict: bool = False) -> CompatibilityRepo
     )
 
 
+def _load_for(role: str, model: str):
+    try:
+        return load_tokenizer(model)
+    except OSError as error:  # transformers' "not a folder, not a reachable model id" errors
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise ModelLoadError(
+            f"cannot load the {role} model {model!r}: it is not a model folder here and not a model id "
+            f"that could be fetched ({lines[0]})"
+        ) from error
+
+
 def check_pair(after: str, before: str, strict: bool = False) -> CompatibilityReport:
-    """Load both tokenizers and compare them; raise TokenizerMismatchError when incompatible."""
-    report = compare_tokenizers(load_tokenizer(after), load_tokenizer(before), strict=strict)
+    """Load both tokenizers and compare them; raise ModelLoadError when one cannot be loaded and
+    TokenizerMismatchError when they are incompatible."""
+    report = compare_tokenizers(_load_for("after", after), _load_for("before", before), strict=strict)
     if not report.compatible:
         raise TokenizerMismatchError(report)
     return report

@@ -21,3 +21,10 @@ def test_bad_setting_exits_2_naming_it(monkeypatch, capsys, argv, env, message):
     assert server.cli(["--model-after", "a", "--model-before", "b", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lda serve: ") and message in err and "Traceback" not in err
+
+
+def test_a_model_that_is_not_there_exits_2_naming_it(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-model")
+    assert server.cli(["--model-after", missing, "--model-before", missing]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lda serve: cannot load the after model '{missing}'") and "Traceback" not in err
