@@ -193,6 +193,15 @@ class RssSampler:
         return self.peak
 
 
+class ServerStartError(RuntimeError):
+    """A server under test exited or never became healthy."""
+
+
+def _tail(log_path: Path, lines: int = 5) -> str:
+    text = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    return "\n".join(text[-lines:])
+
+
 @contextlib.contextmanager
 def running_server(config: BenchConfig, server: str, log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start `server` in its own process group, wait for /health, yield its base URL; kill the group."""
@@ -207,9 +216,10 @@ def running_server(config: BenchConfig, server: str, log_path: Path) -> Iterator
         deadline = time.monotonic() + config.start_timeout_s
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"{server} server exited with {process.returncode}; see {log_path}")
+                raise ServerStartError(f"{server} server exited with {process.returncode}; see {log_path}. "
+                                       f"Its last lines:\n{_tail(log_path)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{server} server not healthy after {config.start_timeout_s:.0f} s; see {log_path}")
+                raise ServerStartError(f"{server} server not healthy after {config.start_timeout_s:.0f} s; see {log_path}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
                     break
@@ -644,11 +654,15 @@ def cli(argv: list[str]) -> int:
         write_outputs(config, rows, argv, sources=[str(p) for p in args.combine])
         print(report(rows))
         return 0
-    if args.soak is not None:
-        result = soak(config, args.soak, args.soak_users, args.soak_max_tokens)
-        clean = result.failures == 0 and result.server_errors == 0 and result.healthy_after
-        return 0 if clean else 1
-    run(config, argv)
+    try:
+        if args.soak is not None:
+            result = soak(config, args.soak, args.soak_users, args.soak_max_tokens)
+            clean = result.failures == 0 and result.server_errors == 0 and result.healthy_after
+            return 0 if clean else 1
+        run(config, argv)
+    except ServerStartError as error:
+        print(f"lda bench: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -69,6 +69,16 @@ def test_rounds_rotate_which_server_goes_first():
     assert sorted(serve_bench.rotated(servers, 2)) == sorted(servers)
 
 
+def test_a_server_that_cannot_start_is_a_message_not_a_traceback(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-model")
+    code = serve_bench.cli(["--servers", "lda", "--after", missing, "--before", missing, "--concurrency", "1",
+                            "--rounds", "1", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("lda bench: lda server exited with")
+    assert "no-such-model" in err  # the server's own last lines say what was wrong
+    assert "Traceback" not in err.split("Its last lines:")[0]
+
+
 def test_seed_server_caps_its_prompts(tmp_path):
     config = serve_bench.BenchConfig("a", "b", tmp_path, seed_max_prompts=8)
     assert config.prompts_for("lda", 64) == 128 and config.prompts_for("seed", 64) == 8
