@@ -12,7 +12,6 @@ and the after model alone can be compared step for step; `lda bench --step-timin
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import sys
@@ -25,15 +24,16 @@ PARTS = ("step", "forward", "after", "before", "logits", "sample")
 
 
 class StepLog:
-    """One process's step records, flushed to its JSONL file in batches and at exit."""
+    """One process's step records, each written to its JSONL file as the step ends.
 
-    def __init__(self, out_dir: Path, flush_every: int = 50) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    Line by line, not in batches: the servers are stopped with signals, and a worker killed that
+    way runs no exit handlers, so anything held back would be lost. A write costs microseconds,
+    a step milliseconds."""
+
+    def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / f"steps-{os.getpid()}.jsonl"
-        self.flush_every = flush_every
-        self.pending: list[dict] = []
+        self.file = None  # opened at the first step, so processes that run no model leave no file
         self.current: dict = {}
-        atexit.register(self.flush)
 
     def begin(self, tokens: int, requests: int) -> None:
         self.current = {"tokens": tokens, "requests": requests, "_start": time.perf_counter()}
@@ -46,15 +46,10 @@ class StepLog:
         if "_start" not in record or record["tokens"] == 0:  # an empty step: nothing ran
             return
         record["step"] = time.perf_counter() - record.pop("_start")
-        self.pending.append(record)
-        if len(self.pending) >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            with open(self.path, "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.pending)
-            self.pending.clear()
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a", buffering=1)
+        self.file.write(json.dumps(record) + "\n")
 
 
 def _timed(log: StepLog, part: str, fn):

@@ -11,15 +11,18 @@ def _step(tokens, requests, step, **parts):
     return {"tokens": tokens, "requests": requests, "step": step, **parts}
 
 
-def test_step_log_writes_one_line_per_step_and_skips_empty_steps(tmp_path):
-    log = step_timing.StepLog(tmp_path, flush_every=2)
+def test_step_log_writes_each_step_at_once_and_skips_empty_steps(tmp_path):
+    log = step_timing.StepLog(tmp_path)
+    log.end()  # no step begun: nothing recorded, no file
+    assert not log.path.exists()
+    written = []
     for tokens in (4, 0, 4, 4):
         log.begin(tokens, 4)
         log.add("forward", 0.25)
         log.add("forward", 0.25)  # parts add up within a step (the pair's two stacks, say)
         log.end()
-    log.end()  # no step begun: nothing recorded
-    log.flush()
+        written.append(len(log.path.read_text().splitlines()))  # on disk at once, no flush
+    assert written == [1, 1, 2, 3]
     records = [json.loads(line) for line in log.path.read_text().splitlines()]
     assert len(records) == 3
     assert all(r["forward"] == 0.5 and r["step"] >= 0 and r["tokens"] == 4 for r in records)
