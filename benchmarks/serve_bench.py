@@ -327,13 +327,14 @@ def ratios(rows: list[Row]) -> list[dict]:
     """LDA's output tok/s over each baseline's, per level: each round's ratio (both servers measured
     back to back in that round), and their median, min and max."""
     by = {(r.server, r.concurrency, r.round): r for r in rows}
+    rounds = sorted({r.round for r in rows})
     out = []
     for c in sorted({r.concurrency for r in rows}):
         entry: dict = {"concurrency": c}
         for base in ("single", "seed"):
             per_round = [
                 by[("lda", c, k)].output_throughput / by[(base, c, k)].output_throughput
-                for k in sorted({r.round for r in rows})
+                for k in rounds
                 if ("lda", c, k) in by and (base, c, k) in by and by[(base, c, k)].output_throughput > 0
             ]
             if per_round:
