@@ -7,6 +7,7 @@
 #   are writable, prints the volume's free space, and refuses to start when they are not: a pod
 #   whose volume is missing or read-only would otherwise fail mid-download or fill the container
 #   disk with tens of GB of weights.
+# - With LDA_SELFTEST=1, runs `lda selftest` first and starts nothing if it fails.
 # - Warns when the server would listen on every interface without an API key (LDA_API_KEY).
 # - When PUBLIC_KEY is set (RunPod puts the account's SSH keys there), also starts sshd for the
 #   user running this script; sshd runs unprivileged, so its config and host keys live in ~/.ssh.
@@ -94,6 +95,19 @@ warn_if_open() {
             "the port can use it. Set LDA_API_KEY (RunPod: a secret, {{ RUNPOD_SECRET_lda_api_key }}); clients then send" \
             "'Authorization: Bearer <key>'."
     fi
+}
+
+# LDA_SELFTEST=1: `lda selftest` before the server, while the GPU is still free (on a pod, the
+# server holds most of its memory once up). A failure stops here, with selftest's status.
+run_selftest() {
+    log "LDA_SELFTEST=1: running lda selftest before the server"
+    local status=0
+    lda selftest || status=$?
+    if [[ $status -ne 0 ]]; then
+        log "lda selftest failed (status ${status}); not starting the server"
+        exit "$status"
+    fi
+    log "lda selftest passed"
 }
 
 start_sshd() {
@@ -188,6 +202,9 @@ main() {
 
     if [[ $# -eq 0 ]]; then
         set -- lda serve
+    fi
+    if [[ "${LDA_SELFTEST:-0}" == 1 ]]; then
+        run_selftest
     fi
     warn_if_open "$@"
     log "starting: $*"
