@@ -19,7 +19,8 @@ ARG VLLM_VERSION=0.32.0
 # The base image's digest (sha256:...), which fixes the exact image behind the tag. The CI workflow
 # resolves the tag and passes the digest it found, so each published image was built, smoke-tested
 # and labelled with one exact base. A build without it uses the tag alone. To see the digest the
-# tag points to now: docker buildx imagetools inspect vllm/vllm-openai:v0.32.0 (the "Digest:" line).
+# tag points to now: docker buildx imagetools inspect vllm/vllm-openai:v0.32.0 (the "Digest:" line);
+# to freeze the base for every build, CI's included, make that digest this argument's default.
 ARG VLLM_IMAGE_DIGEST=""
 
 FROM vllm/vllm-openai:v${VLLM_VERSION}${VLLM_IMAGE_DIGEST:+@}${VLLM_IMAGE_DIGEST}
