@@ -3,13 +3,19 @@
 #
 #   start.sh [command ...]      default command: lda serve
 #
-# - Starts the server (configured only by environment variables, see deploy/runpod/README.md).
+# - Checks that the model volume (LDA_MODELS_DIR, default /models) and the cache directories in it
+#   are writable, prints the volume's free space, and refuses to start when they are not: a pod
+#   whose volume is missing or read-only would otherwise fail mid-download or fill the container
+#   disk with tens of GB of weights.
+# - With LDA_SELFTEST=1, runs `lda selftest` first and starts nothing if it fails.
+# - Warns when the server would listen on every interface without an API key (LDA_API_KEY).
 # - When PUBLIC_KEY is set (RunPod puts the account's SSH keys there), also starts sshd for the
 #   user running this script; sshd runs unprivileged, so its config and host keys live in ~/.ssh.
 # - Forwards SIGTERM/SIGINT to the server and exits with the server's exit code, so stopping the
 #   pod shuts vLLM down cleanly instead of killing it mid-request.
 set -euo pipefail
 
+MODELS_DIR="${LDA_MODELS_DIR:-/models}"
 SSH_PORT="${SSH_PORT:-22}"
 SSH_LISTEN_ADDRESS="${SSH_LISTEN_ADDRESS:-0.0.0.0}"
 SSHD_DIR="${HOME}/.ssh/sshd"
@@ -21,18 +27,87 @@ log() {
     printf 'start.sh: %s\n' "$*" >&2
 }
 
-# A cache dir on a volume that this user cannot write (a volume mounted root-owned, say) must not
-# stop the pod: fall back to the container disk and say so.
-ensure_writable_dir() {
-    local var="$1" fallback="$2" dir
-    dir="${!var:-}"
-    [[ -n "$dir" ]] || return 0
-    if mkdir -p "$dir" 2>/dev/null && [[ -w "$dir" ]]; then
-        return 0
+# True when this user can create files in $1 (made if missing). A real write, not `test -w`, which
+# knows nothing of a read-only mount's quirks or of full disks.
+can_write() {
+    local dir="$1" probe
+    mkdir -p "$dir" 2>/dev/null || return 1
+    probe="$dir/.lda-write-test.$$"
+    { : >"$probe"; } 2>/dev/null || return 1
+    rm -f "$probe"
+}
+
+# "<free> GiB free of <size> GiB on <mount point>" for the filesystem holding $1.
+free_space() {
+    df -Pk "$1" | awk 'NR == 2 { printf "%.1f GiB free of %.1f GiB on %s", $4 / 1048576, $2 / 1048576, $6 }'
+}
+
+# The model volume and every cache directory must be writable; otherwise refuse with what to do.
+check_storage() {
+    local name dir unwritable=()
+    can_write "$MODELS_DIR" || unwritable+=("LDA_MODELS_DIR=${MODELS_DIR}")
+    for name in HF_HOME LDA_CACHE_DIR VLLM_CACHE_ROOT; do
+        dir="${!name:-}"
+        if [[ -n "$dir" ]] && ! can_write "$dir"; then
+            unwritable+=("${name}=${dir}")
+        fi
+    done
+    if [[ ${#unwritable[@]} -gt 0 ]]; then
+        log "ERROR: not writable by $(id -un) (uid $(id -u)): ${unwritable[*]}"
+        log "refusing to start: model downloads and compile caches need them, and must not fill the container disk."
+        log "Fix: mount a volume at ${MODELS_DIR} that uid $(id -u) can write (RunPod: the template's volume mount path;" \
+            "docker: -v lda-models:${MODELS_DIR}), or point these variables at writable directories."
+        exit 1
     fi
-    log "WARNING: $var=$dir is not writable by $(id -un); using $fallback (not persistent)"
-    mkdir -p "$fallback"
-    export "$var=$fallback"
+    log "model volume ${MODELS_DIR}: $(free_space "$MODELS_DIR")"
+    # Same device as / means no volume is mounted there: the files live on the container disk.
+    if [[ "$(stat -c %d "$MODELS_DIR")" == "$(stat -c %d /)" ]]; then
+        log "WARNING: ${MODELS_DIR} is on the container's own disk, not a mounted volume: downloads are lost when the container is removed"
+    fi
+}
+
+# Warns when `lda serve` would listen on every interface with no API key: anyone who can reach the
+# port could then generate with the models. Host and key as the server resolves them: flags over
+# HOST / LDA_API_KEY, and the server's own default host (127.0.0.1).
+warn_if_open() {
+    [[ "${1:-}" == lda && "${2:-}" == serve ]] || return 0
+    shift 2
+    local host="${HOST:-127.0.0.1}" port="${PORT:-8000}" key="${LDA_API_KEY:-}" previous="" arg
+    for arg in "$@"; do
+        case "$previous" in
+            --host) host="$arg" ;;
+            --port) port="$arg" ;;
+            --api-key) key="$arg" ;;
+        esac
+        case "$arg" in
+            --host=*) host="${arg#--host=}" ;;
+            --port=*) port="${arg#--port=}" ;;
+            --api-key=*) key="${arg#--api-key=}" ;;
+        esac
+        previous="$arg"
+    done
+    case "$host" in
+        0.0.0.0 | :: | "[::]" | "*") ;;
+        *) return 0 ;;
+    esac
+    if [[ -z "$key" ]]; then
+        log "WARNING: the server listens on ${host}:${port} (every interface) without an API key: anyone who can reach" \
+            "the port can use it. Set LDA_API_KEY (RunPod: a secret, {{ RUNPOD_SECRET_lda_api_key }}); clients then send" \
+            "'Authorization: Bearer <key>'."
+    fi
+}
+
+# LDA_SELFTEST=1: `lda selftest` before the server, while the GPU is still free (on a pod, the
+# server holds most of its memory once up). A failure stops here, with selftest's status.
+run_selftest() {
+    log "LDA_SELFTEST=1: running lda selftest before the server"
+    local status=0
+    lda selftest || status=$?
+    if [[ $status -ne 0 ]]; then
+        log "lda selftest failed (status ${status}); not starting the server"
+        exit "$status"
+    fi
+    log "lda selftest passed"
 }
 
 start_sshd() {
@@ -79,7 +154,7 @@ Subsystem sftp internal-sftp
 EOF
     # SSH sessions don't inherit the container's environment: hand over what `lda` commands need.
     local name setenv="SetEnv"
-    for name in PATH HF_HOME LDA_CACHE_DIR VLLM_CACHE_ROOT; do
+    for name in PATH LDA_MODELS_DIR HF_HOME LDA_CACHE_DIR VLLM_CACHE_ROOT; do
         if [[ -n "${!name:-}" ]]; then
             setenv+=" ${name}=\"${!name}\""
         fi
@@ -119,9 +194,7 @@ main() {
     trap 'forward INT' INT
     trap stop_sshd EXIT
 
-    ensure_writable_dir HF_HOME "${HOME}/.cache/huggingface"
-    ensure_writable_dir LDA_CACHE_DIR "${HOME}/.cache/lda"
-    ensure_writable_dir VLLM_CACHE_ROOT "${HOME}/.cache/vllm"
+    check_storage
 
     if [[ -n "${PUBLIC_KEY:-}" ]]; then
         start_sshd
@@ -130,6 +203,10 @@ main() {
     if [[ $# -eq 0 ]]; then
         set -- lda serve
     fi
+    if [[ "${LDA_SELFTEST:-0}" == 1 ]]; then
+        run_selftest
+    fi
+    warn_if_open "$@"
     log "starting: $*"
     # A non-interactive shell starts background children with SIGINT ignored; undo that, or the
     # forwarded SIGINT would be lost.

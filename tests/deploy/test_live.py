@@ -1,9 +1,9 @@
 """The deployment as a pod runs it: deploy/runpod/start.sh starting `lda serve` on the CPU with a
 tiny pair, configured only by environment variables.
 
-Checks that the server comes up healthy, that every metric the Grafana dashboard and Prometheus
-config query is really exported after a completion, and that SIGTERM to start.sh stops the server
-and all its engine processes with exit status 0. One server for the module (engine start: 30 to
+Checks that start.sh checks the model volume first, that the server comes up healthy, that every
+metric the Grafana dashboard and Prometheus config query is really exported after a completion,
+and that SIGTERM to start.sh stops the server and all its engine processes with exit status 0. One server for the module (engine start: 30 to
 100 s on 2 cores).
 """
 
@@ -96,6 +96,7 @@ def pod(tmp_path_factory):
         KV_CACHE_MEMORY_GB="0.25",
         LDA_DEFAULT_ALPHA="1.0",  # so the completion below is amplified and counted as such
         LDA_MAX_ALPHA="20",
+        LDA_MODELS_DIR=str(root / "models"),
         LDA_CACHE_DIR=str(root / "lda"),
         HF_HOME=str(root / "hf"),
         VLLM_CACHE_ROOT=str(root / "vllm"),
@@ -116,6 +117,14 @@ def pod(tmp_path_factory):
         if pod.group_alive():
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+def test_start_sh_checked_the_volume_before_starting(pod):
+    log = pod.log.read_text(errors="replace")
+    volume_line = log.index("start.sh: model volume ")
+    assert " GiB free of " in log[volume_line:].splitlines()[0]
+    assert volume_line < log.index("start.sh: starting: lda serve")
+    assert "without an API key" not in log  # bound to 127.0.0.1
 
 
 def test_start_sh_serves_completions(pod):
