@@ -30,6 +30,7 @@ OPTIONS = [
     ("--gpu-memory-utilization", "GPU_MEMORY_UTILIZATION", float, 0.9, "fraction of GPU memory vLLM may use"),
     ("--dtype", "DTYPE", str, "auto", "weights and activations dtype"),
     ("--seed", "SEED", int, 0, "engine seed"),
+    ("--cpu-bind", "LDA_CPU_BIND", str, "all", "CPU only: all (the worker on every core) or vllm (vLLM's binding)"),
 ]
 BOOL_OPTIONS = [
     ("--enforce-eager", "ENFORCE_EAGER", None, "disable torch.compile and CUDA graphs (default: on for CPU)"),
@@ -122,6 +123,7 @@ def parse_settings(argv: list[str]) -> ServerSettings:
             enforce_eager=enforce_eager,
             seed=values["--seed"],
             served_model_name=values["--served-model-name"],
+            cpu_bind=values["--cpu-bind"],
         ),
     )
     port = values["--port"]

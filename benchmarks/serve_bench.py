@@ -1,4 +1,4 @@
-"""`lda bench`: the LDA server against vLLM serving the after model alone and against the seed's design.
+"""`lda bench`: the LDA server against vLLM serving the after model alone and against the original design.
 
 The servers start one after another on loopback and stay up for the whole run. Each is driven
 with the same workload by vLLM's own benchmark client (`vllm.benchmarks.serve`, the logic of
@@ -11,8 +11,14 @@ records the peak RSS of the driven server's process tree (API server, engine cor
 Results go to tables on stdout, CSV and JSON (every round), and a PNG of output throughput
 against concurrency (median, with the rounds' range).
 
+The original design (`benchmarks/original_server.py`) is measured at its best: first a probe runs
+each of its modes (one at a time or static batches, float16/bfloat16/float32, 1 or 2 torch
+threads) alone, one round, at every level; the fastest mode at each level then joins the
+interleaved rounds, and the ratios compare LDA with it. The probe's table keeps every mode, the
+one-at-a-time figure included, labelled for what it is.
+
     lda bench --out benchmarks/results            # SmolLM2-135M as both models (or the demo pair)
-    lda bench --after A --before B --concurrency 1,2 --num-prompts 4 --servers lda,single,seed
+    lda bench --after A --before B --concurrency 1,2 --num-prompts 4 --servers lda,single,original
 """
 
 from __future__ import annotations
@@ -35,11 +41,56 @@ from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
 
-from engine.config import DTYPES, cpu_dtype
+from engine.config import DTYPES, cpu_binding_env, cpu_dtype
 from engine.env import STEP_TIMING_VAR
 
-SERVERS = ("lda", "single", "seed")
+SERVERS = ("lda", "single", "original")
+"""What `--servers` names: the pair, vLLM serving the after model alone, the original design (its
+modes, `OriginalMode`)."""
 SERVED_NAME = "lda"
+ORIGINAL_DTYPES = ("float16", "bfloat16", "float32")
+SHORT_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalMode:
+    """One way to run the original design: its serving path, dtype and torch threads."""
+
+    batched: bool
+    dtype: str
+    threads: int
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ORIGINAL_DTYPES:
+            raise ValueError(f"original mode dtype must be one of {', '.join(ORIGINAL_DTYPES)}; got {self.dtype!r}")
+        if self.threads < 1:
+            raise ValueError(f"original mode threads must be >= 1; got {self.threads}")
+
+    @property
+    def name(self) -> str:
+        return f"original-{'batch' if self.batched else 'one'}-{SHORT_DTYPE[self.dtype]}-t{self.threads}"
+
+    @classmethod
+    def parse(cls, text: str) -> OriginalMode:
+        """`batch:bfloat16:2` or `one:float32:1`."""
+        try:
+            path, dtype, threads = text.split(":")
+            if path not in ("batch", "one"):
+                raise ValueError
+            return cls(path == "batch", dtype, int(threads))
+        except ValueError as error:
+            detail = f": {error}" if str(error) else ""
+            raise ValueError(f"original mode must look like batch:bfloat16:2 or one:float32:1; got {text!r}{detail}") from None
+
+
+def all_original_modes(max_threads: int = 2) -> tuple[OriginalMode, ...]:
+    """Both paths in every dtype on 1 and `max_threads` threads."""
+    threads = sorted({1, max(1, max_threads)})
+    return tuple(OriginalMode(b, d, t) for b in (True, False) for d in ORIGINAL_DTYPES for t in threads)
+
+
+def is_original(server: str) -> bool:
+    return server.startswith("original")
 METRICS = ("request_throughput", "output_throughput", "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms")
 
 
@@ -52,19 +103,16 @@ class BenchConfig:
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
     num_prompts: int | None = None
     """Requests per concurrency level; None: max(8, 2 * concurrency)."""
-    seed_max_prompts: int = 8
-    """The one-at-a-time seed server gets at most this many requests per level (bounds its time)."""
-    seed_threads: int = 1
-    """torch threads of the seed server; match the vLLM worker's cores (VLLM_CPU_OMP_THREADS_BIND)."""
+    original_modes: tuple[OriginalMode, ...] = field(default_factory=all_original_modes)
+    """The original design's modes the probe tries; the fastest at each level joins the rounds."""
+    one_at_a_time_max_prompts: int = 8
+    """The original's one-at-a-time path gets at most this many requests per level (bounds its time)."""
     input_len: int = 128
     output_len: int = 64
     alpha: float = 1.0
     dtype: str = "auto"
     """Both vLLM servers' dtype; "auto" as the engine resolves it (bf16 checkpoints run in bf16 on
     a CPU with native bf16, else float32)."""
-    seed_dtype: str = "float32"
-    """The seed server's dtype: float32 is its fastest on CPU (transformers' bf16 decode was slower
-    here: 6.5 vs 7.0 tok/s on one thread, 6.2 vs 8.0 on two), so the comparison is with its best."""
     kv_cache_gb: float = 2.0
     max_num_seqs: int = 64
     max_model_len: int = 512
@@ -86,8 +134,8 @@ class BenchConfig:
             raise ValueError(f"num_prompts must be >= 1; got {self.num_prompts}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1; got {self.rounds}")
-        if self.seed_threads < 1:
-            raise ValueError(f"seed_threads must be >= 1; got {self.seed_threads}")
+        if "original" in self.servers and not self.original_modes:
+            raise ValueError("servers include original but original_modes is empty")
         if self.input_len < 1 or self.output_len < 1:
             raise ValueError(f"input_len and output_len must be >= 1; got {self.input_len}, {self.output_len}")
         if self.input_len + self.output_len > self.max_model_len:
@@ -95,7 +143,13 @@ class BenchConfig:
 
     def prompts_for(self, server: str, concurrency: int) -> int:
         n = self.num_prompts if self.num_prompts is not None else max(8, 2 * concurrency)
-        return min(n, self.seed_max_prompts) if server == "seed" else n
+        return min(n, self.one_at_a_time_max_prompts) if server.startswith("original-one") else n
+
+    def original_mode(self, server: str) -> OriginalMode:
+        for mode in self.original_modes:
+            if mode.name == server:
+                return mode
+        raise ValueError(f"no original mode named {server!r}")
 
 
 @dataclass(slots=True)
@@ -129,8 +183,11 @@ def _free_port() -> int:
 def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The command and environment that start `server` with the benchmark's shared settings."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **config.env}
-    if config.step_timing and server != "seed":
+    if config.step_timing and not is_original(server):
         env[STEP_TIMING_VAR] = str(config.out_dir / "steps" / server)
+    if not is_original(server):
+        # `lda serve` applies this binding itself; plain vLLM (the single baseline) gets the same.
+        env = {**cpu_binding_env(), **env}
     py = sys.executable
     if server == "lda":
         env.update(
@@ -149,10 +206,12 @@ def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[st
             "--max-model-len", str(config.max_model_len), "--enforce-eager",
             "--kv-cache-memory-bytes", str(int(config.kv_cache_gb * 1024**3)), "--seed", "0",
         ], env
+    mode = config.original_mode(server)
+    batched = ["--batched", "--max-batch", str(max(config.concurrencies))] if mode.batched else []
     return [
-        py, "-m", "benchmarks.seed_server", "--after", config.after, "--before", config.before,
-        "--port", str(port), "--dtype", config.seed_dtype, "--served-model-name", SERVED_NAME,
-        "--default-alpha", str(config.alpha), "--threads", str(config.seed_threads),
+        py, "-m", "benchmarks.original_server", "--after", config.after, "--before", config.before,
+        "--port", str(port), "--dtype", mode.dtype, "--served-model-name", SERVED_NAME,
+        "--default-alpha", str(config.alpha), "--threads", str(mode.threads), *batched,
     ], env
 
 
@@ -304,6 +363,10 @@ def _row(server: str, concurrency: int, num_prompts: int, result: dict, peak_rss
 # ---------------------------------------------------------------- report
 
 
+def _server_order(server: str) -> tuple[int, str]:
+    return ({"lda": 0, "single": 1}.get(server, 2), server)
+
+
 def summary(rows: list[Row]) -> list[Row]:
     """One row per (server, level): the median of each metric over rounds (peak RSS: the maximum).
 
@@ -312,7 +375,7 @@ def summary(rows: list[Row]) -> list[Row]:
     for r in rows:
         groups.setdefault((r.server, r.concurrency), []).append(r)
     out = []
-    for (server, concurrency), group in sorted(groups.items(), key=lambda item: (SERVERS.index(item[0][0]), item[0][1])):
+    for (server, concurrency), group in sorted(groups.items(), key=lambda item: (_server_order(item[0][0]), item[0][1])):
         out.append(Row(
             server=server, concurrency=concurrency, num_prompts=group[0].num_prompts,
             completed=sum(r.completed for r in group), failed=sum(r.failed for r in group),
@@ -323,36 +386,51 @@ def summary(rows: list[Row]) -> list[Row]:
     return out
 
 
+def _per_round(by: dict, rounds: list[int], base: str, c: int) -> list[float]:
+    return [
+        by[("lda", c, k)].output_throughput / by[(base, c, k)].output_throughput
+        for k in rounds
+        if ("lda", c, k) in by and (base, c, k) in by and by[(base, c, k)].output_throughput > 0
+    ]
+
+
+def fastest_original(rows: list[Row], concurrency: int) -> str | None:
+    """The original mode with the highest median output tok/s at `concurrency`, if any ran."""
+    medians = {r.server: r.output_throughput for r in summary(rows) if is_original(r.server) and r.concurrency == concurrency}
+    return max(medians, key=medians.get) if medians else None
+
+
 def ratios(rows: list[Row]) -> list[dict]:
     """LDA's output tok/s over each baseline's, per level: each round's ratio (both servers measured
-    back to back in that round), and their median, min and max."""
+    in that round), and their median, min and max. The original design's baseline is its fastest
+    mode at that level (`original_server` names it)."""
     by = {(r.server, r.concurrency, r.round): r for r in rows}
     rounds = sorted({r.round for r in rows})
     out = []
     for c in sorted({r.concurrency for r in rows}):
         entry: dict = {"concurrency": c}
-        for base in ("single", "seed"):
-            per_round = [
-                by[("lda", c, k)].output_throughput / by[(base, c, k)].output_throughput
-                for k in rounds
-                if ("lda", c, k) in by and (base, c, k) in by and by[(base, c, k)].output_throughput > 0
-            ]
+        best = fastest_original(rows, c)
+        if best is not None:
+            entry["original_server"] = best
+        for key, base in (("single", "single"), ("original", best)):
+            per_round = _per_round(by, rounds, base, c) if base else []
             if per_round:
-                entry[f"lda_over_{base}"] = median(per_round)
-                entry[f"lda_over_{base}_min"] = min(per_round)
-                entry[f"lda_over_{base}_max"] = max(per_round)
-                entry[f"lda_over_{base}_rounds"] = per_round
+                entry[f"lda_over_{key}"] = median(per_round)
+                entry[f"lda_over_{key}_min"] = min(per_round)
+                entry[f"lda_over_{key}_max"] = max(per_round)
+                entry[f"lda_over_{key}_rounds"] = per_round
         out.append(entry)
     return out
 
 
 def format_table(rows: list[Row], rounds_column: str = "round") -> str:
-    header = f"{'server':<7} {'conc':>4} {rounds_column:>6} {'n':>4} {'ok':>4} {'fail':>4} {'req/s':>7} {'out tok/s':>9} " \
+    width = max([7, *(len(r.server) for r in rows)])
+    header = f"{'server':<{width}} {'conc':>4} {rounds_column:>6} {'n':>4} {'ok':>4} {'fail':>4} {'req/s':>7} {'out tok/s':>9} " \
              f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'peak RSS MB':>11}"
     lines = [header]
     for r in rows:
         lines.append(
-            f"{r.server:<7} {r.concurrency:>4} {r.round:>6} {r.num_prompts:>4} {r.completed:>4} {r.failed:>4} "
+            f"{r.server:<{width}} {r.concurrency:>4} {r.round:>6} {r.num_prompts:>4} {r.completed:>4} {r.failed:>4} "
             f"{r.request_throughput:>7.3f} {r.output_throughput:>9.1f} {r.p50_ttft_ms:>9.0f} {r.p99_ttft_ms:>9.0f} "
             f"{r.p50_tpot_ms:>9.1f} {r.p99_tpot_ms:>9.1f} {r.peak_rss_mb:>11.0f}"
         )
@@ -369,9 +447,10 @@ def format_ratios(entries: list[dict]) -> str:
         spread = "" if len(e[f"lda_over_{base}_rounds"]) == 1 else f" ({low:.{digits}f}-{high:.{digits}f})"
         return f"{value:.{digits}f}{spread}"
 
-    lines = [f"{'conc':>4} {'LDA/single':>18} {'LDA/seed':>18}"]
+    lines = [f"{'conc':>4} {'LDA/single':>18} {'LDA/original':>18}  fastest original mode"]
     for e in entries:
-        lines.append(f"{e['concurrency']:>4} {cell(e, 'single', 2):>18} {cell(e, 'seed', 1):>18}")
+        lines.append(f"{e['concurrency']:>4} {cell(e, 'single', 2):>18} {cell(e, 'original', 2):>18}  "
+                     f"{e.get('original_server', '-')}")
     return "\n".join(lines)
 
 
@@ -385,15 +464,18 @@ def report(rows: list[Row]) -> str:
     )
 
 
-def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str], sources: list[str] | None = None) -> dict[str, Path]:
+def write_outputs(
+    config: BenchConfig, rows: list[Row], argv: list[str], sources: list[str] | None = None, probe: list[Row] | None = None
+) -> dict[str, Path]:
     out = config.out_dir
     paths = {"csv": out / "serve_bench.csv", "json": out / "serve_bench.json", "png": out / "serve_bench.png"}
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
-    meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k != "env"}
-    meta["cpu_binding"] = {k: v for k, v in os.environ.items() if k.startswith("VLLM_CPU_")}
+    meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k not in ("env", "original_modes")}
+    meta["original_modes"] = [mode.name for mode in config.original_modes]
+    meta["cpu_binding"] = cpu_binding_env()
     paths["json"].write_text(json.dumps({
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": ["lda", "bench", *argv],
@@ -401,6 +483,7 @@ def write_outputs(config: BenchConfig, rows: list[Row], argv: list[str], sources
         "rows": [asdict(r) for r in rows],
         "summary": [asdict(r) for r in summary(rows)],
         "ratios": ratios(rows),
+        "probe": [asdict(r) for r in probe or []],
         **({"combined_from": sources} if sources else {}),
     }, indent=2))
     plot(rows, paths["png"])
@@ -415,15 +498,15 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    labels = {"lda": "LDA pair (alpha 1)", "single": "vLLM, after model alone", "seed": "seed design (1 at a time)"}
-    for server in SERVERS:
+    labels = {"lda": "LDA pair", "single": "vLLM, after model alone"}
+    for server in sorted({r.server for r in rows}, key=_server_order):
         levels = sorted({r.concurrency for r in rows if r.server == server})
         if not levels:
             continue
         values = [[r.output_throughput for r in rows if r.server == server and r.concurrency == c] for c in levels]
         mid = [median(v) for v in values]
         spread = [[m - min(v) for m, v in zip(mid, values)], [max(v) - m for m, v in zip(mid, values)]]
-        ax.errorbar(levels, mid, yerr=spread, marker="o", capsize=3, label=labels[server])
+        ax.errorbar(levels, mid, yerr=spread, marker="o", capsize=3, label=labels.get(server, server))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency (requests in flight)")
     ax.set_ylabel("output tokens/s (median over rounds)")
@@ -528,9 +611,30 @@ def soak(config: BenchConfig, seconds: int, users: int, max_tokens: int) -> Soak
 # ---------------------------------------------------------------- entry point
 
 
+def probe_originals(config: BenchConfig) -> list[Row]:
+    """Each original mode alone, one after another, once at every level (round 0 rows)."""
+    rows: list[Row] = []
+    for mode in config.original_modes:
+        print(f"== probe {mode.name}", flush=True)
+        with running_server(config, mode.name, config.out_dir / f"server_{mode.name}.log") as (base_url, process):
+            for concurrency in config.concurrencies:
+                rows.append(measure(config, mode.name, base_url, process.pid, concurrency, 0))
+                print(format_table([rows[-1]]), flush=True)
+    return rows
+
+
+def level_servers(config: BenchConfig, probe: list[Row]) -> dict[int, tuple[str, ...]]:
+    """The servers measured at each level: the vLLM ones, and the original design's fastest mode."""
+    vllm_servers = tuple(s for s in config.servers if s != "original")
+    if "original" not in config.servers:
+        return {c: vllm_servers for c in config.concurrencies}
+    default = config.original_modes[0].name
+    return {c: (*vllm_servers, fastest_original(probe, c) or default) for c in config.concurrencies}
+
+
 def run(config: BenchConfig, argv: list[str] | None = None) -> tuple[list[Row], dict[str, Path]]:
-    """Start every server, then measure each (round, level, server); write CSV, JSON and PNG under
-    `config.out_dir`.
+    """Probe the original design's modes, start every server, then measure each (round, level,
+    server); write CSV, JSON and PNG under `config.out_dir`.
 
     The outputs are rewritten after every round, and also when the run is cut short (Ctrl-C,
     SIGTERM), so a long run that is stopped still leaves what it measured.
@@ -538,23 +642,29 @@ def run(config: BenchConfig, argv: list[str] | None = None) -> tuple[list[Row], 
     config.out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     paths: dict[str, Path] = {}
+    written = 0
+    probe = probe_originals(config) if "original" in config.servers and len(config.original_modes) > 1 else []
+    if probe:
+        print("\nprobe of the original design's modes (one round each):\n" + format_table(probe), flush=True)
+    levels = level_servers(config, probe)
     try:
         with contextlib.ExitStack() as stack:
             running = {}
-            for server in config.servers:
+            for server in sorted({s for group in levels.values() for s in group}, key=_server_order):
                 print(f"== {server}: starting", flush=True)
                 running[server] = stack.enter_context(running_server(config, server, config.out_dir / f"server_{server}.log"))
             for round_ in range(1, config.rounds + 1):
                 print(f"== round {round_} of {config.rounds}", flush=True)
                 for concurrency in config.concurrencies:
-                    for server in rotated(config.servers, round_):
+                    for server in rotated(levels[concurrency], round_):
                         base_url, process = running[server]
                         rows.append(measure(config, server, base_url, process.pid, concurrency, round_))
                         print(format_table([rows[-1]]), flush=True)
-                paths = write_outputs(config, rows, argv or [])
+                paths = write_outputs(config, rows, argv or [], probe=probe)
+                written = len(rows)
     except BaseException:
-        if rows and len(rows) % (len(config.servers) * len(config.concurrencies)):  # a round cut short
-            write_outputs(config, rows, argv or [])
+        if len(rows) > written:  # a round cut short
+            write_outputs(config, rows, argv or [], probe=probe)
         raise
     print("\n" + report(rows), flush=True)
     if config.step_timing:
@@ -568,7 +678,7 @@ def step_report(config: BenchConfig) -> str:
 
     rows = []
     for server in config.servers:
-        if server != "seed":
+        if not is_original(server):
             steps = load_steps(config.out_dir / "steps" / server)
             rows += [(server, r) for r in summarize(steps, batch_sizes=config.concurrencies)]
     return "worker step timings (decode: median ms per step; prefill: total s over the run):\n" + format_summary(rows)
@@ -599,17 +709,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", help="after model path (default: demo pair if built, else SmolLM2-135M)")
     p.add_argument("--before", help="before model path")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
-    p.add_argument("--servers", default=",".join(SERVERS), help="subset of lda,single,seed")
+    p.add_argument("--servers", default=",".join(SERVERS), help="subset of lda,single,original")
     p.add_argument("--concurrency", type=_ints, default=(1, 4, 16, 64), help="comma-separated levels")
     p.add_argument("--num-prompts", type=int, default=None, help="requests per level (default max(8, 2c))")
-    p.add_argument("--seed-max-prompts", type=int, default=8, help="cap for the one-at-a-time seed server")
-    p.add_argument("--seed-threads", type=int, default=1, help="torch threads of the seed server (default 1, as vLLM's CPU worker)")
+    p.add_argument("--original-modes", default=None,
+                   help="comma-separated modes of the original design to probe, each PATH:DTYPE:THREADS with PATH "
+                   "batch or one (default: batch and one in float16, bfloat16, float32 on 1 and 2 threads)")
+    p.add_argument("--one-at-a-time-max-prompts", type=int, default=8,
+                   help="cap on requests per level for the original's one-at-a-time path (default 8)")
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="dtype of both vLLM servers (default auto: the checkpoint's, float32 on a CPU without native bf16)")
-    p.add_argument("--seed-dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="the seed server's dtype (default float32, its fastest on CPU)")
     p.add_argument("--rounds", type=int, default=3,
                    help="measurements of every server at every level, interleaved; the report takes medians (default 3)")
     p.add_argument("--step-timing", action="store_true",
@@ -638,12 +749,14 @@ def cli(argv: list[str]) -> int:
         return 2
     after, before = (args.after, args.before) if args.after else default_models()
     try:
+        modes = (tuple(OriginalMode.parse(m) for m in args.original_modes.split(",") if m.strip())
+                 if args.original_modes else all_original_modes(len(os.sched_getaffinity(0))))
         config = BenchConfig(
             after=after, before=before, out_dir=args.out, servers=tuple(s for s in args.servers.split(",") if s),
-            concurrencies=args.concurrency, num_prompts=args.num_prompts, seed_max_prompts=args.seed_max_prompts,
-            seed_threads=args.seed_threads,
+            concurrencies=args.concurrency, num_prompts=args.num_prompts, original_modes=modes,
+            one_at_a_time_max_prompts=args.one_at_a_time_max_prompts,
             input_len=args.input_len, output_len=args.output_len, alpha=args.alpha, dtype=args.dtype,
-            seed_dtype=args.seed_dtype, rounds=args.rounds, step_timing=args.step_timing,
+            rounds=args.rounds, step_timing=args.step_timing,
             kv_cache_gb=args.kv_cache_gb, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
         )
     except ValueError as error:

@@ -79,6 +79,34 @@ def cpu_dtype(dtype: str) -> str:
     return "auto" if cpu_has_native_bf16() else "float32"
 
 
+CPU_BINDS = ("all", "vllm")
+BINDING_VARS = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+
+
+def _id_ranges(ids: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (vLLM's CPU id list syntax)."""
+    parts, start = [], None
+    for i, value in enumerate(ids):
+        if start is None:
+            start = value
+        if i + 1 == len(ids) or ids[i + 1] != value + 1:
+            parts.append(str(start) if start == value else f"{start}-{value}")
+            start = None
+    return ",".join(parts)
+
+
+def cpu_binding_env(cores: set[int] | None = None) -> dict[str, str]:
+    """The CPU worker's binding for `cpu_bind="all"`: its OpenMP threads on every core this process
+    may use (`cores`, default its affinity), none reserved for the API server and engine core.
+
+    vLLM's default reserves one core per rank for those processes; on a 2-core machine that leaves
+    the model one core. Both cores for the worker decoded 1.3x to 1.6x faster at batch 16 and 64
+    (LDAModelPair, bf16, issue 14's measurement); the front-end processes mostly wait on the worker.
+    """
+    ids = sorted(os.sched_getaffinity(0) if cores is None else cores)
+    return {"VLLM_CPU_OMP_THREADS_BIND": _id_ranges(ids), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
 def _gpu_available() -> bool:
     try:
         import torch
@@ -109,8 +137,13 @@ class EngineOptions:
     """None: eager on CPU (compiling costs minutes there and decodes no faster), compiled on GPU."""
     seed: int = 0
     served_model_name: str | None = None
+    cpu_bind: str = "all"
+    """CPU only: "all" binds the worker's threads to every core this process may use and reserves
+    none (see `cpu_binding_env`); "vllm" keeps vLLM's own binding (one core reserved per rank)."""
 
     def __post_init__(self) -> None:
+        if self.cpu_bind not in CPU_BINDS:
+            raise ValueError(f"cpu_bind must be one of {', '.join(CPU_BINDS)}; got {self.cpu_bind!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be one of auto, cpu, cuda; got {self.device!r}")
         if self.dtype not in DTYPES:
@@ -199,8 +232,14 @@ def prepare_process(config: LDAConfig) -> None:
 
     The pair's per-request alpha rides on the V1 model runner's logits-processor hooks; vLLM 0.32
     picks Model Runner V2 on GPUs, whose hooks differ, so we select V1 (the model refuses V2).
+    On CPU with one rank, the worker gets every core (`cpu_binding_env`) unless the user set
+    vLLM's binding variables.
     """
     from engine.alpha import LIMITS
 
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     LIMITS.max_alpha = config.alpha.max_alpha
+    opts = config.engine
+    user_bound = any(name in os.environ for name in BINDING_VARS)
+    if opts.resolved_device() == "cpu" and opts.cpu_bind == "all" and opts.tensor_parallel_size == 1 and not user_bound:
+        os.environ.update(cpu_binding_env())

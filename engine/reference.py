@@ -4,7 +4,7 @@ This is the algorithm the project started from, kept simple enough to be obvious
 models run on the same tokens, each with its own KV cache; at each step the next-token logits are
 merged as (1 + alpha) * A - alpha * B over the ids both vocabularies have (ids only the after
 model has are never chosen), then sampled. It is the oracle for the engine's tests and the
-baseline ("the seed's design") for the benchmarks. It shares no code with the engine.
+baseline (the original design) for the benchmarks. It shares no code with the engine.
 """
 
 from __future__ import annotations
