@@ -13,7 +13,8 @@ Two pure ASGI middlewares, outermost in the app, so they act before anything rea
 - `BodyLimitMiddleware`: a declared Content-Length above the limit is refused before reading; a
   chunked body is read up to the limit and refused when it goes past it.
 
-Errors use the route's format: OpenAI's on /v1/*, FastAPI's {"detail": ...} elsewhere.
+Errors use the route's format: FastAPI's {"detail": ...} on the original project's routes (its
+clients read `detail`), OpenAI's everywhere else (vLLM's server answers all its routes that way).
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ import secrets
 from api.settings import LIMIT_ENV, AccessSettings
 
 OPEN_PATHS = frozenset({"/health"})
-
-
-def _is_openai(path: str) -> bool:
-    return path.startswith("/v1/")
+ORIGINAL_PATHS = {
+    "/generate_lda": "generate_lda",
+    "/generate_lda_batch": "generate_lda_batch",
+    "/generate": "generate",
+    "/tokenizer_compatibility": "tokenizer_compatibility",
+}
+"""The original project's routes, and their endpoint label in /metrics."""
 
 
 def error_body(path: str, status: int, message: str, kind: str, param: str | None = None) -> bytes:
-    """An error in the route's format: OpenAI's on /v1/*, FastAPI's {"detail": ...} elsewhere."""
-    if _is_openai(path):
-        return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": status}}).encode()
-    return json.dumps({"detail": message}).encode()
+    """An error in the route's format: FastAPI's on the original routes, OpenAI's elsewhere."""
+    if path in ORIGINAL_PATHS:
+        return json.dumps({"detail": message}).encode()
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": status}}).encode()
 
 
 async def send_error(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:

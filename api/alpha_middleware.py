@@ -17,16 +17,10 @@ from engine.alpha import ALPHA_KEY, AlphaError, validate_alpha
 from engine.config import AlphaConfig
 
 from api import metrics
-from api.access import replay_body
+from api.access import ORIGINAL_PATHS, replay_body
 from api.settings import LIMIT_ENV, RequestLimits
 
 OPENAI_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
-ORIGINAL_PATHS = {
-    "/generate_lda": "generate_lda",
-    "/generate_lda_batch": "generate_lda_batch",
-    "/generate": "generate",
-    "/tokenizer_compatibility": "tokenizer_compatibility",
-}
 ALPHA_HEADER = b"x-lda-alpha"
 
 

@@ -56,6 +56,28 @@ def vllm_namespace(settings: ServerSettings):
     return args
 
 
+def _original_error_format(app) -> None:
+    """FastAPI's {"detail": ...} errors on the original routes, as the original server gave.
+
+    vLLM registers handlers that answer every route in OpenAI's error format; keep them for the
+    other routes and dispatch on the path.
+    """
+    from fastapi import HTTPException
+    from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+    from fastapi.exceptions import RequestValidationError
+
+    from api.access import ORIGINAL_PATHS
+
+    for kind, original in ((HTTPException, http_exception_handler), (RequestValidationError, request_validation_exception_handler)):
+        vllms = app.exception_handlers.get(kind)
+
+        async def handler(request, exc, original=original, vllms=vllms):
+            use = original if vllms is None or request.url.path in ORIGINAL_PATHS else vllms
+            return await use(request, exc)
+
+        app.add_exception_handler(kind, handler)
+
+
 def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
     from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
 
@@ -64,6 +86,7 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     from api.seed_routes import router
 
     app.include_router(router)
+    _original_error_format(app)
     # vLLM's build_app already built the middleware stack; Starlette rebuilds it on first use
     # when it is None, so clear it to add ours. The last added is outermost: the key check sees
     # every request first, then the body limit, then alpha. vLLM installs its own key check when

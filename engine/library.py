@@ -89,8 +89,11 @@ MAIN_GUARD_HELP = (
 
 
 def _in_spawned_bootstrap() -> bool:
-    """True while a spawned child re-runs the parent's script (multiprocessing names it __mp_main__)."""
-    return getattr(sys.modules.get("__main__"), "__name__", None) == "__mp_main__"
+    """True while a spawned child re-runs the parent's script (the test multiprocessing's own
+    `_check_not_importing_main` makes, before it raises its bootstrapping error)."""
+    import multiprocessing
+
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
 
 
 def _main_script_unguarded() -> bool:
