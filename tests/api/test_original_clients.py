@@ -10,6 +10,9 @@ format is Alpaca, as the original project's experiments use. Clients send the ke
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import httpx
 import openai
@@ -210,3 +213,15 @@ def test_nothing_a_client_sends_is_a_500_and_the_server_keeps_serving(http):
     assert http.get("/health").status_code == 200
     ok = http.post("/generate_lda_batch", json={"prompts": ["hi"], "max_new_tokens": 1}, headers=AUTH)
     assert ok.status_code == 200
+
+
+def _env_without_key() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "LDA_API_KEY"}
+
+
+def test_regress_sends_the_key(server):
+    cmd = [sys.executable, "-m", "api.cli", "regress", "--url", server.base_url, "--max-new-tokens", "2"]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env_without_key())
+    assert refused.returncode != 0 and "HTTP 401" in refused.stderr and "Traceback" not in refused.stderr
+    done = subprocess.run([*cmd, "--api-key", KEY], capture_output=True, text=True, timeout=300, env=_env_without_key())
+    assert done.returncode == 0 and "Tokens:" in done.stdout, done.stderr
