@@ -23,6 +23,7 @@ import hashlib
 import json
 import secrets
 
+from api import metrics
 from api.settings import LIMIT_ENV, AccessSettings
 
 OPEN_PATHS = frozenset({"/health"})
@@ -33,6 +34,15 @@ ORIGINAL_PATHS = {
     "/tokenizer_compatibility": "tokenizer_compatibility",
 }
 """The original project's routes, and their endpoint label in /metrics."""
+OPENAI_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
+"""The OpenAI routes that carry alpha, and their endpoint label in /metrics."""
+
+
+def record_refusal(path: str, status: int) -> None:
+    """Count a request refused here under its endpoint, as the routes' own answers are counted."""
+    endpoint = ORIGINAL_PATHS.get(path) or OPENAI_PATHS.get(path)
+    if endpoint:
+        metrics.record_request(endpoint, status)
 
 
 def error_body(path: str, status: int, message: str, kind: str, param: str | None = None) -> bytes:
@@ -104,6 +114,7 @@ class APIKeyMiddleware:
             return await send({"type": "websocket.close", "code": 1008})
         message = "missing or wrong API key: send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`"
         body = error_body(scope["path"], 401, message, "AuthenticationError")
+        record_refusal(scope["path"], 401)
         await send_error(send, 401, body, [(b"www-authenticate", b"Bearer")])
 
 
@@ -147,6 +158,7 @@ class BodyLimitMiddleware:
     async def _refuse(self, scope, send, size: int | None) -> None:
         got = f"{size} bytes" if size is not None else "more bytes than that"
         message = f"request body too large: the limit is {LIMIT_ENV['max_body_bytes']}={self.limit} bytes; got {got}"
+        record_refusal(scope["path"], 413)
         await send_error(send, 413, error_body(scope["path"], 413, message, "RequestTooLarge"), [(b"connection", b"close")])
 
 

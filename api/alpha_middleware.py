@@ -17,10 +17,9 @@ from engine.alpha import ALPHA_KEY, AlphaError, validate_alpha
 from engine.config import AlphaConfig
 
 from api import metrics
-from api.access import ORIGINAL_PATHS, replay_body
+from api.access import OPENAI_PATHS, ORIGINAL_PATHS, replay_body
 from api.settings import LIMIT_ENV, RequestLimits
 
-OPENAI_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
 ALPHA_HEADER = b"x-lda-alpha"
 
 

@@ -78,9 +78,15 @@ def _original_error_format(app) -> None:
         app.add_exception_handler(kind, handler)
 
 
-def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
+def drop_vllm_key_check(app) -> None:
+    """vLLM adds its own key check when VLLM_API_KEY is set; settings made that key ours, and
+    vLLM's copy would guard /v1 only and refuse `X-API-Key`."""
     from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
 
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not AuthenticationMiddleware]
+
+
+def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
     from api.access import APIKeyMiddleware, BodyLimitMiddleware
     from api.alpha_middleware import AlphaMiddleware
     from api.seed_routes import router
@@ -89,10 +95,9 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     _original_error_format(app)
     # vLLM's build_app already built the middleware stack; Starlette rebuilds it on first use
     # when it is None, so clear it to add ours. The last added is outermost: the key check sees
-    # every request first, then the body limit, then alpha. vLLM installs its own key check when
-    # VLLM_API_KEY is set; settings made that key ours, so drop vLLM's /v1-only copy.
+    # every request first, then the body limit, then alpha.
     app.middleware_stack = None
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not AuthenticationMiddleware]
+    drop_vllm_key_check(app)
     app.add_middleware(AlphaMiddleware, policy=settings.config.alpha, limits=settings.limits)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes)
     app.add_middleware(APIKeyMiddleware, access=settings.access)

@@ -137,3 +137,34 @@ def test_body_over_the_limit_is_413_naming_it_declared_or_chunked():
     assert chunked.status_code == 413
     assert chunked_ok.json() == {"size": 900} and at_limit.json() == {"size": 1000}
     assert keyless.status_code == 401
+
+
+def test_vllms_own_key_check_is_dropped_from_the_app():
+    from fastapi import FastAPI
+    from starlette.middleware.cors import CORSMiddleware
+    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+
+    from api.server import drop_vllm_key_check
+
+    app = FastAPI()
+    app.add_middleware(CORSMiddleware, allow_origins=[])
+    app.add_middleware(AuthenticationMiddleware, tokens=["k"])
+    drop_vllm_key_check(app)
+    assert [m.cls for m in app.user_middleware] == [CORSMiddleware]
+
+
+def test_refusals_are_counted_for_the_routes_endpoint():
+    from prometheus_client import REGISTRY
+
+    def count():
+        return REGISTRY.get_sample_value("lda_requests_total", {"endpoint": "generate_lda_batch", "status": "4xx"}) or 0.0
+
+    before = count()
+
+    async def go():
+        async with _client() as c:
+            await c.post("/generate_lda_batch")
+            await c.post("/generate_lda_batch", content=b"x" * 2000, headers={"x-api-key": KEY})
+
+    _run(go())
+    assert count() == before + 2
