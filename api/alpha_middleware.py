@@ -1,6 +1,8 @@
 """alpha in the OpenAI API: a top-level `alpha` (what `extra_body={"alpha": 2}` sends) or
 `vllm_xargs.alpha`, validated, moved to `vllm_xargs` (which vLLM copies into
-`SamplingParams.extra_args`), and echoed back in the response.
+`SamplingParams.extra_args`), and echoed back in the response. The same pass over the parsed body
+enforces the request limits vLLM does not (`n`, `best_of`, the length of a prompt list), and counts
+the original routes' requests for /metrics.
 
 vLLM's server silently drops unknown top-level fields, so without this an `alpha` would be ignored
 without a word. A pure ASGI middleware (not BaseHTTPMiddleware) so streams stay streams and the
@@ -15,10 +17,16 @@ from engine.alpha import ALPHA_KEY, AlphaError, validate_alpha
 from engine.config import AlphaConfig
 
 from api import metrics
+from api.access import OPENAI_PATHS, ORIGINAL_PATHS, replay_body
+from api.settings import LIMIT_ENV, RequestLimits
 
-OPENAI_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
-SEED_PATHS = {"/generate_lda": "generate_lda", "/generate": "generate", "/tokenizer_compatibility": "tokenizer_compatibility"}
 ALPHA_HEADER = b"x-lda-alpha"
+
+
+class LimitError(ValueError):
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
 
 
 def openai_error(message: str, param: str | None, status: int = 400) -> bytes:
@@ -42,6 +50,24 @@ def resolve_alpha(payload: dict, policy: AlphaConfig) -> float:
     return policy.default_alpha
 
 
+def check_limits(payload: dict, limits: RequestLimits) -> None:
+    """LimitError naming the field and the setting when `n`, `best_of` or a prompt list is too big.
+
+    Only sizes are checked; values of the wrong type are left to vLLM's own validation.
+    """
+    for name in ("n", "best_of"):
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > limits.max_n:
+            raise LimitError(f"{name} is {value}; the limit is {LIMIT_ENV['max_n']}={limits.max_n}", name)
+    prompt = payload.get("prompt")
+    # A list of strings or of token-id lists is a batch; a flat list of ints is one tokenized prompt.
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) and len(prompt) > limits.max_batch_prompts:
+        raise LimitError(
+            f"prompt lists {len(prompt)} prompts; the limit is {LIMIT_ENV['max_batch_prompts']}={limits.max_batch_prompts}",
+            "prompt",
+        )
+
+
 async def _read_body(receive) -> bytes:
     chunks = []
     while True:
@@ -51,19 +77,6 @@ async def _read_body(receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
-
-
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # later calls: the client's disconnect, if it comes
-
-    return replay
 
 
 def _with_headers(headers, drop: bytes, add: list[tuple[bytes, bytes]]):
@@ -152,16 +165,17 @@ class _ResponseRewriter:
 
 
 class AlphaMiddleware:
-    def __init__(self, app, policy: AlphaConfig):
+    def __init__(self, app, policy: AlphaConfig, limits: RequestLimits | None = None):
         self.app = app
         self.policy = policy
+        self.limits = limits or RequestLimits()
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path") if scope["type"] == "http" else None
         if path in OPENAI_PATHS and scope["method"] == "POST":
             return await self._openai(scope, receive, send, OPENAI_PATHS[path])
-        if path in SEED_PATHS:
-            return await self._counted(scope, receive, send, SEED_PATHS[path])
+        if path in ORIGINAL_PATHS:
+            return await self._counted(scope, receive, send, ORIGINAL_PATHS[path])
         return await self.app(scope, receive, send)
 
     async def _counted(self, scope, receive, send, endpoint: str):
@@ -192,13 +206,18 @@ class AlphaMiddleware:
                 param = "vllm_xargs.alpha" if ALPHA_KEY not in payload else "alpha"
                 metrics.record_request(endpoint, 400)
                 return await _send_json(send, 400, openai_error(str(error), param))
+            try:
+                check_limits(payload, self.limits)
+            except LimitError as error:
+                metrics.record_request(endpoint, 400)
+                return await _send_json(send, 400, openai_error(str(error), error.param))
             payload.pop(ALPHA_KEY, None)
             payload["vllm_xargs"] = {**(payload.get("vllm_xargs") or {}), ALPHA_KEY: alpha}
             body = json.dumps(payload).encode()
         headers = _with_headers(scope["headers"], b"content-length", [(b"content-length", str(len(body)).encode())])
         rewriter = _ResponseRewriter(send, alpha)
         try:
-            await self.app({**scope, "headers": headers}, _replay(body, receive), rewriter)
+            await self.app({**scope, "headers": headers}, replay_body(body, receive), rewriter)
         finally:
             metrics.record_request(endpoint, rewriter.status)
             if rewriter.status == 200:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--output", type=Path, help="save results to this JSON file")
     parser.add_argument("--compare", type=Path, help="compare with results saved earlier by --output")
+    parser.add_argument("--api-key", default=os.environ.get("LDA_API_KEY"), help="the server's key (default: env LDA_API_KEY)")
     return parser
 
 
@@ -102,7 +104,8 @@ def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     args.url = args.url.rstrip("/")
     baseline = _load_baseline(args.compare) if args.compare else None
-    with httpx.Client() as client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(headers=headers) as client:
         check_server(client, args.url)
         print(f"Server at {args.url} is up. Running {len(PROMPTS)} prompts with alpha={args.alpha}...")
         results = []

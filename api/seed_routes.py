@@ -1,41 +1,51 @@
 """The original project's endpoints, same request and response fields, served by the one engine.
 
-/generate_lda samples with LDA; /generate returns both models' completions (alpha 0 and alpha -1,
-decoded side by side in the same batch); /tokenizer_compatibility returns the pair's report.
+/generate_lda samples with LDA; /generate_lda_batch does so for a list of prompts, all sent to the
+engine at once so they share the continuous batch with every other request; /generate returns both
+models' completions (alpha 0 and alpha -1, decoded side by side in the same batch);
+/tokenizer_compatibility returns the pair's report.
+
+Each prompt is formatted (`engine.prompts`: chat, alpaca or raw) and tokenized here, in a worker
+thread so a long prompt never stalls the event loop, and only after its length in characters has
+been checked against the server's limit. The engine then gets token ids: the same ids for the same
+message as /v1/chat/completions, with no second BOS in front of a chat template's own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field, model_validator
 from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
 from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 from vllm.exceptions import VLLMValidationError
+from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
 
 from api import metrics
+from api.settings import LIMIT_ENV
 from engine.alpha import AlphaError, validate_alpha
-from engine.library import format_prompt
+from engine.prompts import FormattedPrompt, PromptFormat, prompt_token_ids, render_prompt
 
 router = APIRouter()
 
 
-class GenerateRequest(BaseModel):
-    prompt: str = Field(..., min_length=1, description="The user message (formatted as chat unless disabled)")
-    max_new_tokens: int = Field(80, ge=1, le=4096)
+class SamplingFields(BaseModel):
     do_sample: bool = Field(True, description="False decodes greedily")
     temperature: float = Field(0.8, ge=0.0, le=10.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Makes sampling reproducible")
-    apply_chat_template: bool = True
+    apply_chat_template: bool = Field(True, description="False sends the prompt as it is, whatever the format")
     system_prompt: str | None = None
+    prompt_format: PromptFormat | None = Field(None, description="chat, alpaca or raw; default: the server's")
 
 
-class LDAGenerateRequest(GenerateRequest):
+class AlphaField(BaseModel):
     alpha: float | None = Field(None, description="Amplification; default: the server's default alpha")
 
     @model_validator(mode="before")
@@ -45,6 +55,23 @@ class LDAGenerateRequest(GenerateRequest):
         if isinstance(data, dict) and isinstance(data.get("alpha"), (str, bool)):
             raise ValueError(f"alpha must be a number; got {data['alpha']!r}")
         return data
+
+
+class GenerateRequest(SamplingFields):
+    prompt: str = Field(..., min_length=1, description="The user message, formatted as `prompt_format` says")
+    max_new_tokens: int = Field(80, ge=1, le=4096)
+
+
+class LDAGenerateRequest(GenerateRequest, AlphaField):
+    pass
+
+
+class LDABatchRequest(SamplingFields, AlphaField):
+    """The original project's batch request: its field names, ranges and defaults."""
+
+    prompts: list[Annotated[str, Field(min_length=1)]] = Field(..., min_length=1)
+    max_new_tokens: int = Field(80, ge=1, le=512)
+    temperature: float = Field(0.8, gt=0.0, le=10.0, description="do_sample=false decodes greedily")
 
 
 class ModelResponse(BaseModel):
@@ -59,32 +86,90 @@ class GenerateResponse(BaseModel):
     model_2: ModelResponse
 
 
-class LDAGenerateResponse(BaseModel):
+class Completion(BaseModel):
     prompt: str
     formatted_prompt: str
     completion: str
     text: str
-    alpha: float
-    model_after: str
-    model_before: str
     tokens_generated: int
     stopped_early: bool
     finish_reason: str
     token_ids: list[int]
 
 
-def _format(tokenizer, req: GenerateRequest) -> str:
-    return format_prompt(tokenizer, req.prompt, req.apply_chat_template, req.system_prompt)
+class LDAGenerateResponse(Completion):
+    alpha: float
+    model_after: str
+    model_before: str
 
 
-def _params(req: GenerateRequest, alpha: float) -> SamplingParams:
+class LDABatchResponse(BaseModel):
+    results: list[Completion]
+    alpha: float
+    model_after: str
+    model_before: str
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One prompt ready for the engine."""
+
+    prompt: str
+    formatted: FormattedPrompt
+    token_ids: list[int]
+
+
+def _bad_request(message: str) -> HTTPException:
+    return HTTPException(status_code=400, detail=message)
+
+
+def _alpha(info, req: AlphaField) -> float:
+    try:
+        return info.config.alpha.default_alpha if req.alpha is None else validate_alpha(req.alpha, info.config.alpha.max_alpha)
+    except AlphaError as error:
+        raise _bad_request(str(error)) from error
+
+
+def _check_chars(texts: dict[str, str | None], limit: int) -> None:
+    """Before tokenizing: a prompt's size in characters bounds the work tokenizing it costs."""
+    for name, text in texts.items():
+        if text is not None and len(text) > limit:
+            raise _bad_request(f"{name} has {len(text)} characters; the limit is {LIMIT_ENV['max_prompt_chars']}={limit}")
+
+
+def _prepare(info, names: list[str], prompts: list[str], req: SamplingFields, max_new_tokens: int) -> list[Prepared]:
+    """Format and tokenize every prompt; 400 naming the first that does not fit the context."""
+    fmt = (req.prompt_format or info.prompt_format) if req.apply_chat_template else PromptFormat.RAW
+    prepared = []
+    for name, prompt in zip(names, prompts):
+        formatted = render_prompt(info.tokenizer, prompt, fmt, req.system_prompt)
+        ids = prompt_token_ids(info.tokenizer, formatted)
+        if len(ids) + max_new_tokens > info.max_model_len:
+            raise _bad_request(
+                f"{name}: prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                f"context length ({info.max_model_len})"
+            )
+        prepared.append(Prepared(prompt, formatted, ids))
+    return prepared
+
+
+async def _prepare_off_loop(info, names, prompts, req: SamplingFields, max_new_tokens: int) -> list[Prepared]:
+    texts = dict(zip(names, prompts)) | {"system_prompt": req.system_prompt}
+    _check_chars(texts, info.limits.max_prompt_chars)
+    loop = asyncio.get_running_loop()
+    # One worker thread: a fast tokenizer must not be entered by two threads at once.
+    return await loop.run_in_executor(info.tokenize_pool, _prepare, info, names, prompts, req, max_new_tokens)
+
+
+def _params(req: SamplingFields, max_new_tokens: int, alpha: float, seed: int | None) -> SamplingParams:
     greedy = not req.do_sample or req.temperature == 0
     return SamplingParams(
-        max_tokens=req.max_new_tokens,
+        max_tokens=max_new_tokens,
         temperature=0.0 if greedy else req.temperature,
         top_p=1.0 if greedy else req.top_p,
         top_k=req.top_k,
-        seed=req.seed,
+        seed=seed,
         extra_args={"alpha": alpha},
         # One output at the end, fully detokenized (no partial UTF-8 held back), as the
         # OpenAI endpoints do for non-streaming requests.
@@ -92,54 +177,40 @@ def _params(req: GenerateRequest, alpha: float) -> SamplingParams:
     )
 
 
-async def _complete(request: Request, prompt: str, params: SamplingParams):
+async def _complete(request: Request, prepared: Prepared, params: SamplingParams):
     """Run one request to completion; abort it if the client goes away."""
     engine = request.app.state.engine_client
     request_id = f"lda-{uuid.uuid4().hex}"
     final = None
     try:
-        async for output in engine.generate(prompt, params, request_id):
+        async for output in engine.generate(TokensPrompt(prompt_token_ids=prepared.token_ids), params, request_id):
             final = output
     except asyncio.CancelledError:
         await engine.abort(request_id)
         raise
     except (ValueError, VLLMValidationError) as error:  # the engine's own request validation
-        raise HTTPException(status_code=400, detail=str(error)) from error
+        raise _bad_request(str(error)) from error
     return final.outputs[0]
 
 
-def _check_length(request: Request, formatted: str, max_new_tokens: int) -> None:
-    info = request.app.state.lda
-    n_prompt = len(info.tokenizer(formatted).input_ids)
-    if n_prompt + max_new_tokens > info.max_model_len:
-        raise HTTPException(
-            status_code=400,
-            detail=f"prompt ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-            f"context length ({info.max_model_len})",
-        )
-
-
-@router.post("/generate_lda", response_model=LDAGenerateResponse)
-@with_cancellation
-async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGenerateResponse:
-    request = raw_request
-    info = request.app.state.lda
+async def _complete_all(request: Request, prepared: list[Prepared], params: list[SamplingParams]):
+    """All requests at once, so the engine batches them; if one fails, the others are aborted."""
+    tasks = [asyncio.ensure_future(_complete(request, p, sp)) for p, sp in zip(prepared, params)]
     try:
-        alpha = info.config.alpha.default_alpha if req.alpha is None else validate_alpha(req.alpha, info.config.alpha.max_alpha)
-    except AlphaError as error:
-        raise HTTPException(status_code=400, detail=str(error)) from error
-    formatted = _format(info.tokenizer, req)
-    _check_length(request, formatted, req.max_new_tokens)
-    out = await _complete(request, formatted, _params(req, alpha))
-    metrics.record_generation(alpha, len(out.token_ids))
-    return LDAGenerateResponse(
-        prompt=req.prompt,
-        formatted_prompt=formatted,
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _completion(prepared: Prepared, out) -> Completion:
+    return Completion(
+        prompt=prepared.prompt,
+        formatted_prompt=prepared.formatted.text,
         completion=out.text,
-        text=formatted + out.text,
-        alpha=alpha,
-        model_after=info.config.pair.after,
-        model_before=info.config.pair.before,
+        text=prepared.formatted.text + out.text,
         tokens_generated=len(out.token_ids),
         stopped_early=out.finish_reason == "stop",
         finish_reason=out.finish_reason or "length",
@@ -147,22 +218,60 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
     )
 
 
+@router.post("/generate_lda", response_model=LDAGenerateResponse)
+@with_cancellation
+async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGenerateResponse:
+    info = raw_request.app.state.lda
+    alpha = _alpha(info, req)
+    [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, req.max_new_tokens)
+    out = await _complete(raw_request, prepared, _params(req, req.max_new_tokens, alpha, req.seed))
+    metrics.record_generation(alpha, len(out.token_ids))
+    return LDAGenerateResponse(
+        **_completion(prepared, out).model_dump(),
+        alpha=alpha,
+        model_after=info.config.pair.after,
+        model_before=info.config.pair.before,
+    )
+
+
+@router.post("/generate_lda_batch", response_model=LDABatchResponse)
+@with_cancellation
+async def generate_lda_batch(req: LDABatchRequest, raw_request: Request) -> LDABatchResponse:
+    info = raw_request.app.state.lda
+    limit = info.limits.max_batch_prompts
+    if len(req.prompts) > limit:
+        raise _bad_request(f"prompts has {len(req.prompts)} items; the limit is {LIMIT_ENV['max_batch_prompts']}={limit}")
+    alpha = _alpha(info, req)
+    names = [f"prompts[{i}]" for i in range(len(req.prompts))]
+    prepared = await _prepare_off_loop(info, names, req.prompts, req, req.max_new_tokens)
+    # Prompt i gets seed + i, so repeated prompts give different samples (as LDAModelPair does).
+    params = [_params(req, req.max_new_tokens, alpha, None if req.seed is None else req.seed + i) for i in range(len(prepared))]
+    outs = await _complete_all(raw_request, prepared, params)
+    for out in outs:
+        metrics.record_generation(alpha, len(out.token_ids))
+    return LDABatchResponse(
+        results=[_completion(p, out) for p, out in zip(prepared, outs)],
+        alpha=alpha,
+        model_after=info.config.pair.after,
+        model_before=info.config.pair.before,
+        batch_size=len(prepared),
+    )
+
+
 @router.post("/generate", response_model=GenerateResponse)
 @with_cancellation
 async def generate(req: GenerateRequest, raw_request: Request) -> GenerateResponse:
-    request = raw_request
-    info = request.app.state.lda
-    formatted = _format(info.tokenizer, req)
-    _check_length(request, formatted, req.max_new_tokens)
-    after, before = await asyncio.gather(
-        _complete(request, formatted, _params(req, 0.0)), _complete(request, formatted, _params(req, -1.0))
-    )
+    info = raw_request.app.state.lda
+    [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, req.max_new_tokens)
+    params = [_params(req, req.max_new_tokens, alpha, req.seed) for alpha in (0.0, -1.0)]
+    after, before = await _complete_all(raw_request, [prepared, prepared], params)
     metrics.record_generation(0.0, len(after.token_ids))
     metrics.record_generation(-1.0, len(before.token_ids))
+    text = prepared.formatted.text
     return GenerateResponse(
         prompt=req.prompt,
-        model_1=ModelResponse(model_id=info.config.pair.after, completion=after.text, text=formatted + after.text),
-        model_2=ModelResponse(model_id=info.config.pair.before, completion=before.text, text=formatted + before.text),
+        model_1=ModelResponse(model_id=info.config.pair.after, completion=after.text, text=text + after.text),
+        model_2=ModelResponse(model_id=info.config.pair.before, completion=before.text, text=text + before.text),
     )
 
 

@@ -1,8 +1,10 @@
 """`lda serve`: vLLM's OpenAI server, on the pair engine, with alpha, the seed's endpoints and metrics.
 
 We reuse vLLM's server whole (request handling, streaming, logprobs, `n`, `stop`, `seed`, chat
-templates, disconnect handling, /health, /metrics) and add three things to its app: the alpha
-middleware, the seed's routes, and the pair's state. The launch mirrors vLLM's own
+templates, disconnect handling, /health, /metrics) and add four things to its app: the API key and
+body-size checks (`api/access.py`, outermost, before any body is read), the alpha middleware, the
+original project's routes, and the pair's state. vLLM's own API-key middleware, which guards only
+/v1, is taken out: ours guards every route with the same key. The launch mirrors vLLM's own
 `run_server` / `build_and_serve` (vllm/entrypoints/launchers/api_server/entry.py), with our
 additions between building the app and serving it.
 """
@@ -12,10 +14,12 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from api.settings import ServerSettings, parse_settings
+from api.settings import RequestLimits, ServerSettings, parse_settings
 from engine.config import LDAConfig, engine_kwargs, prepare_process
+from engine.prompts import PromptFormat
 from engine.tokenizers import CompatibilityReport, ModelLoadError, TokenizerMismatchError, check_pair
 
 logger = logging.getLogger("lda.server")
@@ -29,6 +33,10 @@ class PairState:
     compatibility: CompatibilityReport
     tokenizer: object
     max_model_len: int
+    limits: RequestLimits
+    prompt_format: PromptFormat
+    tokenize_pool: ThreadPoolExecutor
+    """Where the original routes format and tokenize prompts, off the event loop."""
 
 
 def vllm_namespace(settings: ServerSettings):
@@ -43,24 +51,64 @@ def vllm_namespace(settings: ServerSettings):
     name = settings.config.engine.served_model_name
     args.served_model_name = [name] if name else None  # vLLM's server takes a list
     args.host, args.port = settings.host, settings.port
+    args.api_key = None  # the key is ours (settings.access); vLLM's would guard /v1 only
     validate_parsed_serve_args(args)
     return args
 
 
+def _original_error_format(app) -> None:
+    """FastAPI's {"detail": ...} errors on the original routes, as the original server gave.
+
+    vLLM registers handlers that answer every route in OpenAI's error format; keep them for the
+    other routes and dispatch on the path.
+    """
+    from fastapi import HTTPException
+    from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+    from fastapi.exceptions import RequestValidationError
+
+    from api.access import ORIGINAL_PATHS
+
+    for kind, original in ((HTTPException, http_exception_handler), (RequestValidationError, request_validation_exception_handler)):
+        vllms = app.exception_handlers.get(kind)
+
+        async def handler(request, exc, original=original, vllms=vllms):
+            use = original if vllms is None or request.url.path in ORIGINAL_PATHS else vllms
+            return await use(request, exc)
+
+        app.add_exception_handler(kind, handler)
+
+
+def drop_vllm_key_check(app) -> None:
+    """vLLM adds its own key check when VLLM_API_KEY is set; settings made that key ours, and
+    vLLM's copy would guard /v1 only and refuse `X-API-Key`."""
+    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not AuthenticationMiddleware]
+
+
 def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
+    from api.access import APIKeyMiddleware, BodyLimitMiddleware
     from api.alpha_middleware import AlphaMiddleware
     from api.seed_routes import router
 
     app.include_router(router)
+    _original_error_format(app)
     # vLLM's build_app already built the middleware stack; Starlette rebuilds it on first use
-    # when it is None, so clear it to add ours (outermost: it sees every request first).
+    # when it is None, so clear it to add ours. The last added is outermost: the key check sees
+    # every request first, then the body limit, then alpha.
     app.middleware_stack = None
-    app.add_middleware(AlphaMiddleware, policy=settings.config.alpha)
+    drop_vllm_key_check(app)
+    app.add_middleware(AlphaMiddleware, policy=settings.config.alpha, limits=settings.limits)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(APIKeyMiddleware, access=settings.access)
     app.state.lda = PairState(
         config=settings.config,
         compatibility=report,
         tokenizer=engine_client.get_tokenizer(),
         max_model_len=engine_client.model_config.max_model_len,
+        limits=settings.limits,
+        prompt_format=settings.prompt_format,
+        tokenize_pool=ThreadPoolExecutor(max_workers=1, thread_name_prefix="lda-tokenize"),
     )
 
 
@@ -84,6 +132,8 @@ async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
         install(app, engine_client, settings, report)
         await init_app_state(engine_client, app.state, args, supported_tasks)
         logger.info("LDA server on %s: after=%s before=%s", listen_address, settings.config.pair.after, settings.config.pair.before)
+        if settings.access.api_key is None:
+            logger.info("no API key set (LDA_API_KEY): every route is open")
         shutdown_task = await serve_http(
             app,
             sock=sock,

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from engine.config import AlphaConfig, EngineOptions, LDAConfig, PairConfig
+from engine.prompts import PromptFormat
 
 # (flag, env var, type, default, help). Defaults of None mean "let vLLM or the pair decide".
 OPTIONS = [
@@ -31,10 +32,17 @@ OPTIONS = [
     ("--dtype", "DTYPE", str, "auto", "weights and activations dtype"),
     ("--seed", "SEED", int, 0, "engine seed"),
     ("--cpu-bind", "LDA_CPU_BIND", str, "all", "CPU only: all (the worker on every core) or vllm (vLLM's binding)"),
+    ("--api-key", "LDA_API_KEY", str, None, "key every route but /health requires (Authorization: Bearer KEY or X-API-Key: KEY)"),
+    ("--prompt-format", "LDA_PROMPT_FORMAT", str, "chat", "prompt format of the original routes: chat, alpaca or raw"),
+    ("--max-batch-prompts", "LDA_MAX_BATCH_PROMPTS", int, 256, "most prompts in one request"),
+    ("--max-prompt-chars", "LDA_MAX_PROMPT_CHARS", int, 100_000, "longest prompt or system_prompt, in characters"),
+    ("--max-body-bytes", "LDA_MAX_BODY_BYTES", int, 16 * 2**20, "largest request body, in bytes"),
+    ("--max-n", "LDA_MAX_N", int, 128, "largest n or best_of of an OpenAI request"),
 ]
 BOOL_OPTIONS = [
     ("--enforce-eager", "ENFORCE_EAGER", None, "disable torch.compile and CUDA graphs (default: on for CPU)"),
     ("--no-prefix-caching", "DISABLE_PREFIX_CACHING", False, "turn prefix caching off"),
+    ("--metrics-require-key", "LDA_METRICS_REQUIRE_KEY", False, "/metrics requires the API key too (default: open, for Prometheus)"),
 ]
 
 
@@ -60,12 +68,62 @@ def _env_value(name: str, kind, default):
 
 
 @dataclass(slots=True)
+class AccessSettings:
+    """Who may call the server."""
+
+    api_key: str | None = None
+    """Required by every route but /health (and /metrics unless `metrics_require_key`); None: open."""
+    metrics_require_key: bool = False
+    """/metrics needs the key too. Off by default so a Prometheus scraper needs no secret."""
+
+    def __post_init__(self) -> None:
+        if self.api_key is not None and (not self.api_key or any(c.isspace() for c in self.api_key)):
+            # HTTP strips header values, so a key with spaces at either end could never match.
+            raise ValueError("LDA_API_KEY (--api-key) must be non-empty and contain no whitespace")
+        if self.metrics_require_key and self.api_key is None:
+            raise ValueError("LDA_METRICS_REQUIRE_KEY (--metrics-require-key) needs LDA_API_KEY (--api-key)")
+
+
+@dataclass(slots=True)
+class RequestLimits:
+    """Bounds on what one request may ask for; each is checked before the work it bounds."""
+
+    max_batch_prompts: int = 256
+    """Prompts in one /generate_lda_batch request, or in one /v1/completions prompt list."""
+    max_prompt_chars: int = 100_000
+    """Characters of a prompt or system_prompt on the original routes, checked before tokenizing."""
+    max_body_bytes: int = 16 * 2**20
+    """Bytes of a request body, checked before it is read whole."""
+    max_n: int = 128
+    """`n` and `best_of` of an OpenAI request."""
+
+    def __post_init__(self) -> None:
+        for name, env in LIMIT_ENV.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{env} must be an integer >= 1; got {value!r}")
+
+
+LIMIT_ENV = {
+    "max_batch_prompts": "LDA_MAX_BATCH_PROMPTS",
+    "max_prompt_chars": "LDA_MAX_PROMPT_CHARS",
+    "max_body_bytes": "LDA_MAX_BODY_BYTES",
+    "max_n": "LDA_MAX_N",
+}
+"""Each limit's setting, named in the errors that enforce it."""
+
+
+@dataclass(slots=True)
 class ServerSettings:
     config: LDAConfig
     host: str = "127.0.0.1"
     port: int = 8000
     vllm_args: list[str] = field(default_factory=list)
     """Extra vLLM server flags, passed after `--` on the command line."""
+    access: AccessSettings = field(default_factory=AccessSettings)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    prompt_format: PromptFormat = PromptFormat.CHAT
+    """Format of the original routes' prompts when a request names none."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lda serve",
         description="Serve a model pair with logit diff amplification over an OpenAI-compatible API. "
         "Every option also reads the environment variable shown; flags win. "
-        "Arguments after `--` go to vLLM's server unchanged.",
+        "Arguments after `--` go to vLLM's server unchanged, except `--api-key`, which becomes "
+        "this server's --api-key (it then protects every route, not only /v1).",
     )
     for flag, env, kind, default, help_ in OPTIONS:
         parser.add_argument(flag, type=kind, default=None, help=f"{help_} [env {env}, default {default}]")
@@ -95,11 +154,54 @@ def default_pair() -> tuple[str, str]:
     return str(pair.after), str(pair.before)
 
 
+def _split_vllm_api_key(vllm_args: list[str]) -> tuple[list[str], list[str]]:
+    """vLLM's `--api-key` values (it takes one or more) apart from the other vLLM flags."""
+    keys, rest, i = [], [], 0
+    while i < len(vllm_args):
+        arg = vllm_args[i]
+        if arg.startswith("--api-key="):
+            keys.append(arg.split("=", 1)[1])
+        elif arg == "--api-key":
+            while i + 1 < len(vllm_args) and not vllm_args[i + 1].startswith("-"):
+                i += 1
+                keys.append(vllm_args[i])
+            if not keys:
+                raise ValueError("--api-key after `--` needs a value")
+        else:
+            rest.append(arg)
+        i += 1
+    return keys, rest
+
+
+def _api_key(ours: str | None, vllm_keys: list[str]) -> str | None:
+    """One key for every route: ours, or vLLM's spelling of it (after `--`, or VLLM_API_KEY).
+
+    vLLM's own key protects only /v1; it becomes ours so that no spelling leaves a route open.
+    """
+    others = [*vllm_keys, *([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else [])]
+    if len(set(others)) > 1:
+        raise ValueError("give one API key: vLLM's --api-key (after `--`) and VLLM_API_KEY differ or list several")
+    if ours is not None and others and others[0] != ours:
+        raise ValueError("two different API keys: LDA_API_KEY (--api-key) and vLLM's --api-key / VLLM_API_KEY")
+    return ours if ours is not None else (others[0] if others else None)
+
+
+def _limits(values: dict) -> RequestLimits:
+    return RequestLimits(**{name: values["--" + name.replace("_", "-")] for name in LIMIT_ENV})
+
+
 def parse_settings(argv: list[str]) -> ServerSettings:
     """Flags and environment into validated settings; raises ValueError naming the bad option."""
     ours, vllm_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = build_parser().parse_args(ours)
     values = {flag: _value(args, flag, env, kind, default) for flag, env, kind, default, _ in OPTIONS}
+    vllm_keys, vllm_args = _split_vllm_api_key(vllm_args)
+    access = AccessSettings(
+        api_key=_api_key(values["--api-key"], vllm_keys),
+        metrics_require_key=bool(args.metrics_require_key or _env_bool("LDA_METRICS_REQUIRE_KEY", False)),
+    )
+    limits = _limits(values)
+    prompt_format = PromptFormat.parse(values["--prompt-format"], field="LDA_PROMPT_FORMAT (--prompt-format)")
     after, before = values["--model-after"], values["--model-before"]
     if (after is None) != (before is None):
         raise ValueError("give both MODEL_AFTER_ID and MODEL_BEFORE_ID (or --model-after and --model-before), or neither")
@@ -129,4 +231,12 @@ def parse_settings(argv: list[str]) -> ServerSettings:
     port = values["--port"]
     if not 0 < port < 65536:
         raise ValueError(f"PORT must be in 1..65535; got {port}")
-    return ServerSettings(config=config, host=values["--host"], port=port, vllm_args=vllm_args)
+    return ServerSettings(
+        config=config,
+        host=values["--host"],
+        port=port,
+        vllm_args=vllm_args,
+        access=access,
+        limits=limits,
+        prompt_format=prompt_format,
+    )

@@ -2,15 +2,23 @@
 
 Same names as the original one-request-at-a-time scripts, but a list of prompts (and of alphas)
 runs as one continuous batch in a single vLLM engine that holds both models.
+
+vLLM spawns its engine processes, and a spawned process re-runs the script that started it. A
+script that builds an `LDAModelPair` at module level would build it again in the engine process
+(Python's multiprocessing then fails with a bootstrapping error that names neither this library
+nor the fix). `LDAModelPair` detects that case and says what to add: `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from engine.alpha import validate_alpha
 from engine.config import AlphaConfig, EngineOptions, LDAConfig, PairConfig, engine_kwargs, prepare_process
+from engine.prompts import FormattedPrompt, PromptFormat, prompt_token_ids, render_prompt
 from engine.tokenizers import CompatibilityReport, check_pair
 
 AFTER_ALPHA, BEFORE_ALPHA = 0.0, -1.0
@@ -50,13 +58,54 @@ class GenerateResult:
     before: ModelCompletion
 
 
-def format_prompt(tokenizer, prompt: str, apply_chat_template: bool = True, system_prompt: str | None = None) -> str:
-    """The prompt as the after model expects it: its chat template when asked and available."""
-    if not apply_chat_template or not getattr(tokenizer, "chat_template", None):
-        return prompt
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": prompt})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def formatted_prompt(
+    tokenizer,
+    prompt: str,
+    apply_chat_template: bool = True,
+    system_prompt: str | None = None,
+    prompt_format: PromptFormat | str = PromptFormat.CHAT,
+) -> FormattedPrompt:
+    """The prompt in `prompt_format`, or as it is when `apply_chat_template` is False."""
+    fmt = PromptFormat.parse(prompt_format) if apply_chat_template else PromptFormat.RAW
+    return render_prompt(tokenizer, prompt, fmt, system_prompt)
+
+
+def format_prompt(
+    tokenizer,
+    prompt: str,
+    apply_chat_template: bool = True,
+    system_prompt: str | None = None,
+    prompt_format: PromptFormat | str = PromptFormat.CHAT,
+) -> str:
+    """The prompt's text as the after model expects it (see `engine.prompts`)."""
+    return formatted_prompt(tokenizer, prompt, apply_chat_template, system_prompt, prompt_format).text
+
+
+MAIN_GUARD_HELP = (
+    "LDAModelPair was created while vLLM's engine process was starting. vLLM spawns its engine, "
+    "and a spawned process re-runs your script; put the code that creates LDAModelPair under "
+    "`if __name__ == \"__main__\":` (see the README's library example)."
+)
+
+
+def _in_spawned_bootstrap() -> bool:
+    """True while a spawned child re-runs the parent's script (the test multiprocessing's own
+    `_check_not_importing_main` makes, before it raises its bootstrapping error)."""
+    import multiprocessing
+
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
+def _main_script_unguarded() -> bool:
+    """True when the main module is a script file with no `__name__ == "__main__"` test."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return False
+    try:
+        source = Path(path).read_text(errors="replace")
+    except OSError:
+        return False
+    return "__main__" not in source
 
 
 def _engine_options(options: dict) -> EngineOptions:
@@ -91,8 +140,13 @@ class LDAModelPair:
         default_alpha: float = 1.0,
         max_alpha: float = 100.0,
         strict_tokenizers: bool = False,
+        prompt_format: PromptFormat | str = PromptFormat.CHAT,
         **engine_options,
     ) -> None:
+        if _in_spawned_bootstrap():
+            # Exit quietly: this process is vLLM's engine, not the user's; the parent reports.
+            raise SystemExit(MAIN_GUARD_HELP)
+        self.prompt_format = PromptFormat.parse(prompt_format)
         self.config = LDAConfig(
             PairConfig(model_after_id, model_before_id),
             AlphaConfig(default_alpha, max_alpha),
@@ -103,7 +157,12 @@ class LDAModelPair:
         prepare_process(self.config)
         from vllm import LLM
 
-        self.llm = LLM(**engine_kwargs(self.config))
+        try:
+            self.llm = LLM(**engine_kwargs(self.config))
+        except Exception as error:
+            if _main_script_unguarded():
+                raise RuntimeError(MAIN_GUARD_HELP) from error
+            raise
         self.tokenizer = self.llm.get_tokenizer()
 
     def close(self) -> None:
@@ -129,8 +188,19 @@ class LDAModelPair:
     def tokenizer_compatibility(self) -> CompatibilityReport:
         return self._compatibility
 
-    def format_prompt(self, prompt: str, apply_chat_template: bool = True, system_prompt: str | None = None) -> str:
-        return format_prompt(self.tokenizer, prompt, apply_chat_template, system_prompt)
+    def format_prompt(
+        self,
+        prompt: str,
+        apply_chat_template: bool = True,
+        system_prompt: str | None = None,
+        prompt_format: PromptFormat | str | None = None,
+    ) -> str:
+        """The prompt's text as the engine sees it (default format: the pair's `prompt_format`)."""
+        return self._formatted(prompt, apply_chat_template, system_prompt, prompt_format).text
+
+    def _formatted(self, prompt, apply_chat_template, system_prompt, prompt_format) -> FormattedPrompt:
+        fmt = self.prompt_format if prompt_format is None else prompt_format
+        return formatted_prompt(self.tokenizer, prompt, apply_chat_template, system_prompt, fmt)
 
     def generate_lda(
         self,
@@ -145,12 +215,14 @@ class LDAModelPair:
         apply_chat_template: bool = True,
         system_prompt: str | None = None,
         ignore_eos: bool = False,
+        prompt_format: PromptFormat | str | None = None,
     ) -> LDAResult | list[LDAResult]:
         """Sample with LDA. A list of prompts returns a list of results, decoded as one batch.
 
         `alpha` may be one value or one per prompt (default: the engine's default alpha).
         `seed` makes sampling reproducible; prompt i of a list uses seed + i, so repeated prompts
-        give different samples. temperature 0 is greedy.
+        give different samples. temperature 0 is greedy. `prompt_format` (chat, alpaca or raw;
+        default: the pair's) applies when `apply_chat_template` is True; False sends the text as it is.
         """
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
@@ -160,7 +232,7 @@ class LDAModelPair:
         alphas = [validate_alpha(a, self.config.alpha.max_alpha) for a in alphas]
         results = self._run(
             prompts, alphas, max_new_tokens, temperature, top_p, top_k, seed, stop,
-            apply_chat_template, system_prompt, ignore_eos,
+            apply_chat_template, system_prompt, ignore_eos, prompt_format,
         )
         return results[0] if single else results
 
@@ -173,12 +245,15 @@ class LDAModelPair:
         return GenerateResult(prompt, as_completion(after, self.model_after_id), as_completion(before, self.model_before_id))
 
     def _run(self, prompts, alphas, max_new_tokens, temperature, top_p, top_k, seed, stop,
-             apply_chat_template, system_prompt, ignore_eos) -> list[LDAResult]:
+             apply_chat_template, system_prompt, ignore_eos, prompt_format) -> list[LDAResult]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}")
-        formatted = [self.format_prompt(p, apply_chat_template, system_prompt) for p in prompts]
+        formatted = [self._formatted(p, apply_chat_template, system_prompt, prompt_format) for p in prompts]
+        # Our own token ids, so chat-rendered text gets no second BOS (see engine.prompts).
+        inputs = [TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, f)) for f in formatted]
         params = [
             SamplingParams(
                 max_tokens=max_new_tokens,
@@ -192,15 +267,15 @@ class LDAModelPair:
             )
             for i, a in enumerate(alphas)
         ]
-        outputs = self.llm.generate(formatted, params, use_tqdm=len(prompts) > 1)
+        outputs = self.llm.generate(inputs, params, use_tqdm=len(prompts) > 1)
         results = []
-        for prompt, text, alpha, out in zip(prompts, formatted, alphas, outputs):
+        for prompt, fmt, alpha, out in zip(prompts, formatted, alphas, outputs):
             completion = out.outputs[0]
             results.append(
                 LDAResult(
                     prompt=prompt,
                     completion=completion.text,
-                    text=text + completion.text,
+                    text=fmt.text + completion.text,
                     tokens_generated=len(completion.token_ids),
                     stopped_early=completion.finish_reason == "stop",
                     finish_reason=completion.finish_reason or "length",

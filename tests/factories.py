@@ -57,6 +57,25 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 300):
     return fast
 
 
+def add_bos(tokenizer_dir: Path, chat_template: str = CHAT_TEMPLATE):
+    """Make the tokenizer saved in `tokenizer_dir` put its BOS before every text, as Llama's do.
+
+    With `chat_template` beginning with `{{ bos_token }}`, text the template rendered then gets a
+    second BOS when tokenized with special tokens: the case `engine.prompts` guards against.
+    """
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    bos = (tokenizer.bos_token, tokenizer.bos_token_id)
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos[0]} $A", pair=f"{bos[0]} $A $B", special_tokens=[bos]
+    )
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(tokenizer_dir)
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
 def _config(family: str, vocab_size: int, tokenizer, **overrides):
     from transformers import LlamaConfig, Olmo2Config, Qwen2Config
 

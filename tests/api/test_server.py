@@ -184,6 +184,15 @@ def test_seed_endpoints_keep_the_seed_field_names(server, alone):
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200
 
 
+def test_batch_route_needs_no_key_when_none_is_set(server, alone):
+    """No LDA_API_KEY: the original clients work unchanged; the batch decodes each prompt as alone."""
+    body = {"prompts": [PROMPT, PROMPT], "alpha": -1, "max_new_tokens": MAX_TOKENS, "do_sample": False}
+    r = httpx.post(f"{server.base_url}/generate_lda_batch", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert [x["token_ids"] for x in r.json()["results"]] == [alone["before", "chat", "ids"]] * 2
+    assert httpx.get(f"{server.base_url}/metrics", timeout=10).status_code == 200
+
+
 def _metric(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():

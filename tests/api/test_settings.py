@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api import server
+from api.settings import parse_settings
 
 
 @pytest.mark.parametrize(
@@ -28,3 +29,69 @@ def test_a_model_that_is_not_there_exits_2_naming_it(tmp_path, capsys):
     assert server.cli(["--model-after", missing, "--model-before", missing]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"lda serve: cannot load the after model '{missing}'") and "Traceback" not in err
+
+PAIR = ["--model-after", "a", "--model-before", "b"]
+
+
+def _clean_env(monkeypatch):
+    for name in ("LDA_API_KEY", "VLLM_API_KEY", "LDA_METRICS_REQUIRE_KEY", "LDA_PROMPT_FORMAT", "LDA_MAX_BATCH_PROMPTS",
+                 "LDA_MAX_PROMPT_CHARS", "LDA_MAX_BODY_BYTES", "LDA_MAX_N"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults_are_open_chat_and_bounded(monkeypatch):
+    _clean_env(monkeypatch)
+    s = parse_settings(PAIR)
+    assert s.access.api_key is None and not s.access.metrics_require_key
+    assert s.prompt_format.value == "chat"
+    assert (s.limits.max_batch_prompts, s.limits.max_prompt_chars, s.limits.max_body_bytes, s.limits.max_n) == (256, 100_000, 16 * 2**20, 128)
+
+
+def test_env_and_flags_set_key_format_and_limits(monkeypatch):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("LDA_API_KEY", "from-env")
+    monkeypatch.setenv("LDA_PROMPT_FORMAT", "alpaca")
+    monkeypatch.setenv("LDA_MAX_BATCH_PROMPTS", "100")
+    monkeypatch.setenv("LDA_METRICS_REQUIRE_KEY", "1")
+    s = parse_settings([*PAIR, "--max-n", "4", "--max-body-bytes", "1000", "--max-prompt-chars", "50"])
+    assert s.access.api_key == "from-env" and s.access.metrics_require_key
+    assert s.prompt_format.value == "alpaca"
+    assert (s.limits.max_batch_prompts, s.limits.max_n, s.limits.max_body_bytes, s.limits.max_prompt_chars) == (100, 4, 1000, 50)
+    assert parse_settings([*PAIR, "--api-key", "flag", "--prompt-format", "raw"]).access.api_key == "flag"
+
+
+@pytest.mark.parametrize("argv", [["--", "--api-key", "k"], ["--", "--api-key=k"], ["--api-key", "k", "--", "--api-key", "k"]])
+def test_vllms_api_key_after_the_separator_becomes_the_one_key(monkeypatch, argv):
+    _clean_env(monkeypatch)
+    s = parse_settings([*PAIR, *argv])
+    assert s.access.api_key == "k" and "--api-key" not in " ".join(s.vllm_args)
+
+
+def test_vllm_api_key_env_becomes_the_one_key(monkeypatch):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("VLLM_API_KEY", "v")
+    assert parse_settings(PAIR).access.api_key == "v"
+
+
+@pytest.mark.parametrize(
+    "argv, env, message",
+    [
+        (["--api-key", "a", "--", "--api-key", "b"], {}, "two different API keys"),
+        (["--", "--api-key", "a", "b"], {}, "give one API key"),
+        (["--api-key", "a"], {"VLLM_API_KEY": "b"}, "two different API keys"),
+        (["--", "--api-key"], {}, "--api-key after `--` needs a value"),
+        (["--api-key", "has space"], {}, "LDA_API_KEY (--api-key) must be non-empty and contain no whitespace"),
+        (["--metrics-require-key"], {}, "LDA_METRICS_REQUIRE_KEY (--metrics-require-key) needs LDA_API_KEY"),
+        (["--prompt-format", "llama"], {}, "LDA_PROMPT_FORMAT (--prompt-format) must be one of chat, alpaca, raw"),
+        ([], {"LDA_MAX_BATCH_PROMPTS": "0"}, "LDA_MAX_BATCH_PROMPTS must be an integer >= 1"),
+        ([], {"LDA_MAX_BODY_BYTES": "lots"}, "LDA_MAX_BODY_BYTES must be of type int"),
+        (["--max-n", "0"], {}, "LDA_MAX_N must be an integer >= 1"),
+    ],
+)
+def test_bad_access_and_limit_settings_exit_2_naming_them(monkeypatch, capsys, argv, env, message):
+    _clean_env(monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert server.cli([*PAIR, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

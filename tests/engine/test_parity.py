@@ -72,6 +72,15 @@ def test_generate_returns_both_models(pair):
     assert both.after.model_id == pair.model_after_id and both.before.model_id == pair.model_before_id
 
 
+def test_prompt_formats_reach_the_engine(pair):
+    """alpaca (per call) decodes exactly its text sent raw; chat adds the template."""
+    alpaca = pair.generate_lda("hello there", alpha=0.5, max_new_tokens=6, temperature=0, prompt_format="alpaca")
+    assert alpaca.text.startswith("### Instruction:\nhello there\n\n### Response:\n")
+    raw = pair.generate_lda("### Instruction:\nhello there\n\n### Response:\n", alpha=0.5, max_new_tokens=6, temperature=0, prompt_format="raw")
+    assert raw.token_ids == alpaca.token_ids
+    assert pair.format_prompt("hi", prompt_format="chat") == "<|user|>hi<|end|><|assistant|>"
+
+
 def test_seeded_sampling_is_reproducible(pair):
     kwargs = dict(alpha=1.0, max_new_tokens=20, temperature=1.0, top_p=0.9, apply_chat_template=False)
     prompts = PROMPTS[:4]
