@@ -58,6 +58,7 @@ COPY README.md ./
 COPY engine ./engine
 COPY api ./api
 COPY benchmarks ./benchmarks
+COPY study ./study
 # The project itself. Its dependencies are already installed by the layers above (vLLM pinned,
 # the rest as pyproject.toml bounds them), so this layer is small and rebuilds on code changes.
 # hadolint ignore=DL3013

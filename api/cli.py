@@ -13,7 +13,7 @@ COMMANDS = {
     "serve": ("api.server", "Start the OpenAI-compatible LDA server."),
     "regress": ("api.regress", "Run the fixed regression prompts against a running server."),
     "demo-pair": ("engine.demo_pair", "Build (or find) the embedded demo model pair."),
-    "study": ("benchmarks.study", "Measure a behaviour's rate per alpha against a running server."),
+    "study": ("study.cli", "Measure a behaviour's rate per alpha against a running server."),
     "bench": ("benchmarks.serve_bench", "Benchmark LDA against a single model and the seed's design."),
 }
 

@@ -171,7 +171,7 @@ def test_dockerfile_contract():
     assert text.index("vllm==") < text.index("COPY engine")
     # Every path the image copies is in the build context (not dropped by .dockerignore).
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
-    for source in ("pyproject.toml", "README.md", "engine", "api", "benchmarks", "deploy/runpod/start.sh"):
+    for source in ("pyproject.toml", "README.md", "engine", "api", "benchmarks", "study", "deploy/runpod/start.sh"):
         assert source in text and source not in ignored
 
 

@@ -15,23 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.detectors import JudgeConfig, parse_detector
-from benchmarks.study import (
-    BUILTIN_PROMPTS,
-    Sample,
-    SamplingConfig,
-    StudyConfig,
-    cli,
-    distinct_n,
-    format_table,
-    is_degenerate,
-    load_prompts,
-    parse_alphas,
-    plot,
-    run_study,
-    summarize,
-    wilson_interval,
-)
+from study.cli import cli
+from study.config import SamplingConfig, StudyConfig, parse_alphas
+from study.detectors import JudgeConfig, parse_detector
+from study.prompts import BUILTIN_PROMPTS, load_prompts
+from study.runner import run_study
+from study.stats import distinct_n, is_degenerate, wilson_interval
+from study.store import Sample
+from study.summary import format_table, plot, summarize
 from tests.benchmarks.fake_openai import JUDGE_MODEL, KEYWORD, FakeServer, has_keyword
 
 REPO = Path(__file__).resolve().parents[2]
@@ -417,7 +408,7 @@ def test_log_scale_plot_shows_alphas_without_hits(tmp_path):
 
 
 def test_sample_seeds_differ_across_prompts_and_samples():
-    from benchmarks.study import sample_seed
+    from study.client import sample_seed
 
     seeds = {sample_seed(0, p, i) for p in ("a", "b", "c") for i in range(5)}
     assert len(seeds) == 15
