@@ -49,9 +49,11 @@ def vllm_namespace(settings: ServerSettings):
 
 def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
     from api.alpha_middleware import AlphaMiddleware
+    from api.score_routes import router as score_router
     from api.seed_routes import router
 
     app.include_router(router)
+    app.include_router(score_router)
     # vLLM's build_app already built the middleware stack; Starlette rebuilds it on first use
     # when it is None, so clear it to add ours (outermost: it sees every request first).
     app.middleware_stack = None

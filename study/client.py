@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 
 import httpx
@@ -36,7 +37,10 @@ class LdaClient:
     """The few OpenAI-shaped calls a study makes, with errors that name the URL."""
 
     def __init__(self, config: StudyConfig) -> None:
-        self.base_url = normalize_base_url(config.base_url)
+        self.base_urls = [normalize_base_url(url) for url in config.base_urls]
+        self.base_url = self.base_urls[0]
+        # Round robin over replicas: requests of one study are alike, so an equal share each is fair.
+        self._next_url = itertools.cycle(self.base_urls).__next__
         self.sampling = config.sampling
         self.model = config.model
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
@@ -45,8 +49,13 @@ class LdaClient:
         self._client = httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout)
 
     async def connect(self) -> str:
-        """Check the server answers and serves the model; return the model name."""
-        url = f"{self.base_url}/models"
+        """Check every replica answers and serves the model; return the model name."""
+        for base_url in self.base_urls:
+            await self._connect(base_url)
+        return self.model
+
+    async def _connect(self, base_url: str) -> str:
+        url = f"{base_url}/models"
         try:
             response = await self._client.get(url, timeout=10.0)
         except httpx.HTTPError as exc:
@@ -66,7 +75,7 @@ class LdaClient:
 
     async def complete(self, prompt: str, alpha: float, seed: int | None) -> Completion:
         path = "/chat/completions" if self.sampling.endpoint == "chat" else "/completions"
-        url = self.base_url + path
+        url = self._next_url() + path
         try:
             response = await self._client.post(url, json=self._body(prompt, alpha, seed))
         except httpx.ConnectError as exc:
@@ -105,6 +114,28 @@ class LdaClient:
             alpha = body.get("alpha")
             return Completion(text or "", tokens, choice.get("finish_reason"), None if alpha is None else float(alpha))
         except (ValueError, KeyError, IndexError, TypeError):
+            raise SampleError(f"unexpected response from {url}: {response.text[:200]}") from None
+
+    async def score(self, prompt: str, text: str, alpha: float) -> dict | None:
+        """Teacher-forced attribution of `text` after `prompt` (POST /v1/lda/score), or None when
+        the server has no scoring route (HTTP 404)."""
+        url = self._next_url() + "/lda/score"
+        body: dict[str, object] = {"model": self.model, "continuation": text, "alpha": alpha}
+        if self.sampling.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        try:
+            response = await self._client.post(url, json=body)
+        except httpx.HTTPError as exc:
+            raise SampleError(f"request to {url} failed: {exc or type(exc).__name__}") from None
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise SampleError(f"HTTP {response.status_code} from {url}: {_error_message(response)}")
+        try:
+            return response.json()
+        except ValueError:
             raise SampleError(f"unexpected response from {url}: {response.text[:200]}") from None
 
     async def aclose(self) -> None:

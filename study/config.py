@@ -10,6 +10,9 @@ from study.detectors import JudgeConfig, parse_detector
 
 ENDPOINTS = ("chat", "completions")
 MIN_ALPHA = -1.0
+RANK_BY = ("max", "sum", "mean")
+DEFAULT_RANK_BY = "mean"
+"""Chosen on the demo pair (benchmarks/RESULTS.md, "Ranking without a detector")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +47,14 @@ class SamplingConfig:
 class StudyConfig:
     """Everything one study needs; validated on construction, errors name the field."""
 
-    base_url: str
-    """The LDA server, with or without the trailing /v1 (http://127.0.0.1:8000 or .../v1)."""
+    base_url: str | tuple[str, ...]
+    """The LDA server, with or without the trailing /v1 (http://127.0.0.1:8000 or .../v1); several
+    URLs (replicas of one pair) share the requests between them."""
     output_dir: Path
     """Where samples, settings, summary and plot go; reusing it resumes the study."""
-    detector: str
-    """Detector spec: regex:PATTERN, keyword:WORD, python:module:function or judge:QUESTION."""
+    detector: str | None = None
+    """Detector spec: regex:PATTERN, keyword:WORD, python:module:function or judge:QUESTION;
+    None explores: samples are only scored and ranked."""
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     samples_per_prompt: int = 10
     prompts_path: Path | None = None
@@ -66,10 +71,29 @@ class StudyConfig:
     log_scale: bool = False
     """Plot the rate on a log axis (rare behaviours span decades)."""
     progress: bool = True
+    score: bool = True
+    """Score every sample teacher-forced on the server (/v1/lda/score) and rank the samples."""
+    rank_by: str = DEFAULT_RANK_BY
+    """Which per-sample summary of logp_after - logp_before ranks the samples: max, sum or mean."""
+    report_top: int = 100
+    """How many of the top-ranked samples the HTML report shows."""
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        return (self.base_url,) if isinstance(self.base_url, str) else tuple(self.base_url)
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url: expected an http(s) URL, got {self.base_url!r}")
+        if not self.base_urls:
+            raise ValueError("base_url: give at least one server URL")
+        for url in self.base_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"base_url: expected an http(s) URL, got {url!r}")
+        if len(set(self.base_urls)) != len(self.base_urls):
+            raise ValueError("base_url: a URL is given more than once")
+        if self.rank_by not in RANK_BY:
+            raise ValueError(f"rank_by: expected one of {', '.join(RANK_BY)}, got {self.rank_by!r}")
+        if self.report_top < 1:
+            raise ValueError(f"report_top: must be >= 1, got {self.report_top}")
         validate_alphas(self.alphas)
         if self.samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt: must be >= 1, got {self.samples_per_prompt}")
@@ -81,7 +105,8 @@ class StudyConfig:
             raise ValueError(f"output_dir: {self.output_dir} exists and is not a directory")
         if self.prompts_path is not None:
             validate_prompts_path(self.prompts_path)
-        parse_detector(self.detector, self.judge)  # raises ValueError naming `detector`
+        if self.detector is not None:
+            parse_detector(self.detector, self.judge)  # raises ValueError naming `detector`
 
 
 def validate_alphas(alphas: tuple[float, ...]) -> None:

@@ -56,13 +56,14 @@ class Draw:
 
 async def draw_all(config: StudyConfig, jobs: list[Job], store: SampleStore, existing: int, total: int) -> Draw:
     client = LdaClient(config)
-    detector = parse_detector(config.detector, config.judge)
+    detector = None if config.detector is None else parse_detector(config.detector, config.judge)
     try:
         settings = {**settings_of(config), "model": await client.connect()}
         check_settings(config.output_dir, settings, has_samples=existing > 0)
         save_settings(config.output_dir, settings)
         try:
-            await detector.prepare()
+            if detector is not None:
+                await detector.prepare()
         except DetectorError as exc:
             raise StudyError(str(exc)) from None
         bar = tqdm(total=total, initial=total - len(jobs), unit="sample", disable=not config.progress)
@@ -70,14 +71,15 @@ async def draw_all(config: StudyConfig, jobs: list[Job], store: SampleStore, exi
             return await _run_pool(config, jobs, client, detector, append, bar)
     finally:
         await client.aclose()
-        await detector.aclose()
+        if detector is not None:
+            await detector.aclose()
 
 
 async def _run_pool(
     config: StudyConfig,
     jobs: list[Job],
     client: LdaClient,
-    detector: Detector,
+    detector: Detector | None,
     append: Callable[[Sample], None],
     bar: tqdm,
 ) -> Draw:
@@ -105,14 +107,14 @@ async def _run_pool(
     return draw
 
 
-async def _draw_one(config: StudyConfig, job: Job, client: LdaClient, detector: Detector, draw: Draw) -> Sample | None:
+async def _draw_one(config: StudyConfig, job: Job, client: LdaClient, detector: Detector | None, draw: Draw) -> Sample | None:
     seed = None if config.sampling.seed is None else sample_seed(config.sampling.seed, job.prompt.id, job.sample_index)
     try:
         completion = await client.complete(job.prompt.text, job.alpha, seed)
         # The tolerance allows a server that keeps alpha as float32 (0.3 -> 0.30000001).
         if completion.alpha is not None and not math.isclose(completion.alpha, job.alpha, rel_tol=1e-6, abs_tol=1e-6):
             raise SampleError(f"server applied alpha {completion.alpha:g}, asked for {job.alpha:g}")
-        detected = await detector.detect(job.prompt.text, completion.text)
+        detected = None if detector is None else await detector.detect(job.prompt.text, completion.text)
     except (SampleError, DetectorError) as exc:
         draw.failures.append(Failure(f"{job.prompt.id} alpha={job.alpha:g} #{job.sample_index}", str(exc)))
         return None

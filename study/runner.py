@@ -13,6 +13,9 @@ from study.pool import Draw, Failure, draw_all, plan_jobs
 from study.prompts import Prompt, load_prompts
 from study.settings import check_settings, load_settings, settings_of
 from study.store import SAMPLES_FILE, Sample, SampleStore
+from study.ranking import Ranked, rank, separation
+from study.report import REPORT_FILE, write_report
+from study.scoring import score_samples
 from study.summary import PLOT_FILE, AlphaSummary, plot, summarize, write_summary
 
 
@@ -29,6 +32,22 @@ class StudyResult:
     samples_path: Path
     summary_path: Path
     plot_path: Path
+    ranking: Ranking | None = None
+    """None when scoring is off."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    ranked: list[Ranked]
+    separation: dict[str, dict[str, dict]]
+    """Per group of samples (all alphas, each alpha), per score (max, sum, mean): how well it finds
+    the detector's hits; empty without a detector."""
+    report_path: Path | None
+    unsupported: bool
+    """The server has no scoring route, so nothing was ranked."""
+
+    def as_dict(self, rank_by: str) -> dict:
+        return {"rank_by": rank_by, "scored": len(self.ranked), "separation": self.separation}
 
 
 def run_study(config: StudyConfig) -> StudyResult:
@@ -46,20 +65,37 @@ def run_study(config: StudyConfig) -> StudyResult:
     wanted = {job.key for job in grid}
     samples = [s for s in [*existing.values(), *draw.samples] if s.key in wanted]
     rows = summarize(samples, config.alphas)
-    summary_path = write_summary(config, prompts, samples, rows)
-    plot_path = config.output_dir / PLOT_FILE
     model = load_settings(config.output_dir).get("model", config.model)
-    plot(rows, plot_path, f"{model} · {config.detector} · {len(prompts)} prompts", config.log_scale)
+    title = f"{model} · {config.detector or 'no detector'} · {len(prompts)} prompts"
+    ranking, score_failures = _rank(config, samples, title) if config.score and samples else (None, [])
+    extra = {"ranking": ranking.as_dict(config.rank_by)} if ranking else {}
+    summary_path = write_summary(config, prompts, samples, rows, extra)
+    plot_path = config.output_dir / PLOT_FILE
+    plot(rows, plot_path, title, config.log_scale)
     return StudyResult(
         rows=rows,
         new_samples=len(draw.samples),
-        failures=draw.failures,
+        failures=[*draw.failures, *score_failures],
         alpha_unconfirmed=draw.alpha_unconfirmed,
         judge_unclear=draw.judge_unclear,
         samples_path=store.path,
         summary_path=summary_path,
         plot_path=plot_path,
+        ranking=ranking,
     )
+
+
+def _rank(config: StudyConfig, samples: list[Sample], title: str) -> tuple[Ranking, list[Failure]]:
+    """Score what is unscored, rank everything scored, and write the HTML report."""
+    scored = asyncio.run(score_samples(config, samples))
+    failures = [Failure(message.split(": ", 1)[0], message.split(": ", 1)[-1]) for message in scored.failures]
+    ranked = rank(samples, scored.scores, config.rank_by)
+    report = None
+    groups = {"all alphas": None, **{f"alpha {a:g}": a for a in config.alphas}} if len(config.alphas) > 1 else {f"alpha {config.alphas[0]:g}": None}
+    measured = {name: m for name, a in groups.items() if (m := separation(samples, scored.scores, a))}
+    if ranked:
+        report = write_report(config.output_dir / REPORT_FILE, ranked, config.rank_by, title, config.report_top, measured)
+    return Ranking(ranked, measured, report, scored.unsupported), failures
 
 
 def _check_prompt_texts(prompts: list[Prompt], existing: Iterable[Sample]) -> None:

@@ -49,7 +49,7 @@ def settings_of(config: StudyConfig) -> dict[str, object]:
         "seed": s.seed,
         "detector": config.detector,
     }
-    if config.detector.startswith("judge:"):
+    if config.detector is not None and config.detector.startswith("judge:"):
         settings["judge_template"] = config.judge.template
         if config.judge.model is not None:
             settings["judge_model"] = config.judge.model

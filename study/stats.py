@@ -55,3 +55,44 @@ def is_degenerate(text: str) -> bool:
     """True when one word 4-gram occurs at least 4 times (see DEGENERATE_NGRAM)."""
     counts = Counter(_ngrams(_words(text), DEGENERATE_NGRAM))
     return bool(counts) and counts.most_common(1)[0][1] >= DEGENERATE_REPEATS
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float | None:
+    """The chance that a random positive outranks a random negative (ties count half); None
+    without both classes. O(n log n) by ranks (the Mann-Whitney U statistic)."""
+    positives = sum(labels)
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    order = sorted(range(len(scores)), key=scores.__getitem__)
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1  # the mean rank of a tie
+        i = j + 1
+    rank_sum = sum(r for r, label in zip(ranks, labels) if label)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def auroc_interval(area: float, positives: int, negatives: int, z: float = Z_95) -> tuple[float, float]:
+    """Hanley and McNeil's (1982) 95% interval for an AUROC from its two class sizes."""
+    q1 = area / (2 - area)
+    q2 = 2 * area * area / (1 + area)
+    variance = (
+        area * (1 - area) + (positives - 1) * (q1 - area * area) + (negatives - 1) * (q2 - area * area)
+    ) / (positives * negatives)
+    half = z * math.sqrt(max(variance, 0.0))
+    return max(0.0, area - half), min(1.0, area + half)
+
+
+def top_fraction(scores: list[float], labels: list[bool], fraction: float = 0.1) -> tuple[int, int, float, float | None]:
+    """(k, hits among the top k, precision, recall) for the top `fraction` of samples by score."""
+    k = max(1, round(fraction * len(scores)))
+    top = sorted(range(len(scores)), key=lambda i: -scores[i])[:k]
+    hits = sum(labels[i] for i in top)
+    total = sum(labels)
+    return k, hits, hits / k, (hits / total if total else None)

@@ -25,7 +25,8 @@ class Sample:
     alpha: float
     sample_index: int
     text: str
-    detected: bool
+    detected: bool | None
+    """The detector's verdict; None when the study has no detector (`lda explore`)."""
     tokens: int | None
     finish_reason: str | None
     seed: int | None
@@ -100,7 +101,7 @@ def _parse_sample(line: str) -> Sample | None:
             alpha=float(record["alpha"]),
             sample_index=int(record["sample_index"]),
             text=str(record["text"]),
-            detected=bool(record["detected"]),
+            detected=None if record["detected"] is None else bool(record["detected"]),
             tokens=record.get("tokens"),
             finish_reason=record.get("finish_reason"),
             seed=record.get("seed"),

@@ -47,7 +47,7 @@ def _summarize_alpha(alpha: float, samples: list[Sample]) -> AlphaSummary:
     n = len(samples)
     if n == 0:
         return AlphaSummary(alpha, 0, 0, None, None, None, None, None, None)
-    hits = sum(s.detected for s in samples)
+    hits = sum(bool(s.detected) for s in samples)
     low, high = wilson_interval(hits, n)
     distinct = [d for d in (distinct_n(s.text, 2) for s in samples) if d is not None]
     tokens = [s.tokens for s in samples if isinstance(s.tokens, int)]
@@ -143,7 +143,9 @@ def _plot_rate(ax, rows: list[AlphaSummary], log_scale: bool) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
-def write_summary(config: StudyConfig, prompts: list[Prompt], samples: list[Sample], rows: list[AlphaSummary]) -> Path:
+def write_summary(
+    config: StudyConfig, prompts: list[Prompt], samples: list[Sample], rows: list[AlphaSummary], extra: dict | None = None
+) -> Path:
     path = config.output_dir / SUMMARY_FILE
     summary = {
         "settings": {**settings_of(config), **load_settings(config.output_dir)},
@@ -153,6 +155,7 @@ def write_summary(config: StudyConfig, prompts: list[Prompt], samples: list[Samp
         "coherence": {"degenerate": f"a word {DEGENERATE_NGRAM}-gram occurs >= {DEGENERATE_REPEATS} times"},
         "per_alpha": [asdict(r) for r in rows],
         "per_prompt": _per_prompt(samples),
+        **(extra or {}),
     }
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return path
