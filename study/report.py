@@ -36,6 +36,11 @@ def token_colour(diff: float) -> str:
     return f"rgb(255,{fade},{fade})" if diff > 0 else f"rgb({fade},{fade},255)"
 
 
+def _text_colour(diff: float) -> str:
+    """Dark text on pale tokens, white on saturated ones, so every token stays readable."""
+    return "#fff" if abs(diff) / SATURATION > 0.6 else "#111"
+
+
 def _token_span(token: dict) -> str:
     diff = float(token["diff"])
     title = (
@@ -43,7 +48,7 @@ def _token_span(token: dict) -> str:
         f" | logp_amplified {token['logp_amplified']:.3f}"
     )
     return (
-        f'<span class="t" style="background:{token_colour(diff)}" title="{html.escape(title)}">'
+        f'<span class="t" style="background:{token_colour(diff)};color:{_text_colour(diff)}" title="{html.escape(title)}">'
         f"{html.escape(token['token'])}</span>"
     )
 

@@ -78,3 +78,16 @@ def test_canary_prompt_logprobs_patch_targets_this_vllm():
     assert _prompt_logprobs_target() is not None or GPUModelRunner._get_prompt_logprobs_dict._lda_patched
     assert patch_prompt_logprobs_alpha() is True
     assert GPUModelRunner._get_prompt_logprobs_dict._lda_patched
+
+
+def test_a_model_paired_with_itself_scores_zero(qwen2_pair):
+    pair = start_pair(type(qwen2_pair)(qwen2_pair.after, qwen2_pair.after), default_alpha=1.0)
+    try:
+        results = pair.score(PROMPTS, CONTINUATIONS, alpha=[1.0, 4.0, 20.0])
+    finally:
+        pair.close()
+    for result in results:
+        assert all(abs(t.diff) < 1e-5 for t in result.tokens)
+        # With A = B the amplified distribution is the model itself at every alpha.
+        assert all(abs(t.logp_amplified - t.logp_after) < 1e-4 for t in result.tokens)
+        assert abs(result.summary.sum) < 1e-4 and abs(result.summary.max) < 1e-5
