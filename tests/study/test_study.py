@@ -413,3 +413,21 @@ def test_sample_seeds_differ_across_prompts_and_samples():
     seeds = {sample_seed(0, p, i) for p in ("a", "b", "c") for i in range(5)}
     assert len(seeds) == 15
     assert sample_seed(0, "a", 1) == sample_seed(0, "a", 1) != sample_seed(1, "a", 1)
+
+
+def test_several_base_urls_share_the_requests(tmp_path, prompts_file):
+    with FakeServer() as one, FakeServer() as two:
+        config = make_config(one, tmp_path / "out", prompts_file, base_url=(one.base_url, two.base_url))
+        result = run_study(config)
+        assert result.new_samples == len(one.requests) + len(two.requests)
+        # Round robin: an even split, whatever order the requests finished in.
+        assert abs(len(one.requests) - len(two.requests)) <= 1 and len(one.requests) > 0
+        # The fake servers have no scoring route: the study still succeeds, unranked.
+        assert result.ranking is not None and result.ranking.unsupported and not result.failures
+
+
+def test_repeated_base_url_and_bad_rank_by_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="base_url"):
+        StudyConfig(base_url=("http://a:1", "http://a:1"), output_dir=tmp_path)
+    with pytest.raises(ValueError, match="rank_by"):
+        StudyConfig(base_url="http://a:1", output_dir=tmp_path, rank_by="median")
