@@ -50,6 +50,7 @@ def vllm_namespace(settings: ServerSettings):
 def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
     from api.alpha_middleware import AlphaMiddleware
     from api.score_routes import router as score_router
+    from api.token_scores import TokenScoresMiddleware
     from api.seed_routes import router
 
     app.include_router(router)
@@ -57,6 +58,8 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     # vLLM's build_app already built the middleware stack; Starlette rebuilds it on first use
     # when it is None, so clear it to add ours (outermost: it sees every request first).
     app.middleware_stack = None
+    # Inside the alpha middleware, so that it sees the request's validated alpha in vllm_xargs.
+    app.add_middleware(TokenScoresMiddleware, default_alpha=settings.config.alpha.default_alpha)
     app.add_middleware(AlphaMiddleware, policy=settings.config.alpha)
     app.state.lda = PairState(
         config=settings.config,

@@ -110,3 +110,37 @@ def test_explore_end_to_end_writes_a_ranked_report(server, tmp_path):
     # The report lists the samples best first: the top block is the sample with the largest max.
     first = report.index('class="sample"')
     assert f"max {best['summary']['max']:+.3f}" in report[first : first + 400]
+
+
+def test_lda_token_scores_on_chat_equal_the_score_route(server):
+    body = {"model": "lda", "messages": MESSAGES, "max_tokens": 6, "temperature": 1.0, "seed": 3,
+            "alpha": 2.0, "lda_token_scores": True, "return_token_ids": True}
+    reply = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    choice = reply.json()["choices"][0]
+    scores = choice["lda_token_scores"]
+    assert [t["token_id"] for t in scores["tokens"]] == choice["token_ids"]
+    direct = _post(server, {"messages": MESSAGES, "continuation": choice["token_ids"], "alpha": 2.0}).json()
+    for mine, theirs in zip(scores["tokens"], direct["tokens"], strict=True):
+        for key in ("logp_after", "logp_before", "logp_amplified"):
+            assert mine[key] == pytest.approx(theirs[key], abs=1e-5)
+    assert scores["alpha"] == 2.0
+
+
+def test_lda_token_scores_in_vllm_xargs_on_completions_for_every_choice(server):
+    body = {"model": "lda", "prompt": "Numbers: 0 1 2", "max_tokens": 5, "n": 2, "temperature": 1.0,
+            "seed": 1, "vllm_xargs": {"alpha": 0.5, "lda_token_scores": True}}
+    reply = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=120).json()
+    for choice in reply["choices"]:
+        assert choice["lda_token_scores"]["alpha"] == 0.5
+        assert len(choice["lda_token_scores"]["tokens"]) >= 1
+        assert "token_ids" not in choice  # not asked for, so not added to the response
+
+
+def test_without_the_flag_choices_have_no_scores_and_bad_flags_are_400(server):
+    plain = httpx.post(f"{server.base_url}/v1/completions", json={"model": "lda", "prompt": "Hi", "max_tokens": 2}, timeout=60)
+    assert "lda_token_scores" not in plain.json()["choices"][0]
+    for extra, param in (({"lda_token_scores": "yes"}, "lda_token_scores"), ({"lda_token_scores": True, "stream": True}, "lda_token_scores")):
+        reply = httpx.post(f"{server.base_url}/v1/completions", json={"model": "lda", "prompt": "Hi", "max_tokens": 2, **extra}, timeout=60)
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["param"] == param
