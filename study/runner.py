@@ -90,9 +90,8 @@ def _rank(config: StudyConfig, samples: list[Sample], title: str) -> tuple[Ranki
     scored = asyncio.run(score_samples(config, samples))
     failures = [Failure(message.split(": ", 1)[0], message.split(": ", 1)[-1]) for message in scored.failures]
     ranked = rank(samples, scored.scores, config.rank_by)
+    measured = {name: m for name, a in _groups(config.alphas).items() if (m := separation(samples, scored.scores, a))}
     report = None
-    groups = {"all alphas": None, **{f"alpha {a:g}": a for a in config.alphas}} if len(config.alphas) > 1 else {f"alpha {config.alphas[0]:g}": None}
-    measured = {name: m for name, a in groups.items() if (m := separation(samples, scored.scores, a))}
     if ranked:
         report = write_report(config.output_dir / REPORT_FILE, ranked, config.rank_by, title, config.report_top, measured)
     return Ranking(ranked, measured, report, scored.unsupported), failures
@@ -106,3 +105,9 @@ def _check_prompt_texts(prompts: list[Prompt], existing: Iterable[Sample]) -> No
                 f"prompt id {sample.prompt_id!r} now has another text than in the saved samples; "
                 "give the changed prompt a new id, or use another --output-dir"
             )
+
+
+def _groups(alphas: tuple[float, ...]) -> dict[str, float | None]:
+    """The sample groups whose separation is measured: each alpha, and all of them when several."""
+    each = {f"alpha {a:g}": a for a in alphas}
+    return {"all alphas": None, **each} if len(alphas) > 1 else each

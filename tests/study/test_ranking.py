@@ -101,3 +101,10 @@ def test_report_tokens_are_coloured_in_a_real_browser(tmp_path: Path):
     # The favoured (ranked first) sample is drawn above the other one.
     rows = lambda mask: np.nonzero(mask.any(axis=1))[0]  # noqa: E731
     assert rows(np.all(np.abs(pixels - [255, 0, 0]) <= 8, axis=-1)).min() < rows(np.all(np.abs(pixels - [0, 0, 255]) <= 8, axis=-1)).min()
+
+
+def test_explore_refuses_a_detector(tmp_path, capsys):
+    from study.explore import cli
+
+    assert cli(["--detector", "keyword:x", "-o", str(tmp_path)]) == 2
+    assert "explore takes no --detector" in capsys.readouterr().err
