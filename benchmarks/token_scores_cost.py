@@ -7,6 +7,11 @@ Each round sends `concurrency` identical-shape chat requests at once with the fl
 same with it on (seeded, so both generate the same tokens), and records the wall time of each
 batch; alternating the two inside each round spreads a shared machine's slow spells over both.
 Prints each round and the median ratio on/off.
+
+    python -m benchmarks.token_scores_cost --flag-off-overhead
+
+measures, in process, what the middleware adds to a request without the flag: the same ASGI call
+with and without `TokenScoresMiddleware` around an app that only reads the body and answers.
 """
 
 from __future__ import annotations
@@ -63,13 +68,51 @@ async def run(base_url: str, concurrency: int, rounds: int, max_tokens: int) -> 
     return 0
 
 
+async def flag_off_overhead(calls: int = 20000) -> int:
+    """Microseconds the middleware adds to a request without the flag (median of 5 runs)."""
+    import json as json_
+
+    from api.token_scores import TokenScoresMiddleware
+
+    body = json_.dumps({"model": "lda", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 40}).encode()
+    scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST", "headers": []}
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        return None
+
+    wrapped = TokenScoresMiddleware(app, default_alpha=1.0)
+
+    async def timed(handler) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            await handler(scope, receive, send)
+        return (time.perf_counter() - start) / calls * 1e6
+
+    runs = [(await timed(app), await timed(wrapped)) for _ in range(5)]
+    bare = statistics.median(r[0] for r in runs)
+    with_mw = statistics.median(r[1] for r in runs)
+    print(f"flag off: {bare:.2f} us per call without the middleware, {with_mw:.2f} us with it "
+          f"(+{with_mw - bare:.2f} us per request), {calls} calls x 5 runs")
+    return 0
+
+
 def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.token_scores_cost")
     p.add_argument("--base-url", default="http://127.0.0.1:8000")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=40)
+    p.add_argument("--flag-off-overhead", action="store_true", help="time the middleware alone, no server")
     args = p.parse_args(argv)
+    if args.flag_off_overhead:
+        return asyncio.run(flag_off_overhead())
     return asyncio.run(run(args.base_url, args.concurrency, args.rounds, args.max_tokens))
 
 
