@@ -37,6 +37,7 @@ class GenerateRequest(BaseModel):
 
 class LDAGenerateRequest(GenerateRequest):
     alpha: float | None = Field(None, description="Amplification; default: the server's default alpha")
+    lda_token_scores: bool = Field(False, description="Add per-token logp_after/logp_before attribution")
 
     @model_validator(mode="before")
     @classmethod
@@ -71,6 +72,7 @@ class LDAGenerateResponse(BaseModel):
     stopped_early: bool
     finish_reason: str
     token_ids: list[int]
+    lda_token_scores: dict | None = None
 
 
 def _format(tokenizer, req: GenerateRequest) -> str:
@@ -132,6 +134,7 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
     _check_length(request, formatted, req.max_new_tokens)
     out = await _complete(request, formatted, _params(req, alpha))
     metrics.record_generation(alpha, len(out.token_ids))
+    scores = await _token_scores(request, formatted, out.token_ids, alpha) if req.lda_token_scores else None
     return LDAGenerateResponse(
         prompt=req.prompt,
         formatted_prompt=formatted,
@@ -144,7 +147,20 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
         stopped_early=out.finish_reason == "stop",
         finish_reason=out.finish_reason or "length",
         token_ids=list(out.token_ids),
+        lda_token_scores=scores,
     )
+
+
+async def _token_scores(request: Request, formatted: str, token_ids, alpha: float) -> dict | None:
+    """The scoring pass of api/token_scores.py for the generated tokens (None when there are none)."""
+    from api.score_routes import score_item
+    from engine.scoring import ScoreInput
+
+    info = request.app.state.lda
+    if not token_ids:
+        return None
+    item = ScoreInput(info.tokenizer.encode(formatted), list(token_ids), alpha)
+    return await score_item(request.app.state.engine_client, info.tokenizer, item)
 
 
 @router.post("/generate", response_model=GenerateResponse)

@@ -144,3 +144,13 @@ def test_without_the_flag_choices_have_no_scores_and_bad_flags_are_400(server):
         reply = httpx.post(f"{server.base_url}/v1/completions", json={"model": "lda", "prompt": "Hi", "max_tokens": 2, **extra}, timeout=60)
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["param"] == param
+
+
+def test_lda_token_scores_on_generate_lda(server):
+    body = {"prompt": "Tell me about the weather today.", "max_new_tokens": 5, "seed": 2, "alpha": 1.5, "lda_token_scores": True}
+    reply = httpx.post(f"{server.base_url}/generate_lda", json=body, timeout=120).json()
+    scores = reply["lda_token_scores"]
+    assert [t["token_id"] for t in scores["tokens"]] == reply["token_ids"]
+    assert scores["alpha"] == 1.5
+    plain = httpx.post(f"{server.base_url}/generate_lda", json={**body, "lda_token_scores": False}, timeout=120).json()
+    assert plain["lda_token_scores"] is None
