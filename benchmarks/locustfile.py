@@ -59,7 +59,8 @@ from pathlib import Path
 import requests
 from locust import HttpUser, constant, task
 
-from benchmarks.study import BUILTIN_PROMPTS, load_prompts, parse_alphas
+from study.config import parse_alphas
+from study.prompts import BUILTIN_PROMPTS, load_prompts
 
 
 @dataclass(frozen=True, slots=True)

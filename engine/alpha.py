@@ -68,13 +68,18 @@ class RowAlphas:
         self.host = torch.full((max_rows,), default, dtype=torch.float32)
         self.device_values = torch.full((max_rows,), default, dtype=torch.float32, device=device)
         self.batch_size = 0
+        self.prompt_row: int | None = None
+        """While prompt logprobs are computed for one request, its batch row (see
+        `engine.vllm_patches.patch_prompt_logprobs_alpha`): every logits row then is that request's."""
 
     def for_rows(self, num_rows: int) -> torch.Tensor:
         """Alphas for `num_rows` logits rows.
 
-        When the rows are not the batch (prompt logprobs, the sampler warm-up), row i is not
-        request i, so every row gets the engine default.
+        Prompt logprobs of one request take that request's alpha. Other rows that are not the
+        batch (the sampler warm-up) get the engine default, since row i is not request i.
         """
+        if self.prompt_row is not None:
+            return self.device_values.new_full((num_rows,), float(self.host[self.prompt_row]))
         if num_rows == self.batch_size:
             return self.device_values[:num_rows]
         return self.device_values.new_full((num_rows,), self.default)

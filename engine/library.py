@@ -236,6 +236,59 @@ class LDAModelPair:
         )
         return results[0] if single else results
 
+    def score(
+        self,
+        prompt: str | Sequence[str],
+        continuation: str | Sequence[int] | Sequence[str | Sequence[int]],
+        alpha: float | Sequence[float] | None = None,
+        apply_chat_template: bool = True,
+        system_prompt: str | None = None,
+    ):
+        """Teacher-forced attribution of `continuation` after `prompt` (see engine/scoring.py).
+
+        Each continuation token gets logp_after, logp_before and logp_amplified (at `alpha`,
+        default: the engine's); the result's summary holds the sum, mean and max of
+        logp_after - logp_before. A continuation is text or token ids. Lists of prompts and
+        continuations (same length) are scored as one batch and return a list.
+        """
+        from engine.scoring import ScoreInput
+
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        continuations = [continuation] if single else list(continuation)
+        if len(continuations) != len(prompts):
+            raise ValueError(f"continuation has {len(continuations)} values for {len(prompts)} prompts")
+        alphas = _as_list(self.config.alpha.default_alpha if alpha is None else alpha, len(prompts), "alpha")
+        items = [
+            ScoreInput(
+                self.tokenizer.encode(self.format_prompt(p, apply_chat_template, system_prompt)),
+                self._continuation_ids(c),
+                validate_alpha(a, self.config.alpha.max_alpha),
+            )
+            for p, c, a in zip(prompts, continuations, alphas)
+        ]
+        results = self._score(items)
+        return results[0] if single else results
+
+    def _continuation_ids(self, continuation) -> list[int]:
+        if isinstance(continuation, str):
+            return self.tokenizer.encode(continuation, add_special_tokens=False)
+        return [int(t) for t in continuation]
+
+    def _score(self, items) -> list:
+        from vllm.inputs import TokensPrompt
+
+        from engine.scoring import assemble, requests_for, score_params
+
+        requests = [r for item in items for r in requests_for(item)]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids, _ in requests],
+            [score_params(a) for _, a in requests],
+            use_tqdm=False,
+        )
+        decode = lambda t: self.tokenizer.decode([t])  # noqa: E731
+        return [assemble(item, outputs[3 * i : 3 * i + 3], decode) for i, item in enumerate(items)]
+
     def generate(self, prompt: str, **sampling) -> GenerateResult:
         """Both models' completions of `prompt` (alpha 0 and alpha -1), in one batch."""
         after, before = self.generate_lda([prompt, prompt], alpha=[AFTER_ALPHA, BEFORE_ALPHA], **sampling)

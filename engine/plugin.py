@@ -10,12 +10,13 @@ from engine.config import PAIR_ARCHITECTURE
 def register() -> None:
     from vllm import ModelRegistry
 
-    from engine.vllm_patches import patch_cpu_attention_isa, patch_cpu_seeded_chunked_prefill
+    from engine.vllm_patches import patch_cpu_attention_isa, patch_cpu_seeded_chunked_prefill, patch_prompt_logprobs_alpha
 
     if PAIR_ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(PAIR_ARCHITECTURE, "engine.pair_model:LDAPairForCausalLM")
     patch_cpu_seeded_chunked_prefill()
     patch_cpu_attention_isa()
+    patch_prompt_logprobs_alpha()
 
     from engine.env import step_timing_dir
 

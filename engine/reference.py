@@ -83,3 +83,24 @@ class ReferencePair:
                 step.clamp(max=self.before_vocab - 1), past_key_values=before_out.past_key_values, use_cache=True
             )
         return ReferenceOutput(tokens, "length")
+
+
+@torch.no_grad()
+def score_tokens(pair: ReferencePair, prompt_ids: list[int], continuation_ids: list[int], alpha: float):
+    """Teacher-forced (logp_after, logp_before, logp_amplified) of each continuation token.
+
+    Each value is a log-softmax, at temperature 1, of the merged row at alpha 0, -1 and `alpha`
+    (the merge above), over the whole sequence at once: position i's row predicts token i + 1.
+    """
+    ids = torch.tensor([prompt_ids + continuation_ids], device=pair.device)
+    after = pair.after(ids).logits[0].float()
+    before = pair.before(ids.clamp(max=pair.before_vocab - 1)).logits[0].float()
+    out = []
+    for offset, token in enumerate(continuation_ids):
+        row = len(prompt_ids) - 1 + offset
+        values = [
+            float(torch.log_softmax(merge_logits(after[row], before[row], a), dim=-1)[token])
+            for a in (0.0, -1.0, alpha)
+        ]
+        out.append(tuple(values))
+    return out

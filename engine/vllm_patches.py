@@ -94,3 +94,73 @@ def patch_cpu_attention_isa() -> None:
 
     _get_attn_isa._lda_patched = True
     cpu_attn._get_attn_isa = _get_attn_isa
+
+
+PINNED_VLLM = "0.32.0"
+
+
+def _prompt_logprobs_target():
+    """GPUModelRunner._get_prompt_logprobs_dict if it is the 0.32.0 method we wrap, else None."""
+    import inspect
+
+    import vllm
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    method = getattr(GPUModelRunner, "_get_prompt_logprobs_dict", None)
+    if vllm.__version__ != PINNED_VLLM or method is None:
+        return None
+    if list(inspect.signature(method).parameters) != ["self", "hidden_states", "num_scheduled_tokens"]:
+        return None
+    return method
+
+
+def patch_prompt_logprobs_alpha() -> bool:
+    """Give each request's prompt logprobs that request's alpha, not the engine default.
+
+    `GPUModelRunner._get_prompt_logprobs_dict` (vLLM 0.32.0) loops over the requests that asked
+    for prompt logprobs and calls `model.compute_logits` on each one's prompt rows, which are not
+    batch rows, so the pair would merge them with the default alpha. Scoring (engine/scoring.py)
+    needs alpha 0, -1 and the request's alpha there. The wrapper runs the original once per
+    request, with the runner's `num_prompt_logprobs` narrowed to that request and
+    `RowAlphas.prompt_row` set to its batch row, then restores the dict (minus the requests the
+    original finished). On any other vLLM version or signature it logs one line and changes
+    nothing. Returns True when the patch is (or already was) in place.
+    """
+    import logging
+
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original = GPUModelRunner._get_prompt_logprobs_dict
+    if getattr(original, "_lda_patched", False):
+        return True
+    if _prompt_logprobs_target() is None:
+        logging.getLogger("lda.patches").warning(
+            "prompt logprobs keep the engine's default alpha: vLLM is not %s or "
+            "GPUModelRunner._get_prompt_logprobs_dict changed; /v1/lda/score needs it", PINNED_VLLM,
+        )
+        return False
+
+    def _get_prompt_logprobs_dict(self, hidden_states, num_scheduled_tokens):
+        from engine.alpha import current_rows
+
+        pending = self.num_prompt_logprobs
+        rows = current_rows()
+        if rows is None or not pending:
+            return original(self, hidden_states, num_scheduled_tokens)
+        result = {}
+        try:
+            for req_id in list(pending):
+                one = {req_id: pending[req_id]}
+                self.num_prompt_logprobs = one
+                rows.prompt_row = self.input_batch.req_id_to_index.get(req_id)
+                result.update(original(self, hidden_states, num_scheduled_tokens))
+                if req_id not in one:  # the original finished this request's prompt
+                    del pending[req_id]
+        finally:
+            self.num_prompt_logprobs = pending
+            rows.prompt_row = None
+        return result
+
+    _get_prompt_logprobs_dict._lda_patched = True
+    GPUModelRunner._get_prompt_logprobs_dict = _get_prompt_logprobs_dict
+    return True

@@ -54,3 +54,14 @@ def test_rows_follow_add_remove_move_swap():
     assert rows.for_rows(2).tolist() == [1.0, 20.0]
     # Rows that are not the batch (prompt logprobs, warm-up) use the default.
     assert rows.for_rows(5).tolist() == [1.0] * 5
+
+
+def test_prompt_rows_take_their_requests_alpha_even_when_as_many_as_the_batch():
+    rows = RowAlphas(8, torch.device("cpu"), default=1.0)
+    rows.apply(BatchUpdate(2, removed=[], added=[(0, _params(0.0), None, []), (1, _params(20.0), None, [])], moved=[]))
+    rows.prompt_row = 1
+    # Two prompt rows of request 1: not the batch's two rows, though there are as many.
+    assert rows.for_rows(2).tolist() == [20.0, 20.0]
+    assert rows.for_rows(7).tolist() == [20.0] * 7
+    rows.prompt_row = None
+    assert rows.for_rows(2).tolist() == [0.0, 20.0]

@@ -15,23 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.detectors import JudgeConfig, parse_detector
-from benchmarks.study import (
-    BUILTIN_PROMPTS,
-    Sample,
-    SamplingConfig,
-    StudyConfig,
-    cli,
-    distinct_n,
-    format_table,
-    is_degenerate,
-    load_prompts,
-    parse_alphas,
-    plot,
-    run_study,
-    summarize,
-    wilson_interval,
-)
+from study.cli import cli
+from study.config import SamplingConfig, StudyConfig, parse_alphas
+from study.detectors import JudgeConfig, parse_detector
+from study.prompts import BUILTIN_PROMPTS, load_prompts
+from study.runner import run_study
+from study.stats import distinct_n, is_degenerate, wilson_interval
+from study.store import Sample
+from study.summary import format_table, plot, summarize
 from tests.benchmarks.fake_openai import JUDGE_MODEL, KEYWORD, FakeServer, has_keyword
 
 REPO = Path(__file__).resolve().parents[2]
@@ -417,8 +408,26 @@ def test_log_scale_plot_shows_alphas_without_hits(tmp_path):
 
 
 def test_sample_seeds_differ_across_prompts_and_samples():
-    from benchmarks.study import sample_seed
+    from study.client import sample_seed
 
     seeds = {sample_seed(0, p, i) for p in ("a", "b", "c") for i in range(5)}
     assert len(seeds) == 15
     assert sample_seed(0, "a", 1) == sample_seed(0, "a", 1) != sample_seed(1, "a", 1)
+
+
+def test_several_base_urls_share_the_requests(tmp_path, prompts_file):
+    with FakeServer() as one, FakeServer() as two:
+        config = make_config(one, tmp_path / "out", prompts_file, base_url=(one.base_url, two.base_url))
+        result = run_study(config)
+        assert result.new_samples == len(one.requests) + len(two.requests)
+        # Round robin: an even split, whatever order the requests finished in.
+        assert abs(len(one.requests) - len(two.requests)) <= 1 and len(one.requests) > 0
+        # The fake servers have no scoring route: the study still succeeds, unranked.
+        assert result.ranking is not None and result.ranking.unsupported and not result.failures
+
+
+def test_repeated_base_url_and_bad_rank_by_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="base_url"):
+        StudyConfig(base_url=("http://a:1", "http://a:1"), output_dir=tmp_path)
+    with pytest.raises(ValueError, match="rank_by"):
+        StudyConfig(base_url="http://a:1", output_dir=tmp_path, rank_by="median")

@@ -1,0 +1,115 @@
+"""POST /v1/lda/score: teacher-forced attribution of a given continuation (engine/scoring.py).
+
+The prompt is chat `messages` (formatted with the after model's chat template) or raw text
+`prompt`; the continuation is scored token by token. The three engine requests of a call go out
+together, and concurrent calls are batched by the engine like any other requests. Errors use the
+OpenAI error format of the other /v1 routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from vllm.exceptions import VLLMValidationError
+
+from engine.alpha import AlphaError, validate_alpha
+from engine.scoring import ScoreInput, ScoringError, assemble, requests_for, result_dict, score_params
+
+router = APIRouter()
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ScoreRequest(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1, description="A chat prompt")
+    prompt: str | None = Field(None, min_length=1, description="A raw-text prompt (no template)")
+    continuation: str | list[int] = Field(..., description="Text or token ids to score after the prompt")
+    alpha: float | None = Field(None, description="alpha of logp_amplified; default: the server's")
+    prompt_format: Literal["chat", "raw"] | None = Field(
+        None, description="chat: `prompt` is one user message; raw (default for `prompt`): as is"
+    )
+
+
+def _error(message: str, param: str | None, status: int = 400) -> JSONResponse:
+    body = {"error": {"message": message, "type": "BadRequestError", "param": param, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+def _prompt_ids(tokenizer, req: ScoreRequest) -> list[int]:
+    if (req.messages is None) == (req.prompt is None):
+        raise ScoringError("messages: give exactly one of `messages` (chat) or `prompt` (raw text)")
+    if req.messages is not None or req.prompt_format == "chat":
+        messages = [m.model_dump() for m in req.messages] if req.messages else [{"role": "user", "content": req.prompt}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # The OpenAI chat route tokenizes the templated text without adding special tokens again.
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(req.prompt)
+
+
+def _continuation_ids(tokenizer, continuation: str | list[int]) -> list[int]:
+    if isinstance(continuation, str):
+        return tokenizer.encode(continuation, add_special_tokens=False)
+    return list(continuation)
+
+
+def build_input(info, req: ScoreRequest) -> ScoreInput:
+    """Validate and tokenize one request; ScoringError/AlphaError name the field."""
+    alpha = info.config.alpha.default_alpha if req.alpha is None else validate_alpha(req.alpha, info.config.alpha.max_alpha)
+    item = ScoreInput(_prompt_ids(info.tokenizer, req), _continuation_ids(info.tokenizer, req.continuation), alpha)
+    vocab = len(info.tokenizer)
+    if any(not 0 <= t < vocab for t in item.continuation_token_ids):
+        raise ScoringError(f"continuation: token ids must be in [0, {vocab})")
+    total = len(item.prompt_token_ids) + len(item.continuation_token_ids)
+    if total + 1 > info.max_model_len:
+        raise ScoringError(f"continuation: prompt + continuation ({total} tokens) exceed the context length ({info.max_model_len})")
+    return item
+
+
+async def _run(engine, ids: list[int], alpha: float):
+    request_id = f"lda-score-{uuid.uuid4().hex}"
+    final = None
+    try:
+        async for output in engine.generate({"prompt_token_ids": ids}, score_params(alpha), request_id):
+            final = output
+    except asyncio.CancelledError:
+        await engine.abort(request_id)
+        raise
+    return final
+
+
+async def score_item(engine, tokenizer, item: ScoreInput) -> dict:
+    """Score one validated item on the engine; the dict of engine.scoring.result_dict."""
+    outputs = await asyncio.gather(*(_run(engine, ids, alpha) for ids, alpha in requests_for(item)))
+    return result_dict(assemble(item, outputs, lambda t: tokenizer.decode([t])))
+
+
+@router.post("/v1/lda/score")
+async def score(raw_request: Request):
+    try:
+        req = ScoreRequest.model_validate(await raw_request.json())
+    except ValidationError as error:
+        first = error.errors()[0]
+        return _error(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", str(first["loc"][0]))
+    except ValueError:
+        return _error("the body must be a JSON object", None)
+    info = raw_request.app.state.lda
+    try:
+        item = build_input(info, req)
+    except AlphaError as error:
+        return _error(str(error), "alpha")
+    except ScoringError as error:
+        return _error(str(error), str(error).split(":", 1)[0])
+    try:
+        body = await score_item(raw_request.app.state.engine_client, info.tokenizer, item)
+    except (ValueError, VLLMValidationError) as error:
+        return _error(str(error), None)
+    return {"object": "lda.score", "model": req.model, **body}
