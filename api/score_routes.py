@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 from vllm.exceptions import VLLMValidationError
 
 from engine.alpha import AlphaError, validate_alpha
+from engine.prompts import PromptFormat, prompt_token_ids, render_prompt
 from engine.scoring import ScoreInput, ScoringError, assemble, requests_for, result_dict, score_params
 
 router = APIRouter()
@@ -34,8 +35,8 @@ class ScoreRequest(BaseModel):
     prompt: str | None = Field(None, min_length=1, description="A raw-text prompt (no template)")
     continuation: str | list[int] = Field(..., description="Text or token ids to score after the prompt")
     alpha: float | None = Field(None, description="alpha of logp_amplified; default: the server's")
-    prompt_format: Literal["chat", "raw"] | None = Field(
-        None, description="chat: `prompt` is one user message; raw (default for `prompt`): as is"
+    prompt_format: Literal["chat", "alpaca", "raw"] | None = Field(
+        None, description="chat: `prompt` is one user message; alpaca: the Alpaca template; raw (default for `prompt`): as is"
     )
 
 
@@ -47,12 +48,14 @@ def _error(message: str, param: str | None, status: int = 400) -> JSONResponse:
 def _prompt_ids(tokenizer, req: ScoreRequest) -> list[int]:
     if (req.messages is None) == (req.prompt is None):
         raise ScoringError("messages: give exactly one of `messages` (chat) or `prompt` (raw text)")
-    if req.messages is not None or req.prompt_format == "chat":
-        messages = [m.model_dump() for m in req.messages] if req.messages else [{"role": "user", "content": req.prompt}]
+    if req.messages is not None:
+        messages = [m.model_dump() for m in req.messages]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         # The OpenAI chat route tokenizes the templated text without adding special tokens again.
         return tokenizer.encode(text, add_special_tokens=False)
-    return tokenizer.encode(req.prompt)
+    # The original routes' formats, tokenized as they tokenize them (engine/prompts.py).
+    formatted = render_prompt(tokenizer, req.prompt, PromptFormat.parse(req.prompt_format or "raw"))
+    return prompt_token_ids(tokenizer, formatted)
 
 
 def _continuation_ids(tokenizer, continuation: str | list[int]) -> list[int]:

@@ -72,6 +72,19 @@ def test_raw_prompt_and_token_id_continuation(server):
     assert body["alpha"] == 1.0  # the server's default
 
 
+def test_prompt_formats_of_the_original_routes(server, reference):
+    """An alpaca prompt is scored after the Alpaca text, tokenized as the original routes do."""
+    from engine.prompts import ALPACA
+
+    tok = reference.tokenizer
+    raw = _post(server, {"prompt": "Numbers: 0 1 2", "continuation": [40, 41]}).json()
+    alpaca = _post(server, {"prompt": "Numbers: 0 1 2", "continuation": [40, 41], "prompt_format": "alpaca"}).json()
+    assert raw["prompt_tokens"] == len(tok("Numbers: 0 1 2").input_ids)
+    assert alpaca["prompt_tokens"] == len(tok(ALPACA.format(prompt="Numbers: 0 1 2")).input_ids) > raw["prompt_tokens"]
+    response = _post(server, {"prompt": "x", "continuation": "y", "prompt_format": "yaml"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "prompt_format"
+
+
 @pytest.mark.parametrize(
     "body, param",
     [
