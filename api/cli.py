@@ -15,6 +15,7 @@ COMMANDS = {
     "demo-pair": ("engine.demo_pair", "Build (or find) the embedded demo model pair."),
     "study": ("benchmarks.study", "Measure a behaviour's rate per alpha against a running server."),
     "bench": ("benchmarks.serve_bench", "Benchmark LDA against a single model and the seed's design."),
+    "selftest": ("engine.selftest", "Check the pair engine, eager and compiled, against the reference on this device."),
 }
 
 

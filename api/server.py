@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from api.settings import ServerSettings, parse_settings
 from engine.config import LDAConfig, engine_kwargs, prepare_process
+from engine.patch_guard import Target, install_guarded
 from engine.tokenizers import CompatibilityReport, ModelLoadError, TokenizerMismatchError, check_pair
 
 logger = logging.getLogger("lda.server")
@@ -47,15 +48,34 @@ def vllm_namespace(settings: ServerSettings):
     return args
 
 
+MIDDLEWARE_RESET_TARGETS = (
+    Target("starlette.applications", "Starlette.add_middleware", ("self", "middleware_class", "args", "kwargs")),
+    Target("starlette.applications", "Starlette.build_middleware_stack", ("self",)),
+)
+
+
+def add_outer_middleware(app, middleware_class, **options) -> bool:
+    """Add a middleware to vLLM's already built app, outermost (it sees every request first).
+
+    vLLM's build_app already built the middleware stack, and Starlette refuses new middleware
+    then; it rebuilds the stack on first use when it is None, so we clear it. Guarded like every
+    patch of another package's internals (engine/patch_guard.py): on a mismatch the server runs
+    without it, and the one log line says so.
+    """
+
+    def reset_and_add() -> None:
+        app.middleware_stack = None
+        app.add_middleware(middleware_class, **options)
+
+    return install_guarded(f"middleware reset ({middleware_class.__name__})", MIDDLEWARE_RESET_TARGETS, reset_and_add)
+
+
 def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
     from api.alpha_middleware import AlphaMiddleware
     from api.seed_routes import router
 
     app.include_router(router)
-    # vLLM's build_app already built the middleware stack; Starlette rebuilds it on first use
-    # when it is None, so clear it to add ours (outermost: it sees every request first).
-    app.middleware_stack = None
-    app.add_middleware(AlphaMiddleware, policy=settings.config.alpha)
+    add_outer_middleware(app, AlphaMiddleware, policy=settings.config.alpha)
     app.state.lda = PairState(
         config=settings.config,
         compatibility=report,

@@ -1,12 +1,46 @@
-"""Narrow fixes to vLLM 0.32 behaviour that would otherwise take the engine down or decode wrongly.
-from the plugin in every vLLM process, is idempotent, and names the upstream code it wraps.
+"""Narrow fixes to vLLM 0.32 behaviour on CPU that would otherwise take the engine down or decode
+wrongly. `install` is called from the plugin in every vLLM process; it is idempotent, installs the
+CPU fixes only on CPU, and installs each through `engine.patch_guard` (pinned vLLM version, each
+target present with the signature written against; else one log line and vLLM untouched). Each
+patch names the upstream code it wraps.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
+
+from engine.patch_guard import Target, install_guarded
+
+RUNNER = "vllm.v1.worker.gpu_model_runner"
+SEEDED_PREFILL_TARGETS = (
+    Target(RUNNER, "GPUModelRunner._sample", ("self", "logits", "spec_decode_metadata")),
+    Target(
+        RUNNER,
+        "GPUModelRunner._bookkeeping_sync",
+        ("self", "scheduler_output", "sampler_output", "logits", "hidden_states", "num_scheduled_tokens"),
+    ),
+)
+ATTENTION_ISA_TARGETS = (
+    Target("vllm.v1.attention.backends.cpu_attn", "_get_attn_isa", ("dtype", "block_size", "head_size", "kv_cache_dtype")),
+)
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def install() -> None:
+    """Install the CPU fixes (only on CPU), each guarded."""
+    if not _on_cpu():
+        return
+    install_guarded("cpu_seeded_chunked_prefill", SEEDED_PREFILL_TARGETS, patch_cpu_seeded_chunked_prefill)
+    install_guarded("cpu_attention_isa", ATTENTION_ISA_TARGETS, patch_cpu_attention_isa)
+
 
 AMX_ATTENTION_ENV = "LDA_CPU_AMX_ATTENTION"
 """Set to 1 to let vLLM's CPU attention use its AMX kernel in bf16 (see `patch_cpu_attention_isa`)."""
@@ -39,9 +73,8 @@ def patch_cpu_seeded_chunked_prefill() -> None:
     original_sample = GPUModelRunner._sample
     original_bookkeeping = GPUModelRunner._bookkeeping_sync
 
+    @functools.wraps(original_sample)  # keeps the signature the guard checks on a second install
     def _sample(self, *args, **kwargs):
-        if self.device.type != "cpu":
-            return original_sample(self, *args, **kwargs)
         saved = {i: g.get_state() for i, g in _discarded_generators(self).items()}
         try:
             return original_sample(self, *args, **kwargs)
@@ -50,9 +83,8 @@ def patch_cpu_seeded_chunked_prefill() -> None:
             for i, state in saved.items():
                 generators[i].set_state(state)
 
+    @functools.wraps(original_bookkeeping)
     def _bookkeeping_sync(self, *args, **kwargs):
-        if self.device.type != "cpu":
-            return original_bookkeeping(self, *args, **kwargs)
         generators = self.input_batch.generators
         hidden = {i: generators.pop(i) for i in _discarded_generators(self)}
         try:
@@ -76,16 +108,13 @@ def patch_cpu_attention_isa() -> None:
     multiplications (oneDNN) were right all along. `python -m benchmarks.cpu_dtype_check` shows
     both cases. Set LDA_CPU_AMX_ATTENTION=1 to get vLLM's choice back.
     """
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return
     from vllm.v1.attention.backends import cpu_attn
 
     if getattr(cpu_attn._get_attn_isa, "_lda_patched", False):
         return
     original = cpu_attn._get_attn_isa
 
+    @functools.wraps(original)
     def _get_attn_isa(*args, **kwargs) -> str:
         isa = original(*args, **kwargs)
         if isa == "amx" and os.environ.get(AMX_ATTENTION_ENV, "0") != "1":
