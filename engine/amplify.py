@@ -3,9 +3,9 @@
 One pass over the batch's logits. Columns only the after model has (tokens a fine-tune added, such
 as a chat EOS `<|im_end|>`, or vocab padding) keep the after model's logits: the before model has
 no opinion there, which we read as "no difference". So alpha 0 is the after model exactly, an added
-EOS can still end the answer, and alpha -1 is the before model on the shared vocabulary. On CUDA a Triton kernel reads A and B in their own dtype and writes the
-float32 result once; elsewhere `lerp_` does the same in place: a + w * (b - a) with w = -alpha
-is a + alpha * (a - b).
+EOS can still end the answer, and alpha -1 is the before model on the shared vocabulary. On CUDA
+a Triton kernel reads A and B in their own dtype and writes the float32 result once; elsewhere
+`lerp_` does the same in place: a + w * (b - a) with w = -alpha is a + alpha * (a - b).
 """
 
 from __future__ import annotations
