@@ -9,7 +9,8 @@ from engine import selftest
 
 
 def _result(mode: str, mismatches: list[str]) -> selftest.ModeResult:
-    return selftest.ModeResult(mode, 1.0, [[1, 2]] * 12, mismatches)
+    expected = [[1, 2]] * 12
+    return selftest.ModeResult(mode, 1.0, expected[:-1] + [[3]] if mismatches else expected, expected, mismatches)
 
 
 def test_mismatches_name_prompt_alpha_and_tokens():
@@ -43,3 +44,14 @@ def test_cuda_without_a_gpu_is_refused(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert selftest.cli(["--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_one_aot_artifact_for_two_stacks_is_a_failure(tmp_path):
+    root = tmp_path / "torch_compile_cache" / "torch_aot_compile"
+    assert selftest.aot_problems(tmp_path) == []  # AOT compile off: nothing to check
+    (root / "a" / "rank_0_0").mkdir(parents=True)
+    (root / "a" / "rank_0_0" / "model").write_bytes(b"")
+    assert "both stacks use one AOT compile-cache entry" in selftest.aot_problems(tmp_path)[0]
+    (root / "b" / "rank_0_0").mkdir(parents=True)
+    (root / "b" / "rank_0_0" / "model").write_bytes(b"")
+    assert selftest.aot_problems(tmp_path) == []
