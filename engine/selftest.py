@@ -165,6 +165,7 @@ def cli(argv: list[str]) -> int:
             print("lda selftest: --device cuda but no CUDA device is visible", file=sys.stderr)
             return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the pair is built here: nothing to download
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # three engine starts' INFO lines bury the verdict
     print(f"lda selftest on {device}: {len(PROMPTS)} prompts x alphas {list(ALPHAS)}, {MAX_NEW_TOKENS} tokens, greedy")
     with tempfile.TemporaryDirectory(prefix="lda-selftest-") as tmp:
         results = run(device, args.modes, Path(tmp))
