@@ -16,6 +16,7 @@ COMMANDS = {
     "study": ("study.cli", "Measure a behaviour's rate per alpha, and rank samples by attribution."),
     "explore": ("study.explore", "Rank samples by what post-training favoured, with no detector."),
     "bench": ("benchmarks.serve_bench", "Benchmark LDA against a single model and the original design."),
+    "selftest": ("engine.selftest", "Check the pair engine, eager and compiled, against the reference on this device."),
 }
 
 

@@ -20,9 +20,14 @@ from dataclasses import dataclass
 from api.settings import RequestLimits, ServerSettings, parse_settings
 from engine.config import LDAConfig, engine_kwargs, prepare_process
 from engine.prompts import PromptFormat
+from engine.patch_guard import Target, install_guarded
 from engine.tokenizers import CompatibilityReport, ModelLoadError, TokenizerMismatchError, check_pair
 
 logger = logging.getLogger("lda.server")
+
+
+class ServeError(RuntimeError):
+    """The server cannot serve as configured; `lda serve` prints it and exits 2."""
 
 
 @dataclass(slots=True)
@@ -86,6 +91,36 @@ def drop_vllm_key_check(app) -> None:
     app.user_middleware = [m for m in app.user_middleware if m.cls is not AuthenticationMiddleware]
 
 
+MIDDLEWARE_RESET_TARGETS = (
+    Target("starlette.applications", "Starlette.add_middleware", ("self", "middleware_class", "args", "kwargs")),
+    Target("starlette.applications", "Starlette.build_middleware_stack", ("self",)),
+)
+
+
+def add_outer_middleware(app, middleware_class, **options) -> bool:
+    """Add a middleware to vLLM's already built app, outermost (it sees every request first)."""
+    return add_outer_middlewares(app, [(middleware_class, options)])
+
+
+def add_outer_middlewares(app, middlewares: list[tuple[type, dict]]) -> bool:
+    """Add middlewares to vLLM's already built app, each outside the one before (the last added
+    sees every request first).
+
+    vLLM's build_app already built the middleware stack, and Starlette refuses new middleware
+    then; it rebuilds the stack on first use when it is None, so we clear it. Guarded like every
+    patch of another package's internals (engine/patch_guard.py): on a mismatch nothing is added,
+    and the one log line says so.
+    """
+
+    def reset_and_add() -> None:
+        app.middleware_stack = None
+        for middleware_class, options in middlewares:
+            app.add_middleware(middleware_class, **options)
+
+    names = ", ".join(cls.__name__ for cls, _ in middlewares)
+    return install_guarded(f"middleware reset ({names})", MIDDLEWARE_RESET_TARGETS, reset_and_add)
+
+
 def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
     from api.access import APIKeyMiddleware, BodyLimitMiddleware
     from api.alpha_middleware import AlphaMiddleware
@@ -96,16 +131,18 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     app.include_router(router)
     _original_error_format(app)
     app.include_router(score_router)
-    # vLLM's build_app already built the middleware stack; Starlette rebuilds it on first use
-    # when it is None, so clear it to add ours. The last added is outermost: the key check sees
-    # every request first, then the body limit, then alpha.
-    app.middleware_stack = None
     drop_vllm_key_check(app)
-    # Inside the alpha middleware, so that it sees the request's validated alpha in vllm_xargs.
-    app.add_middleware(TokenScoresMiddleware, default_alpha=settings.config.alpha.default_alpha)
-    app.add_middleware(AlphaMiddleware, policy=settings.config.alpha, limits=settings.limits)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.limits.max_body_bytes)
-    app.add_middleware(APIKeyMiddleware, access=settings.access)
+    # The last added is outermost: the key check sees every request first, then the body limit,
+    # then alpha, then the token scores (inside alpha, so they see its validated alpha in vllm_xargs).
+    installed = add_outer_middlewares(app, [
+        (TokenScoresMiddleware, dict(default_alpha=settings.config.alpha.default_alpha)),
+        (AlphaMiddleware, dict(policy=settings.config.alpha, limits=settings.limits)),
+        (BodyLimitMiddleware, dict(max_body_bytes=settings.limits.max_body_bytes)),
+        (APIKeyMiddleware, dict(access=settings.access)),
+    ])
+    if not installed and settings.access.api_key:
+        # Without the middleware the key would protect nothing: refuse rather than serve open.
+        raise ServeError("the API key check could not be installed (see the log line above); not serving")
     app.state.lda = PairState(
         config=settings.config,
         compatibility=report,
@@ -177,7 +214,7 @@ def cli(argv: list[str]) -> int:
         return 2
     try:
         serve(settings)
-    except (ModelLoadError, TokenizerMismatchError) as error:
+    except (ModelLoadError, TokenizerMismatchError, ServeError) as error:
         print(f"lda serve: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

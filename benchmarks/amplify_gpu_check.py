@@ -16,11 +16,25 @@ import torch
 from engine.amplify import _amplify_triton, amplify_torch
 
 CASES = [(rows, vocab, dtype) for dtype in (torch.bfloat16, torch.float32) for vocab in (49152, 100352) for rows in (1, 64, 256, 1024)]
+# Prompt logprobs over a long prompt: 16384 rows x Qwen2.5's 152064 columns is 2.5e9 elements, past
+# int32 offsets (row * stride overflows from row 14123). Checked on a sample of rows (a float64
+# reference of the whole would need about 100 GB).
+CASES.append((16384, 152064, torch.bfloat16))
+SAMPLED_ABOVE = 2**28
+"""Cases with more elements than this are checked on `_sample_rows` only."""
+
+
+def _sample_rows(rows: int, vocab: int) -> torch.Tensor:
+    if rows * vocab <= SAMPLED_ABOVE:
+        return torch.arange(rows)
+    first_past_int32 = 2**31 // vocab + 1
+    return torch.tensor(sorted({0, 1, first_past_int32 - 1, first_past_int32, first_past_int32 + 1, rows - 1}))
 
 
 def _expected(a, b, alpha):
+    """The formula in float64; ids only the after model has keep its logits (no difference)."""
     shared = min(a.shape[1], b.shape[1])
-    out = torch.full(a.shape, float("-inf"), dtype=torch.float64, device=a.device)
+    out = a.double()
     al = alpha.double()[:, None]
     out[:, :shared] = (1 + al) * a[:, :shared].double() - al * b[:, :shared].double()
     return out
@@ -45,11 +59,10 @@ def check(rows: int, vocab: int, dtype: torch.dtype) -> tuple[float, float, floa
     b = (torch.randn(rows, vocab - 48, device="cuda", generator=g) * 5).to(dtype)  # padded vocab
     alpha = torch.tensor([-1.0, 0.0, 0.3, 20.0], device="cuda").repeat(rows // 4 + 1)[:rows]
     got = _amplify_triton(a.clone(), b, alpha)
-    ref = _expected(a, b, alpha)
-    finite = torch.isfinite(ref)
-    if not torch.equal(torch.isfinite(got), finite):
-        raise AssertionError(f"-inf columns differ for {rows}x{vocab} {dtype}")
-    err = (got.double()[finite] - ref[finite]).abs().max().item()
+    sample = _sample_rows(rows, vocab).to(a.device)
+    ref = _expected(a[sample], b[sample], alpha[sample])
+    err = (got[sample].double() - ref).abs().max().item()
+    del got, ref
     moved = a.numel() * a.element_size() + b.numel() * b.element_size() + a.numel() * 4
     # float32 inputs are merged in place; timing on the same buffer is fine once checked.
     t_triton = _time(lambda: _amplify_triton(a, b, alpha))

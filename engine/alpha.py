@@ -29,7 +29,7 @@ class AlphaError(ValueError):
 def validate_alpha(value: object, max_alpha: float = DEFAULT_MAX_ALPHA, field: str = ALPHA_KEY) -> float:
     """Return `value` as a float, or raise AlphaError naming the field, the value and the range.
 
-    alpha = -1 is the before model exactly and alpha = 0 the after model; below -1 the formula
+    alpha = -1 is the before model (on the shared vocabulary) and alpha = 0 the after model; below -1 the formula
     extrapolates past the base model, which no LDA use needs, so it is refused.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):

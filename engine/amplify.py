@@ -1,10 +1,11 @@
 """The fused amplification step: amplified = (1 + alpha) * A - alpha * B, per row, in float32.
 
-One pass over the batch's logits. Columns only the after model has (vocab padding) get -inf:
-the before model has no logit there, so the amplified distribution is undefined and such ids
-must never be sampled. On CUDA a Triton kernel reads A and B in their own dtype and writes the
-float32 result once; elsewhere `lerp_` does the same in place: a + w * (b - a) with w = -alpha
-is a + alpha * (a - b).
+One pass over the batch's logits. Columns only the after model has (tokens a fine-tune added, such
+as a chat EOS `<|im_end|>`, or vocab padding) keep the after model's logits: the before model has
+no opinion there, which we read as "no difference". So alpha 0 is the after model exactly, an added
+EOS can still end the answer, and alpha -1 is the before model on the shared vocabulary. On CUDA
+a Triton kernel reads A and B in their own dtype and writes the float32 result once; elsewhere
+`lerp_` does the same in place: a + w * (b - a) with w = -alpha is a + alpha * (a - b).
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ def amplify_torch(after: torch.Tensor, before: torch.Tensor, alpha: torch.Tensor
     out = after if after.dtype == torch.float32 else after.float()
     weight = alpha.to(device=out.device, dtype=torch.float32).neg().unsqueeze(1)
     out[:, :shared].lerp_(before[:, :shared].float(), weight)
-    if shared < out.shape[1]:
-        out[:, shared:] = float("-inf")
     return out
 
 
@@ -51,7 +50,9 @@ if triton is not None:
         vocab_a, shared,
         BLOCK: tl.constexpr,
     ):
-        row = tl.program_id(0)
+        # int64: row * stride overflows int32 from 2**31 elements on (16384 rows x 152064 vocab,
+        # which prompt logprobs over a long prompt reach).
+        row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         in_a = cols < vocab_a
         in_shared = cols < shared
@@ -64,7 +65,7 @@ if triton is not None:
         w = -alpha
         diff = b - a
         merged = tl.where(tl.abs(w) < 0.5, a + w * diff, b - diff * (1.0 - w))
-        merged = tl.where(in_shared, merged, float("-inf"))
+        merged = tl.where(in_shared, merged, a)  # after-only columns: no difference
         tl.store(out_ptr + row * out_stride + cols, merged, mask=in_a)
 
 

@@ -290,7 +290,10 @@ class LDAModelPair:
         return [assemble(item, outputs[3 * i : 3 * i + 3], decode) for i, item in enumerate(items)]
 
     def generate(self, prompt: str, **sampling) -> GenerateResult:
-        """Both models' completions of `prompt` (alpha 0 and alpha -1), in one batch."""
+        """Both models' completions of `prompt` (alpha 0 and alpha -1), in one batch.
+
+        alpha -1 is the before model on the shared vocabulary: ids only the after model has (an
+        added chat EOS) keep the after model's logits there."""
         after, before = self.generate_lda([prompt, prompt], alpha=[AFTER_ALPHA, BEFORE_ALPHA], **sampling)
         as_completion = lambda r, model_id: ModelCompletion(  # noqa: E731
             model_id, r.completion, r.text, r.tokens_generated, r.stopped_early

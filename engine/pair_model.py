@@ -17,6 +17,7 @@ from torch import nn
 from vllm.compilation.backends import set_model_tag
 from vllm.config import VllmConfig
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+from vllm.model_executor.model_loader.utils import initialize_model
 from vllm.model_executor.models import ModelRegistry
 from vllm.model_executor.models.utils import AutoWeightsLoader
 
@@ -32,6 +33,21 @@ AFTER, BEFORE = "after", "before"
 def _stack_class(architectures: list[str], vllm_config: VllmConfig) -> type[nn.Module]:
     model_cls, _ = ModelRegistry.resolve_model_cls(architectures, vllm_config.model_config)
     return model_cls
+
+
+def _build_stack(stack_config: VllmConfig, prefix: str) -> nn.Module:
+    """One decoder stack, built as vLLM builds a model: under its own config.
+
+    `initialize_model` makes `stack_config` the current vLLM config while the stack is built, and
+    the torch.compile wrapper of the stack's inner model keeps the current config; its AOT compile
+    cache key hashes that config (`compilation/decorators.py`). Built under the engine's config
+    instead, both stacks of a same-class pair hashed to one cache entry, and on a GPU the before
+    stack loaded the after stack's compiled graph, whose attention layer names point at the after
+    model's KV cache. Each stack's config holds its own hf_config, so the keys differ; the
+    compilation config (and its registry of attention layers) is the engine's, shared.
+    """
+    archs = stack_config.model_config.hf_config.architectures
+    return initialize_model(vllm_config=stack_config, prefix=prefix, model_class=_stack_class(archs, stack_config))
 
 
 def _before_hf_config(before: str, trust_remote_code: bool):
@@ -62,18 +78,13 @@ class LDAPairForCausalLM(nn.Module):
         self.default_alpha = float(getattr(hf_config, DEFAULT_ALPHA_KEY, DEFAULT_ALPHA))
 
         after_config = vllm_config.with_hf_config(hf_config, architectures=list(after_archs))
-        self.after = _stack_class(after_archs, after_config)(vllm_config=after_config, prefix=AFTER)
+        self.after = _build_stack(after_config, AFTER)
 
         before_hf = _before_hf_config(before_path, model_config.trust_remote_code)
         before_config = vllm_config.with_hf_config(before_hf, architectures=list(before_hf.architectures))
-        # torch.compile's AOT cache key ignores the model tag and hashes the model path: without a
-        # distinct path the before stack would load the after stack's artifact, whose attention
-        # layer names point at the after model's KV cache.
         before_config.model_config.model = before_path
         with set_model_tag("lda_before"):
-            self.before = _stack_class(before_hf.architectures, before_config)(
-                vllm_config=before_config, prefix=BEFORE
-            )
+            self.before = _build_stack(before_config, BEFORE)
 
         self.after_hidden = hf_config.get_text_config().hidden_size
         self.before_hidden = before_hf.get_text_config().hidden_size
@@ -93,8 +104,8 @@ class LDAPairForCausalLM(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         after_hidden = self.after(input_ids, positions, intermediate_tensors, inputs_embeds)
-        # Only ids the after model can emit reach here; ids the before model lacks are padding
-        # the merge never samples, but a prompt may still carry them, so keep them in range.
+        # Ids only the after model has (tokens a fine-tune added, vocab padding) can be prompted
+        # and sampled; the before model has no embedding for them, so keep them in its range.
         before_ids = input_ids
         if input_ids is not None and self.after_vocab > self.before_vocab:
             before_ids = input_ids.clamp(max=self.before_vocab - 1)

@@ -1,7 +1,9 @@
 """vLLM general plugin: makes the pair architecture known in every vLLM process.
 
 Registered by the entry point `vllm.general_plugins: lda_pair`. vLLM may call it several times in
-one process; the string form of the class defers importing the model until it is needed.
+one process; the string form of the class defers importing the model until it is needed. It runs
+in every vLLM process of the environment, serving our pair or not, so each patch it installs is
+guarded (engine/patch_guard.py): a mismatch logs one line and leaves vLLM as it is.
 """
 
 from engine.config import PAIR_ARCHITECTURE
@@ -10,13 +12,11 @@ from engine.config import PAIR_ARCHITECTURE
 def register() -> None:
     from vllm import ModelRegistry
 
-    from engine.vllm_patches import patch_cpu_attention_isa, patch_cpu_seeded_chunked_prefill, patch_prompt_logprobs_alpha
+    from engine import vllm_patches
 
     if PAIR_ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(PAIR_ARCHITECTURE, "engine.pair_model:LDAPairForCausalLM")
-    patch_cpu_seeded_chunked_prefill()
-    patch_cpu_attention_isa()
-    patch_prompt_logprobs_alpha()
+    vllm_patches.install()
 
     from engine.env import step_timing_dir
 

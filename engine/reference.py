@@ -3,7 +3,7 @@
 This is the algorithm the project started from, kept simple enough to be obviously right: both
 models run on the same tokens, each with its own KV cache; at each step the next-token logits are
 merged as (1 + alpha) * A - alpha * B over the ids both vocabularies have (ids only the after
-model has are never chosen), then sampled. It is the oracle for the engine's tests and the
+model has, such as an EOS a chat fine-tune added, keep A: no difference), then sampled. It is the oracle for the engine's tests and the
 baseline (the original design) for the benchmarks. It shares no code with the engine.
 """
 
@@ -21,9 +21,9 @@ class ReferenceOutput:
 
 
 def merge_logits(after: torch.Tensor, before: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The LDA formula on one row of logits, in float32."""
+    """The LDA formula on one row of logits, in float32; ids the before model lacks keep A."""
     shared = min(after.shape[-1], before.shape[-1])
-    merged = torch.full_like(after, float("-inf"), dtype=torch.float32)
+    merged = after.float().clone()
     merged[:shared] = (1 + alpha) * after[:shared].float() - alpha * before[:shared].float()
     return merged
 

@@ -12,6 +12,7 @@ and the after model alone can be compared step for step; `lda bench --step-timin
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -19,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
+
+from engine.patch_guard import Target, install_guarded
 
 PARTS = ("step", "forward", "after", "before", "logits", "sample")
 
@@ -53,6 +56,7 @@ class StepLog:
 
 
 def _timed(log: StepLog, part: str, fn):
+    @functools.wraps(fn)
     def timed(*args, **kwargs):
         start = time.perf_counter()
         try:
@@ -81,15 +85,31 @@ def _instrument_model(log: StepLog, model) -> None:
             _time_stack(log, stack, part)
 
 
-def install(out_dir: Path) -> None:
-    """Wrap vLLM's V1 model runner so that every step is recorded (idempotent)."""
+RUNNER = "vllm.v1.worker.gpu_model_runner"
+TARGETS = (
+    Target(RUNNER, "GPUModelRunner.execute_model", ("self", "scheduler_output", "intermediate_tensors")),
+    Target(RUNNER, "GPUModelRunner.sample_tokens", ("self", "grammar_output")),
+    Target(
+        RUNNER,
+        "GPUModelRunner._model_forward",
+        ("self", "input_ids", "positions", "intermediate_tensors", "inputs_embeds", "model_kwargs"),
+    ),
+)
+
+
+def install(out_dir: Path) -> bool:
+    """Record every step of vLLM's V1 model runner (idempotent; guarded: engine/patch_guard.py)."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     if getattr(GPUModelRunner.execute_model, "_lda_step_timed", False):
-        return
-    log = StepLog(out_dir)
+        return True
+    return install_guarded("step_timing", TARGETS, lambda: _wrap_runner(GPUModelRunner, StepLog(out_dir)))
+
+
+def _wrap_runner(GPUModelRunner, log: StepLog) -> None:  # noqa: N803 - the class itself
     execute_model, sample_tokens = GPUModelRunner.execute_model, GPUModelRunner.sample_tokens
 
+    @functools.wraps(execute_model)  # keeps the signature the guard checks
     def timed_execute_model(self, scheduler_output, *args, **kwargs):
         _instrument_model(log, self.model)
         log.begin(scheduler_output.total_num_scheduled_tokens, len(scheduler_output.num_scheduled_tokens))
@@ -98,6 +118,7 @@ def install(out_dir: Path) -> None:
             log.end()
         return output
 
+    @functools.wraps(sample_tokens)
     def timed_sample_tokens(self, *args, **kwargs):
         start = time.perf_counter()
         try:

@@ -1,12 +1,48 @@
-"""Narrow fixes to vLLM 0.32 behaviour that would otherwise take the engine down or decode wrongly.
-from the plugin in every vLLM process, is idempotent, and names the upstream code it wraps.
+"""Narrow fixes to vLLM 0.32 behaviour on CPU that would otherwise take the engine down or decode
+wrongly. `install` is called from the plugin in every vLLM process; it is idempotent, installs the
+CPU fixes only on CPU, and installs each through `engine.patch_guard` (pinned vLLM version, each
+target present with the signature written against; else one log line and vLLM untouched). Each
+patch names the upstream code it wraps.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
+
+from engine.patch_guard import Target, install_guarded
+
+RUNNER = "vllm.v1.worker.gpu_model_runner"
+SEEDED_PREFILL_TARGETS = (
+    Target(RUNNER, "GPUModelRunner._sample", ("self", "logits", "spec_decode_metadata")),
+    Target(
+        RUNNER,
+        "GPUModelRunner._bookkeeping_sync",
+        ("self", "scheduler_output", "sampler_output", "logits", "hidden_states", "num_scheduled_tokens"),
+    ),
+)
+ATTENTION_ISA_TARGETS = (
+    Target("vllm.v1.attention.backends.cpu_attn", "_get_attn_isa", ("dtype", "block_size", "head_size", "kv_cache_dtype")),
+)
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def install() -> None:
+    """Install the per-request alpha of prompt logprobs (every device) and the CPU fixes (only on
+    CPU), each guarded."""
+    install_guarded("prompt_logprobs_alpha", PROMPT_LOGPROBS_TARGETS, patch_prompt_logprobs_alpha)
+    if not _on_cpu():
+        return
+    install_guarded("cpu_seeded_chunked_prefill", SEEDED_PREFILL_TARGETS, patch_cpu_seeded_chunked_prefill)
+    install_guarded("cpu_attention_isa", ATTENTION_ISA_TARGETS, patch_cpu_attention_isa)
+
 
 AMX_ATTENTION_ENV = "LDA_CPU_AMX_ATTENTION"
 """Set to 1 to let vLLM's CPU attention use its AMX kernel in bf16 (see `patch_cpu_attention_isa`)."""
@@ -39,9 +75,8 @@ def patch_cpu_seeded_chunked_prefill() -> None:
     original_sample = GPUModelRunner._sample
     original_bookkeeping = GPUModelRunner._bookkeeping_sync
 
+    @functools.wraps(original_sample)  # keeps the signature the guard checks on a second install
     def _sample(self, *args, **kwargs):
-        if self.device.type != "cpu":
-            return original_sample(self, *args, **kwargs)
         saved = {i: g.get_state() for i, g in _discarded_generators(self).items()}
         try:
             return original_sample(self, *args, **kwargs)
@@ -50,9 +85,8 @@ def patch_cpu_seeded_chunked_prefill() -> None:
             for i, state in saved.items():
                 generators[i].set_state(state)
 
+    @functools.wraps(original_bookkeeping)
     def _bookkeeping_sync(self, *args, **kwargs):
-        if self.device.type != "cpu":
-            return original_bookkeeping(self, *args, **kwargs)
         generators = self.input_batch.generators
         hidden = {i: generators.pop(i) for i in _discarded_generators(self)}
         try:
@@ -76,16 +110,13 @@ def patch_cpu_attention_isa() -> None:
     multiplications (oneDNN) were right all along. `python -m benchmarks.cpu_dtype_check` shows
     both cases. Set LDA_CPU_AMX_ATTENTION=1 to get vLLM's choice back.
     """
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return
     from vllm.v1.attention.backends import cpu_attn
 
     if getattr(cpu_attn._get_attn_isa, "_lda_patched", False):
         return
     original = cpu_attn._get_attn_isa
 
+    @functools.wraps(original)
     def _get_attn_isa(*args, **kwargs) -> str:
         isa = original(*args, **kwargs)
         if isa == "amx" and os.environ.get(AMX_ATTENTION_ENV, "0") != "1":
@@ -96,25 +127,12 @@ def patch_cpu_attention_isa() -> None:
     cpu_attn._get_attn_isa = _get_attn_isa
 
 
-PINNED_VLLM = "0.32.0"
+PROMPT_LOGPROBS_TARGETS = (
+    Target(RUNNER, "GPUModelRunner._get_prompt_logprobs_dict", ("self", "hidden_states", "num_scheduled_tokens")),
+)
 
 
-def _prompt_logprobs_target():
-    """GPUModelRunner._get_prompt_logprobs_dict if it is the 0.32.0 method we wrap, else None."""
-    import inspect
-
-    import vllm
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    method = getattr(GPUModelRunner, "_get_prompt_logprobs_dict", None)
-    if vllm.__version__ != PINNED_VLLM or method is None:
-        return None
-    if list(inspect.signature(method).parameters) != ["self", "hidden_states", "num_scheduled_tokens"]:
-        return None
-    return method
-
-
-def patch_prompt_logprobs_alpha() -> bool:
+def patch_prompt_logprobs_alpha() -> None:
     """Give each request's prompt logprobs that request's alpha, not the engine default.
 
     `GPUModelRunner._get_prompt_logprobs_dict` (vLLM 0.32.0) loops over the requests that asked
@@ -123,22 +141,14 @@ def patch_prompt_logprobs_alpha() -> bool:
     needs alpha 0, -1 and the request's alpha there. The wrapper runs the original once per
     request, with the runner's `num_prompt_logprobs` narrowed to that request and
     `RowAlphas.prompt_row` set to its batch row, then restores the dict (minus the requests the
-    original finished). On any other vLLM version or signature it logs one line and changes
-    nothing. Returns True when the patch is (or already was) in place.
+    original finished). Installed through the guard on every device; without it, prompt logprobs
+    (and /v1/lda/score's amplified values) keep the engine's default alpha.
     """
-    import logging
-
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     original = GPUModelRunner._get_prompt_logprobs_dict
     if getattr(original, "_lda_patched", False):
-        return True
-    if _prompt_logprobs_target() is None:
-        logging.getLogger("lda.patches").warning(
-            "prompt logprobs keep the engine's default alpha: vLLM is not %s or "
-            "GPUModelRunner._get_prompt_logprobs_dict changed; /v1/lda/score needs it", PINNED_VLLM,
-        )
-        return False
+        return
 
     def _get_prompt_logprobs_dict(self, hidden_states, num_scheduled_tokens):
         from engine.alpha import current_rows
@@ -163,4 +173,3 @@ def patch_prompt_logprobs_alpha() -> bool:
 
     _get_prompt_logprobs_dict._lda_patched = True
     GPUModelRunner._get_prompt_logprobs_dict = _get_prompt_logprobs_dict
-    return True

@@ -10,7 +10,7 @@ ALPHAS = [-1.0, 0.0, 0.3, 20.0]
 
 def _expected(after, before, alpha):
     shared = min(after.shape[1], before.shape[1])
-    out = torch.full(after.shape, float("-inf"), dtype=torch.float64)
+    out = after.double().clone()  # ids only the after model has: no difference, its own logits
     a, b = after.double()[:, :shared], before.double()[:, :shared]
     out[:, :shared] = (1 + alpha.double()[:, None]) * a - alpha.double()[:, None] * b
     return out
@@ -27,10 +27,19 @@ def test_matches_formula(dtype, vocab):
     expected = _expected(after, before, alpha)
     got = amplify(after.clone(), before, alpha)
     assert got.dtype == torch.float32 and got.shape == after.shape
-    finite = torch.isfinite(expected)
-    assert torch.equal(torch.isfinite(got), finite)
     # float32 arithmetic on inputs up to ~25 with alpha up to 20: a few ulps of ~500.
-    torch.testing.assert_close(got[finite].double(), expected[finite], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ids_only_the_after_model_has_keep_its_logits(dtype):
+    """An added token (a chat EOS beyond the base vocab) keeps A at every alpha: alpha 0 is the
+    after model exactly, and alpha -1 is the before model on the shared vocabulary."""
+    after, before = torch.randn(4, 301).to(dtype), torch.randn(4, 300).to(dtype)
+    got = amplify(after.clone(), before, torch.tensor([-1.0, 0.0, 1.0, 5.0]))
+    assert torch.equal(got[:, 300], after[:, 300].float())
+    assert torch.equal(got[1], after[1].float())
+    assert torch.equal(got[0, :300], before[0].float())
 
 
 def test_alpha_zero_and_minus_one_are_exact():

@@ -69,14 +69,14 @@ def test_summary_of_known_values():
     assert math.isclose(s.mean, 2.0 / 3)
 
 
-def test_canary_prompt_logprobs_patch_targets_this_vllm():
-    # Fails when vLLM's runner changes under the patch: then scoring would silently use the default alpha.
+def test_the_plugin_installs_the_prompt_logprobs_patch():
+    # Its target's canary is in tests/engine/test_patch_guard.py; without the patch scoring would
+    # silently use the default alpha.
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    from engine.vllm_patches import _prompt_logprobs_target, patch_prompt_logprobs_alpha
+    from engine import vllm_patches
 
-    assert _prompt_logprobs_target() is not None or GPUModelRunner._get_prompt_logprobs_dict._lda_patched
-    assert patch_prompt_logprobs_alpha() is True
+    vllm_patches.install()
     assert GPUModelRunner._get_prompt_logprobs_dict._lda_patched
 
 
