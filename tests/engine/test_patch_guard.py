@@ -104,16 +104,18 @@ def test_cpu_patches_install_only_on_cpu(monkeypatch):
     monkeypatch.setattr(vllm_patches, "install_guarded", lambda name, *_: calls.append(name))
     monkeypatch.setattr(vllm_patches, "_on_cpu", lambda: False)
     vllm_patches.install()
-    assert calls == []
+    assert calls == ["prompt_logprobs_alpha"]  # scoring needs it on every device
+    calls.clear()
     monkeypatch.setattr(vllm_patches, "_on_cpu", lambda: True)
     vllm_patches.install()
-    assert calls == ["cpu_seeded_chunked_prefill", "cpu_attention_isa"]
+    assert calls == ["prompt_logprobs_alpha", "cpu_seeded_chunked_prefill", "cpu_attention_isa"]
 
 
 def test_installed_patches_keep_their_targets_signatures():
     """Installing twice (vLLM loads plugins more than once per process) finds the targets as expected."""
     vllm_patches.install()
-    for target in vllm_patches.SEEDED_PREFILL_TARGETS + vllm_patches.ATTENTION_ISA_TARGETS:
+    targets = vllm_patches.SEEDED_PREFILL_TARGETS + vllm_patches.ATTENTION_ISA_TARGETS + vllm_patches.PROMPT_LOGPROBS_TARGETS
+    for target in targets:
         assert mismatch((target,)) is None, target.name
 
 
