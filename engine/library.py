@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from engine.alpha import validate_alpha
-from engine.config import AlphaConfig, EngineOptions, LDAConfig, PairConfig, engine_kwargs, prepare_process
+from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair, engine_kwargs, prepare_process
+from engine.lora import lora_requests
 from engine.tokenizers import CompatibilityReport, check_pair
 
 AFTER_ALPHA, BEFORE_ALPHA = 0.0, -1.0
@@ -30,6 +31,8 @@ class LDAResult:
     token_ids: list[int]
     cached_tokens: int = 0
     """Prompt tokens served from the prefix cache."""
+    model: str | None = None
+    """The LoRA adapter that was the after model, when the pair serves adapters."""
 
 
 @dataclass(slots=True)
@@ -81,25 +84,33 @@ class LDAModelPair:
     `engine_options` are `EngineOptions` fields (vLLM's names): device, dtype, max_model_len,
     max_num_seqs, max_num_batched_tokens, enable_prefix_caching, kv_cache_memory_gb,
     gpu_memory_utilization, tensor_parallel_size, enforce_eager, seed.
+
+    `model_after_id` may be a PEFT LoRA adapter; `model_before_id` then defaults to its base.
+    `adapters` adds more adapters on the same base as (name, path) pairs; `generate_lda(model=...)`
+    picks one per prompt (default: the first).
     """
 
     def __init__(
         self,
-        model_after_id: str,
-        model_before_id: str,
+        model_after_id: str | None,
+        model_before_id: str | None = None,
         *,
+        adapters: Sequence[tuple[str, str]] = (),
+        max_lora_rank: int | None = None,
         default_alpha: float = 1.0,
         max_alpha: float = 100.0,
         strict_tokenizers: bool = False,
         **engine_options,
     ) -> None:
         self.config = LDAConfig(
-            PairConfig(model_after_id, model_before_id),
+            adapter_pair(model_after_id, model_before_id, list(adapters), max_lora_rank),
             AlphaConfig(default_alpha, max_alpha),
             _engine_options(engine_options),
         )
+        pair = self.config.pair
+        self._lora = lora_requests(pair.adapters)
         # Before the engine starts: a mismatch found after a minute of loading wastes that minute.
-        self._compatibility = check_pair(model_after_id, model_before_id, strict=strict_tokenizers)
+        self._compatibility = check_pair(pair.after, pair.before, strict=strict_tokenizers)
         prepare_process(self.config)
         from vllm import LLM
 
@@ -120,7 +131,25 @@ class LDAModelPair:
 
     @property
     def model_after_id(self) -> str:
-        return self.config.pair.after
+        """The after model: its checkpoint, or the default adapter's folder."""
+        pair = self.config.pair
+        return pair.adapters[0].path if pair.adapters else pair.after
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self._lora)
+
+    def _lora_requests(self, model, n: int) -> list:
+        """One LoRARequest per prompt: every row carries an adapter (see engine/lora.py)."""
+        if not self._lora:
+            if model is not None:
+                raise ValueError("model= picks a LoRA adapter, but this pair serves none")
+            return [None] * n
+        names = _as_list(model if model is not None else self.adapter_names[0], n, "model")
+        unknown = sorted({m for m in names if m not in self._lora})
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; this pair serves {self.adapter_names}")
+        return [self._lora[m] for m in names]
 
     @property
     def model_before_id(self) -> str:
@@ -145,8 +174,11 @@ class LDAModelPair:
         apply_chat_template: bool = True,
         system_prompt: str | None = None,
         ignore_eos: bool = False,
+        model: str | Sequence[str] | None = None,
     ) -> LDAResult | list[LDAResult]:
         """Sample with LDA. A list of prompts returns a list of results, decoded as one batch.
+
+        `model` names the LoRA adapter (one, or one per prompt) when the pair serves adapters.
 
         `alpha` may be one value or one per prompt (default: the engine's default alpha).
         `seed` makes sampling reproducible; prompt i of a list uses seed + i, so repeated prompts
@@ -158,9 +190,10 @@ class LDAModelPair:
             raise ValueError("prompt must be a string or a non-empty list of strings")
         alphas = _as_list(self.config.alpha.default_alpha if alpha is None else alpha, len(prompts), "alpha")
         alphas = [validate_alpha(a, self.config.alpha.max_alpha) for a in alphas]
+        loras = self._lora_requests(model, len(prompts))
         results = self._run(
             prompts, alphas, max_new_tokens, temperature, top_p, top_k, seed, stop,
-            apply_chat_template, system_prompt, ignore_eos,
+            apply_chat_template, system_prompt, ignore_eos, loras,
         )
         return results[0] if single else results
 
@@ -173,7 +206,7 @@ class LDAModelPair:
         return GenerateResult(prompt, as_completion(after, self.model_after_id), as_completion(before, self.model_before_id))
 
     def _run(self, prompts, alphas, max_new_tokens, temperature, top_p, top_k, seed, stop,
-             apply_chat_template, system_prompt, ignore_eos) -> list[LDAResult]:
+             apply_chat_template, system_prompt, ignore_eos, loras) -> list[LDAResult]:
         from vllm import SamplingParams
 
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -192,9 +225,9 @@ class LDAModelPair:
             )
             for i, a in enumerate(alphas)
         ]
-        outputs = self.llm.generate(formatted, params, use_tqdm=len(prompts) > 1)
+        outputs = self.llm.generate(formatted, params, use_tqdm=len(prompts) > 1, lora_request=loras)
         results = []
-        for prompt, text, alpha, out in zip(prompts, formatted, alphas, outputs):
+        for prompt, text, alpha, out, lora in zip(prompts, formatted, alphas, outputs, loras):
             completion = out.outputs[0]
             results.append(
                 LDAResult(
@@ -207,6 +240,7 @@ class LDAModelPair:
                     alpha=alpha,
                     token_ids=list(completion.token_ids),
                     cached_tokens=out.num_cached_tokens or 0,
+                    model=lora.lora_name if lora is not None else None,
                 )
             )
         return results
