@@ -15,6 +15,7 @@ from engine.alpha import ALPHA_KEY, AlphaError, validate_alpha
 from engine.config import AlphaConfig
 
 from api import metrics
+from api.adapter_routing import AdapterRouting
 
 OPENAI_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
 SEED_PATHS = {"/generate_lda": "generate_lda", "/generate": "generate", "/tokenizer_compatibility": "tokenizer_compatibility"}
@@ -152,9 +153,10 @@ class _ResponseRewriter:
 
 
 class AlphaMiddleware:
-    def __init__(self, app, policy: AlphaConfig):
+    def __init__(self, app, policy: AlphaConfig, adapters: AdapterRouting | None = None):
         self.app = app
         self.policy = policy
+        self.adapters = adapters
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path") if scope["type"] == "http" else None
@@ -192,6 +194,9 @@ class AlphaMiddleware:
                 param = "vllm_xargs.alpha" if ALPHA_KEY not in payload else "alpha"
                 metrics.record_request(endpoint, 400)
                 return await _send_json(send, 400, openai_error(str(error), param))
+            if self.adapters is not None and (missing := self.adapters.route(payload)) is not None:
+                metrics.record_request(endpoint, 404)
+                return await _send_json(send, 404, missing)
             payload.pop(ALPHA_KEY, None)
             payload["vllm_xargs"] = {**(payload.get("vllm_xargs") or {}), ALPHA_KEY: alpha}
             body = json.dumps(payload).encode()

@@ -33,6 +33,7 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Makes sampling reproducible")
     apply_chat_template: bool = True
     system_prompt: str | None = None
+    model: str | None = Field(None, description="The LoRA adapter to run as the after model (default: the first)")
 
 
 class LDAGenerateRequest(GenerateRequest):
@@ -71,6 +72,8 @@ class LDAGenerateResponse(BaseModel):
     stopped_early: bool
     finish_reason: str
     token_ids: list[int]
+    model: str | None = None
+    """The LoRA adapter that was the after model, when the server serves adapters."""
 
 
 def _format(tokenizer, req: GenerateRequest) -> str:
@@ -92,13 +95,34 @@ def _params(req: GenerateRequest, alpha: float) -> SamplingParams:
     )
 
 
-async def _complete(request: Request, prompt: str, params: SamplingParams):
+def _adapter(request: Request, model: str | None):
+    """The adapter's name and LoRARequest a request runs (None, None without adapters): the same
+    LoRARequest vLLM's OpenAI server made for that name, so both share loaded weights and cache."""
+    routing = request.app.state.lda.adapters
+    if routing is None:
+        if model is not None:
+            raise HTTPException(status_code=404, detail=f"model {model!r}: this server serves no LoRA adapters")
+        return None, None
+    try:
+        name = routing.resolve(model)
+    except LookupError as error:
+        raise HTTPException(status_code=404, detail=str(error)) from error
+    return name, request.app.state.openai_serving_models.lora_requests[name]
+
+
+def _after_id(info, name: str | None) -> str:
+    if name is None:
+        return info.config.pair.after
+    return next(a.path for a in info.config.pair.adapters if a.name == name)
+
+
+async def _complete(request: Request, prompt: str, params: SamplingParams, lora_request=None):
     """Run one request to completion; abort it if the client goes away."""
     engine = request.app.state.engine_client
     request_id = f"lda-{uuid.uuid4().hex}"
     final = None
     try:
-        async for output in engine.generate(prompt, params, request_id):
+        async for output in engine.generate(prompt, params, request_id, lora_request=lora_request):
             final = output
     except asyncio.CancelledError:
         await engine.abort(request_id)
@@ -128,9 +152,10 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
         alpha = info.config.alpha.default_alpha if req.alpha is None else validate_alpha(req.alpha, info.config.alpha.max_alpha)
     except AlphaError as error:
         raise HTTPException(status_code=400, detail=str(error)) from error
+    adapter, lora = _adapter(request, req.model)
     formatted = _format(info.tokenizer, req)
     _check_length(request, formatted, req.max_new_tokens)
-    out = await _complete(request, formatted, _params(req, alpha))
+    out = await _complete(request, formatted, _params(req, alpha), lora)
     metrics.record_generation(alpha, len(out.token_ids))
     return LDAGenerateResponse(
         prompt=req.prompt,
@@ -138,12 +163,13 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
         completion=out.text,
         text=formatted + out.text,
         alpha=alpha,
-        model_after=info.config.pair.after,
+        model_after=_after_id(info, adapter),
         model_before=info.config.pair.before,
         tokens_generated=len(out.token_ids),
         stopped_early=out.finish_reason == "stop",
         finish_reason=out.finish_reason or "length",
         token_ids=list(out.token_ids),
+        model=adapter,
     )
 
 
@@ -152,16 +178,17 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
 async def generate(req: GenerateRequest, raw_request: Request) -> GenerateResponse:
     request = raw_request
     info = request.app.state.lda
+    adapter, lora = _adapter(request, req.model)
     formatted = _format(info.tokenizer, req)
     _check_length(request, formatted, req.max_new_tokens)
     after, before = await asyncio.gather(
-        _complete(request, formatted, _params(req, 0.0)), _complete(request, formatted, _params(req, -1.0))
+        _complete(request, formatted, _params(req, 0.0), lora), _complete(request, formatted, _params(req, -1.0), lora)
     )
     metrics.record_generation(0.0, len(after.token_ids))
     metrics.record_generation(-1.0, len(before.token_ids))
     return GenerateResponse(
         prompt=req.prompt,
-        model_1=ModelResponse(model_id=info.config.pair.after, completion=after.text, text=formatted + after.text),
+        model_1=ModelResponse(model_id=_after_id(info, adapter), completion=after.text, text=formatted + after.text),
         model_2=ModelResponse(model_id=info.config.pair.before, completion=before.text, text=formatted + before.text),
     )
 

@@ -14,6 +14,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from api.adapter_routing import AdapterRouting
 from api.settings import ServerSettings, parse_settings
 from engine.config import LDAConfig, engine_kwargs, prepare_process
 from engine.tokenizers import CompatibilityReport, ModelLoadError, TokenizerMismatchError, check_pair
@@ -29,6 +30,8 @@ class PairState:
     compatibility: CompatibilityReport
     tokenizer: object
     max_model_len: int
+    adapters: AdapterRouting | None = None
+    """Set when the after model is LoRA adapters: which one a request's `model` picks."""
 
 
 def vllm_namespace(settings: ServerSettings):
@@ -42,6 +45,10 @@ def vllm_namespace(settings: ServerSettings):
         setattr(args, key, value)
     name = settings.config.engine.served_model_name
     args.served_model_name = [name] if name else None  # vLLM's server takes a list
+    if settings.config.pair.adapters:
+        from vllm.entrypoints.openai.models.protocol import LoRAModulePath
+
+        args.lora_modules = [LoRAModulePath(a.name, a.path) for a in settings.config.pair.adapters]
     args.host, args.port = settings.host, settings.port
     validate_parsed_serve_args(args)
     return args
@@ -55,13 +62,23 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     # vLLM's build_app already built the middleware stack; Starlette rebuilds it on first use
     # when it is None, so clear it to add ours (outermost: it sees every request first).
     app.middleware_stack = None
-    app.add_middleware(AlphaMiddleware, policy=settings.config.alpha)
+    adapters = _routing(settings)
+    app.add_middleware(AlphaMiddleware, policy=settings.config.alpha, adapters=adapters)
     app.state.lda = PairState(
         config=settings.config,
         compatibility=report,
         tokenizer=engine_client.get_tokenizer(),
         max_model_len=engine_client.model_config.max_model_len,
+        adapters=adapters,
     )
+
+
+def _routing(settings: ServerSettings) -> AdapterRouting | None:
+    pair = settings.config.pair
+    if not pair.adapters:
+        return None
+    served = settings.config.engine.served_model_name or pair.after
+    return AdapterRouting(served, tuple(a.name for a in pair.adapters))
 
 
 async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
@@ -83,7 +100,7 @@ async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
         app = build_app(args, supported_tasks, engine_client.model_config)
         install(app, engine_client, settings, report)
         await init_app_state(engine_client, app.state, args, supported_tasks)
-        logger.info("LDA server on %s: after=%s before=%s", listen_address, settings.config.pair.after, settings.config.pair.before)
+        logger.info("LDA server on %s: %s", listen_address, settings.config.pair.describe())
         shutdown_task = await serve_http(
             app,
             sock=sock,
@@ -106,6 +123,7 @@ def serve(settings: ServerSettings) -> None:
     """Check the pair's tokenizers, then start the engine and serve until SIGTERM or Ctrl-C."""
     import uvloop
 
+    logger.info("pair: %s", settings.config.pair.describe())
     report = check_pair(settings.config.pair.after, settings.config.pair.before)
     for warning in report.warnings:
         logger.warning("tokenizers: %s", warning)

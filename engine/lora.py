@@ -138,3 +138,19 @@ def resident_weight_bytes(model: nn.Module) -> int:
             seen.add(key)
             total += tensor.untyped_storage().nbytes()
     return total
+
+
+def stack_report(model: nn.Module) -> dict:
+    """What the pair model holds, for tests and the memory benchmark (run it in the worker with
+    `LLM.apply_model`): LoRA-wrapped layers per stack, modules the stacks share, weight bytes."""
+    from vllm.lora.layers import BaseLayerWithLoRA
+
+    wrapped = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, BaseLayerWithLoRA)]
+    after = {n: getattr(m, "base_layer", m) for n, m in model.after.named_modules(remove_duplicate=False)}
+    shared = [n for n, m in model.before.named_modules(remove_duplicate=False) if n and after.get(n) is m]
+    return {
+        "wrapped_after": [n for n in wrapped if n.startswith("after.")],
+        "wrapped_before": [n for n in wrapped if n.startswith("before.")],
+        "shared_modules": shared,
+        "resident_weight_bytes": resident_weight_bytes(model),
+    }
