@@ -142,12 +142,15 @@ def resident_weight_bytes(model: nn.Module) -> int:
 
 def stack_report(model: nn.Module) -> dict:
     """What the pair model holds, for tests and the memory benchmark (run it in the worker with
-    `LLM.apply_model`): LoRA-wrapped layers per stack, modules the stacks share, weight bytes."""
+    `LLM.apply_model`): LoRA-wrapped layers per stack, modules with weights the stacks share (vLLM
+    shares weightless rotary embeddings between any two stacks by itself), weight bytes."""
     from vllm.lora.layers import BaseLayerWithLoRA
 
     wrapped = [n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, BaseLayerWithLoRA)]
     after = {n: getattr(m, "base_layer", m) for n, m in model.after.named_modules(remove_duplicate=False)}
-    shared = [n for n, m in model.before.named_modules(remove_duplicate=False) if n and after.get(n) is m]
+    shared = [
+        n for n, m in model.before.named_modules(remove_duplicate=False) if n and after.get(n) is m and _owns_weights(m)
+    ]
     return {
         "wrapped_after": [n for n in wrapped if n.startswith("after.")],
         "wrapped_before": [n for n in wrapped if n.startswith("before.")],
