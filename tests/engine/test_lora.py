@@ -121,8 +121,8 @@ def test_alpha_zero_is_the_merged_adapter_model(pair, lora_models):
 def test_base_weights_held_once_and_lora_only_on_the_after_stack(pair, lora_models):
     (report,) = pair.llm.apply_model(stack_report)
     assert report["wrapped_before"] == []
-    # qkv, o, gate_up, down in each of 2 layers, plus the embedding and the lm_head vLLM wraps too.
-    assert len(report["wrapped_after"]) == 10
+    # qkv, o, gate_up, down in each of 2 layers: only what the adapters target (engine.config.lora_targets).
+    assert len(report["wrapped_after"]) == 8
     assert "model.layers.0.self_attn.qkv_proj" in report["shared_modules"]
     assert "model.embed_tokens" in report["shared_modules"] and "lm_head" in report["shared_modules"]
     # Both stacks together hold the base once (plus the LoRA slots), not twice.

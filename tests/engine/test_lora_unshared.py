@@ -47,7 +47,7 @@ def test_nothing_shared_and_no_lora_on_the_before_stack(pair):
     assert not pair.config.pair.shares_base
     (report,) = pair.llm.apply_model(stack_report)
     assert report["wrapped_before"] == [] and report["shared_modules"] == []
-    assert len(report["wrapped_after"]) == 10
+    assert len(report["wrapped_after"]) == 8
 
 
 def test_two_adapters_mixed_alphas_against_another_before_model(pair, models):
