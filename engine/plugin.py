@@ -17,6 +17,10 @@ def register() -> None:
     patch_cpu_seeded_chunked_prefill()
     patch_cpu_attention_isa()
 
+    from engine.lora_cpu_ops import patch_cpu_lora_ops
+
+    patch_cpu_lora_ops()
+
     from engine.env import step_timing_dir
 
     if (folder := step_timing_dir()) is not None:

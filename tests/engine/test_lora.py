@@ -142,6 +142,20 @@ def test_prefix_cache_is_never_shared_between_adapters(pair, references):
     assert again.token_ids == first.token_ids
 
 
+def test_a_row_without_an_adapter_runs_the_base(pair, lora_models, references):
+    """A request sent straight to the engine without a LoRARequest, batched with one that has the
+    last slot's adapter: its after stack must be the base (engine/lora_cpu_ops.py on CPU)."""
+    from vllm import SamplingParams
+
+    base = ReferencePair(str(lora_models["base"]), str(lora_models["base"]))
+    prompts = PROMPTS[:2]
+    params = SamplingParams(temperature=0, max_tokens=MAX_NEW, extra_args={"alpha": 0.0})
+    outs = pair.llm.generate(prompts, [params] * 2, lora_request=[pair._lora["large"], None], use_tqdm=False)
+    ids = [pair.tokenizer(p).input_ids for p in prompts]
+    assert list(outs[0].outputs[0].token_ids) == references["large"].generate(ids[0], 0.0, MAX_NEW).token_ids
+    assert list(outs[1].outputs[0].token_ids) == base.generate(ids[1], 0.0, MAX_NEW).token_ids
+
+
 def test_unknown_adapter_is_refused(pair):
     with pytest.raises(ValueError, match=r"unknown adapter\(s\) \['nope'\]; this pair serves \['small', 'large'\]"):
         pair.generate_lda("hi", model="nope", max_new_tokens=2)
