@@ -227,9 +227,8 @@ def lora_targets(adapters: tuple[AdapterSpec, ...]) -> list[str] | None:
     """The modules vLLM should give LoRA layers: those the adapters target, when all name modules.
 
     Left to vLLM, every linear layer, the embedding and the lm_head get one, and each costs a
-    LoRA pass per step even where no adapter has weights; the lm_head's spans the vocabulary
-    (on CPU, adding it and the embedding's cut decode speed about fivefold). None (no
-    restriction) when an adapter targets by pattern ("all-linear", a regex).
+    LoRA pass per step even where no adapter has weights; the lm_head's spans the vocabulary.
+    None (no restriction) when an adapter targets by pattern ("all-linear", a regex).
     """
     names = {t for a in adapters for t in a.target_modules}
     if not names or not all(t.isidentifier() for t in names):

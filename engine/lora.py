@@ -26,9 +26,11 @@ vLLM's manager then finds each shared layer twice; it wraps it under its `after.
 the `before.` alias at the same wrapper, which `confine_to_after` undoes.
 
 vLLM 0.32's CPU LoRA ops index the adapter slot with -1 for rows without an adapter and so pick
-the last slot's weights. Every row that reaches the after stack therefore carries an adapter:
-the library, the original routes and the OpenAI middleware attach the default adapter to any
-request that names none (`lora_request_for`). Rows of the before stack never carry one.
+the last slot's weights. Two guards: every row that reaches the after stack carries an adapter
+(the library, the original routes and the OpenAI middleware attach the default adapter to any
+request that names none), and on CPU the plugin swaps those ops for ones grouped by adapter
+(`engine/lora_cpu_ops.py`), which leave rows at -1 alone, as the GPU kernels do, and are much
+faster; a test sends a request without an adapter and gets the base.
 
 Prefix caching: vLLM adds the LoRA name to each block's hash, so neither stack's KV is shared
 between requests of different adapters (the before stack's could be, but one block table holds
