@@ -49,7 +49,7 @@ def _tokens_per_s(pair, concurrency: int) -> float:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lora_cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rank", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[16, 64], help="none: weights only")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -60,18 +60,21 @@ def main(argv: list[str]) -> int:
     from engine.lora import stack_report
 
     base, adapter, merged = build_adapter_and_merged(args.rank, default_cache_dir())
-    engine = dict(kv_cache_memory_gb=1.0, max_num_seqs=max(args.concurrency), max_model_len=512)
+    engine = dict(kv_cache_memory_gb=1.0, max_num_seqs=max(args.concurrency, default=16), max_model_len=512)
     pairs = {
         "adapter": LDAModelPair(str(adapter), **engine),
         "merged": LDAModelPair(str(merged), str(base), **engine),
     }
-    report: dict = {"rank": args.rank, "output_len": OUTPUT_LEN, "rounds": args.rounds}
+    report: dict = {"rank": args.rank}
+    if args.concurrency:
+        report.update(output_len=OUTPUT_LEN, rounds=args.rounds)
     for name, pair in pairs.items():
         (stacks,) = pair.llm.apply_model(stack_report)
         report[f"{name}_weight_bytes"] = stacks["resident_weight_bytes"]
+        report[f"{name}_lora_slot_bytes"] = stacks["lora_slot_bytes"]
     report["adapter_file_bytes"] = sum(f.stat().st_size for f in adapter.glob("*.safetensors"))
     report["weight_ratio"] = report["adapter_weight_bytes"] / report["merged_weight_bytes"]
-    for pair in pairs.values():
+    for pair in pairs.values() if args.concurrency else ():
         _tokens_per_s(pair, 4)  # warm-up
     for c in args.concurrency:
         rates = {name: [] for name in pairs}
@@ -90,6 +93,8 @@ def main(argv: list[str]) -> int:
               f"[{min(ratios):.2f}, {max(ratios):.2f}]", flush=True)
     print(json.dumps(report, indent=1))
     if args.output:
+        if args.output.exists():  # keep what an earlier run measured (e.g. the speeds) unless remeasured
+            report = {**json.loads(args.output.read_text()), **report}
         args.output.write_text(json.dumps(report, indent=1))
     for pair in pairs.values():
         pair.close()

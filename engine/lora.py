@@ -128,17 +128,41 @@ def lora_requests(adapters: tuple[AdapterSpec, ...]) -> dict[str, object]:
     return {a.name: LoRARequest(a.name, i + 1, a.path) for i, a in enumerate(adapters)}
 
 
+def _packed_bytes(module: nn.Module, tensor) -> int:
+    """Bytes of a linear layer's weight that vLLM's CPU GEMM dispatch moved into a packed copy
+    (it then leaves an empty `weight`): the copy has the weight's logical size."""
+    sizes = getattr(module, "input_size_per_partition", None), getattr(module, "output_size_per_partition", None)
+    if tensor.numel() == 0 and None not in sizes and hasattr(module, "cpu_linear"):
+        return sizes[0] * sizes[1] * tensor.element_size()
+    return 0
+
+
 def resident_weight_bytes(model: nn.Module) -> int:
-    """Bytes of distinct parameter storage held by `model` (shared tensors counted once)."""
+    """Bytes of weights `model` holds: distinct parameter and buffer storage (shared tensors
+    counted once), plus the packed copies of linear weights on CPU, once per distinct layer."""
     seen: set[int] = set()
     total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.is_meta:
-            continue
-        key = tensor.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            total += tensor.untyped_storage().nbytes()
+    for module in model.modules():  # each distinct module once
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if tensor.is_meta:
+                continue
+            total += _packed_bytes(module, tensor)
+            key = tensor.untyped_storage().data_ptr()
+            if tensor.numel() and key not in seen:
+                seen.add(key)
+                total += tensor.untyped_storage().nbytes()
+    return total
+
+
+def lora_slot_bytes(model: nn.Module) -> int:
+    """Bytes of the LoRA weight slots vLLM allocated (`max_loras` x `max_lora_rank` per layer)."""
+    from vllm.lora.layers import BaseLayerWithLoRA
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, BaseLayerWithLoRA):
+            for name in ("lora_a_stacked", "lora_b_stacked"):
+                total += sum(t.numel() * t.element_size() for t in getattr(module, name, ()) if t is not None)
     return total
 
 
@@ -158,4 +182,5 @@ def stack_report(model: nn.Module) -> dict:
         "wrapped_before": [n for n in wrapped if n.startswith("before.")],
         "shared_modules": shared,
         "resident_weight_bytes": resident_weight_bytes(model),
+        "lora_slot_bytes": lora_slot_bytes(model),
     }
