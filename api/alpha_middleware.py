@@ -19,6 +19,7 @@ from engine.config import AlphaConfig
 from api import metrics
 from api.access import OPENAI_PATHS, ORIGINAL_PATHS, replay_body
 from api.settings import LIMIT_ENV, RequestLimits
+from api.adapter_routing import AdapterRouting
 
 ALPHA_HEADER = b"x-lda-alpha"
 
@@ -165,10 +166,11 @@ class _ResponseRewriter:
 
 
 class AlphaMiddleware:
-    def __init__(self, app, policy: AlphaConfig, limits: RequestLimits | None = None):
+    def __init__(self, app, policy: AlphaConfig, limits: RequestLimits | None = None, adapters: AdapterRouting | None = None):
         self.app = app
         self.policy = policy
         self.limits = limits or RequestLimits()
+        self.adapters = adapters
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path") if scope["type"] == "http" else None
@@ -211,6 +213,9 @@ class AlphaMiddleware:
             except LimitError as error:
                 metrics.record_request(endpoint, 400)
                 return await _send_json(send, 400, openai_error(str(error), error.param))
+            if self.adapters is not None and (missing := self.adapters.route(payload)) is not None:
+                metrics.record_request(endpoint, 404)
+                return await _send_json(send, 404, missing)
             payload.pop(ALPHA_KEY, None)
             payload["vllm_xargs"] = {**(payload.get("vllm_xargs") or {}), ALPHA_KEY: alpha}
             body = json.dumps(payload).encode()

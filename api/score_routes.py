@@ -77,11 +77,11 @@ def build_input(info, req: ScoreRequest) -> ScoreInput:
     return item
 
 
-async def _run(engine, ids: list[int], alpha: float):
+async def _run(engine, ids: list[int], alpha: float, lora_request=None):
     request_id = f"lda-score-{uuid.uuid4().hex}"
     final = None
     try:
-        async for output in engine.generate({"prompt_token_ids": ids}, score_params(alpha), request_id):
+        async for output in engine.generate({"prompt_token_ids": ids}, score_params(alpha), request_id, lora_request=lora_request):
             final = output
     except asyncio.CancelledError:
         await engine.abort(request_id)
@@ -89,9 +89,10 @@ async def _run(engine, ids: list[int], alpha: float):
     return final
 
 
-async def score_item(engine, tokenizer, item: ScoreInput) -> dict:
-    """Score one validated item on the engine; the dict of engine.scoring.result_dict."""
-    outputs = await asyncio.gather(*(_run(engine, ids, alpha) for ids, alpha in requests_for(item)))
+async def score_item(engine, tokenizer, item: ScoreInput, lora_request=None) -> dict:
+    """Score one validated item on the engine (under `lora_request`, the adapter that is the after
+    model, if the server serves adapters); the dict of engine.scoring.result_dict."""
+    outputs = await asyncio.gather(*(_run(engine, ids, alpha, lora_request) for ids, alpha in requests_for(item)))
     return result_dict(assemble(item, outputs, lambda t: tokenizer.decode([t])))
 
 
@@ -112,7 +113,20 @@ async def score(raw_request: Request):
     except ScoringError as error:
         return _error(str(error), str(error).split(":", 1)[0])
     try:
-        body = await score_item(raw_request.app.state.engine_client, info.tokenizer, item)
+        lora = adapter_request(raw_request, req.model)
+    except LookupError as error:
+        return _error(str(error), "model", 404)
+    try:
+        body = await score_item(raw_request.app.state.engine_client, info.tokenizer, item, lora)
     except (ValueError, VLLMValidationError) as error:
         return _error(str(error), None)
     return {"object": "lda.score", "model": req.model, **body}
+
+
+def adapter_request(request: Request, model: str | None):
+    """The LoRARequest the after model runs for `model` (None when the server serves no adapters);
+    LookupError, listing the names served, for an unknown one."""
+    routing = request.app.state.lda.adapters
+    if routing is None:
+        return None
+    return request.app.state.openai_serving_models.lora_requests[routing.resolve(model)]

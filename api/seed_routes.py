@@ -43,6 +43,7 @@ class SamplingFields(BaseModel):
     apply_chat_template: bool = Field(True, description="False sends the prompt as it is, whatever the format")
     system_prompt: str | None = None
     prompt_format: PromptFormat | None = Field(None, description="chat, alpaca or raw; default: the server's")
+    model: str | None = Field(None, description="The LoRA adapter to run as the after model (default: the first)")
 
 
 class AlphaField(BaseModel):
@@ -97,6 +98,8 @@ class Completion(BaseModel):
     finish_reason: str
     token_ids: list[int]
     lda_token_scores: dict | None = None
+    model: str | None = None
+    """The LoRA adapter that was the after model, when the server serves adapters."""
 
 
 class LDAGenerateResponse(Completion):
@@ -179,13 +182,36 @@ def _params(req: SamplingFields, max_new_tokens: int, alpha: float, seed: int | 
     )
 
 
-async def _complete(request: Request, prepared: Prepared, params: SamplingParams):
+def _adapter(request: Request, model: str | None):
+    """The adapter's name and LoRARequest a request runs (None, None without adapters): the same
+    LoRARequest vLLM's OpenAI server made for that name, so both share loaded weights and cache."""
+    routing = request.app.state.lda.adapters
+    if routing is None:
+        if model is not None:
+            raise HTTPException(status_code=404, detail=f"model {model!r}: this server serves no LoRA adapters")
+        return None, None
+    try:
+        name = routing.resolve(model)
+    except LookupError as error:
+        raise HTTPException(status_code=404, detail=str(error)) from error
+    return name, request.app.state.openai_serving_models.lora_requests[name]
+
+
+def _after_id(info, name: str | None) -> str:
+    if name is None:
+        return info.config.pair.after
+    return next(a.path for a in info.config.pair.adapters if a.name == name)
+
+
+async def _complete(request: Request, prepared: Prepared, params: SamplingParams, lora_request=None):
     """Run one request to completion; abort it if the client goes away."""
     engine = request.app.state.engine_client
     request_id = f"lda-{uuid.uuid4().hex}"
     final = None
     try:
-        async for output in engine.generate(TokensPrompt(prompt_token_ids=prepared.token_ids), params, request_id):
+        async for output in engine.generate(
+            TokensPrompt(prompt_token_ids=prepared.token_ids), params, request_id, lora_request=lora_request
+        ):
             final = output
     except asyncio.CancelledError:
         await engine.abort(request_id)
@@ -195,9 +221,9 @@ async def _complete(request: Request, prepared: Prepared, params: SamplingParams
     return final.outputs[0]
 
 
-async def _complete_all(request: Request, prepared: list[Prepared], params: list[SamplingParams]):
+async def _complete_all(request: Request, prepared: list[Prepared], params: list[SamplingParams], lora_request=None):
     """All requests at once, so the engine batches them; if one fails, the others are aborted."""
-    tasks = [asyncio.ensure_future(_complete(request, p, sp)) for p, sp in zip(prepared, params)]
+    tasks = [asyncio.ensure_future(_complete(request, p, sp, lora_request)) for p, sp in zip(prepared, params)]
     try:
         return await asyncio.gather(*tasks)
     except BaseException:
@@ -207,7 +233,7 @@ async def _complete_all(request: Request, prepared: list[Prepared], params: list
         raise
 
 
-def _completion(prepared: Prepared, out, scores: dict | None = None) -> Completion:
+def _completion(prepared: Prepared, out, scores: dict | None = None, adapter: str | None = None) -> Completion:
     return Completion(
         prompt=prepared.prompt,
         formatted_prompt=prepared.formatted.text,
@@ -218,6 +244,7 @@ def _completion(prepared: Prepared, out, scores: dict | None = None) -> Completi
         finish_reason=out.finish_reason or "length",
         token_ids=list(out.token_ids),
         lda_token_scores=scores,
+        model=adapter,
     )
 
 
@@ -226,14 +253,15 @@ def _completion(prepared: Prepared, out, scores: dict | None = None) -> Completi
 async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGenerateResponse:
     info = raw_request.app.state.lda
     alpha = _alpha(info, req)
+    adapter, lora = _adapter(raw_request, req.model)
     [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, req.max_new_tokens)
-    out = await _complete(raw_request, prepared, _params(req, req.max_new_tokens, alpha, req.seed))
+    out = await _complete(raw_request, prepared, _params(req, req.max_new_tokens, alpha, req.seed), lora)
     metrics.record_generation(alpha, len(out.token_ids))
-    scores = await _token_scores(raw_request, prepared, out.token_ids, alpha) if req.lda_token_scores else None
+    scores = await _token_scores(raw_request, prepared, out.token_ids, alpha, lora) if req.lda_token_scores else None
     return LDAGenerateResponse(
-        **_completion(prepared, out, scores).model_dump(),
+        **_completion(prepared, out, scores, adapter).model_dump(),
         alpha=alpha,
-        model_after=info.config.pair.after,
+        model_after=_after_id(info, adapter),
         model_before=info.config.pair.before,
     )
 
@@ -246,26 +274,29 @@ async def generate_lda_batch(req: LDABatchRequest, raw_request: Request) -> LDAB
     if len(req.prompts) > limit:
         raise _bad_request(f"prompts has {len(req.prompts)} items; the limit is {LIMIT_ENV['max_batch_prompts']}={limit}")
     alpha = _alpha(info, req)
+    adapter, lora = _adapter(raw_request, req.model)
     names = [f"prompts[{i}]" for i in range(len(req.prompts))]
     prepared = await _prepare_off_loop(info, names, req.prompts, req, req.max_new_tokens)
     # Prompt i gets seed + i, so repeated prompts give different samples (as LDAModelPair does).
     params = [_params(req, req.max_new_tokens, alpha, None if req.seed is None else req.seed + i) for i in range(len(prepared))]
-    outs = await _complete_all(raw_request, prepared, params)
+    outs = await _complete_all(raw_request, prepared, params, lora)
     for out in outs:
         metrics.record_generation(alpha, len(out.token_ids))
     scores = [None] * len(outs)
     if req.lda_token_scores:
-        scores = await asyncio.gather(*(_token_scores(raw_request, p, out.token_ids, alpha) for p, out in zip(prepared, outs)))
+        scores = await asyncio.gather(
+            *(_token_scores(raw_request, p, out.token_ids, alpha, lora) for p, out in zip(prepared, outs))
+        )
     return LDABatchResponse(
-        results=[_completion(p, out, score) for p, out, score in zip(prepared, outs, scores)],
+        results=[_completion(p, out, score, adapter) for p, out, score in zip(prepared, outs, scores)],
         alpha=alpha,
-        model_after=info.config.pair.after,
+        model_after=_after_id(info, adapter),
         model_before=info.config.pair.before,
         batch_size=len(prepared),
     )
 
 
-async def _token_scores(request: Request, prepared: Prepared, token_ids, alpha: float) -> dict | None:
+async def _token_scores(request: Request, prepared: Prepared, token_ids, alpha: float, lora_request=None) -> dict | None:
     """The scoring pass of api/token_scores.py for the generated tokens (None when there are none)."""
     from api.score_routes import score_item
     from engine.scoring import ScoreInput
@@ -273,22 +304,23 @@ async def _token_scores(request: Request, prepared: Prepared, token_ids, alpha: 
     if not token_ids:
         return None
     item = ScoreInput(list(prepared.token_ids), list(token_ids), alpha)
-    return await score_item(request.app.state.engine_client, request.app.state.lda.tokenizer, item)
+    return await score_item(request.app.state.engine_client, request.app.state.lda.tokenizer, item, lora_request)
 
 
 @router.post("/generate", response_model=GenerateResponse)
 @with_cancellation
 async def generate(req: GenerateRequest, raw_request: Request) -> GenerateResponse:
     info = raw_request.app.state.lda
+    adapter, lora = _adapter(raw_request, req.model)
     [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, req.max_new_tokens)
     params = [_params(req, req.max_new_tokens, alpha, req.seed) for alpha in (0.0, -1.0)]
-    after, before = await _complete_all(raw_request, [prepared, prepared], params)
+    after, before = await _complete_all(raw_request, [prepared, prepared], params, lora)
     metrics.record_generation(0.0, len(after.token_ids))
     metrics.record_generation(-1.0, len(before.token_ids))
     text = prepared.formatted.text
     return GenerateResponse(
         prompt=req.prompt,
-        model_1=ModelResponse(model_id=info.config.pair.after, completion=after.text, text=text + after.text),
+        model_1=ModelResponse(model_id=_after_id(info, adapter), completion=after.text, text=text + after.text),
         model_2=ModelResponse(model_id=info.config.pair.before, completion=before.text, text=text + before.text),
     )
 

@@ -17,6 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from api.adapter_routing import AdapterRouting
 from api.settings import RequestLimits, ServerSettings, parse_settings
 from engine.config import LDAConfig, engine_kwargs, prepare_process
 from engine.prompts import PromptFormat
@@ -42,6 +43,8 @@ class PairState:
     prompt_format: PromptFormat
     tokenize_pool: ThreadPoolExecutor
     """Where the original routes format and tokenize prompts, off the event loop."""
+    adapters: AdapterRouting | None = None
+    """Set when the after model is LoRA adapters: which one a request's `model` picks."""
 
 
 def vllm_namespace(settings: ServerSettings):
@@ -55,6 +58,10 @@ def vllm_namespace(settings: ServerSettings):
         setattr(args, key, value)
     name = settings.config.engine.served_model_name
     args.served_model_name = [name] if name else None  # vLLM's server takes a list
+    if settings.config.pair.adapters:
+        from vllm.entrypoints.openai.models.protocol import LoRAModulePath
+
+        args.lora_modules = [LoRAModulePath(a.name, a.path) for a in settings.config.pair.adapters]
     args.host, args.port = settings.host, settings.port
     args.api_key = None  # the key is ours (settings.access); vLLM's would guard /v1 only
     validate_parsed_serve_args(args)
@@ -132,11 +139,12 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     _original_error_format(app)
     app.include_router(score_router)
     drop_vllm_key_check(app)
+    adapters = _routing(settings)
     # The last added is outermost: the key check sees every request first, then the body limit,
     # then alpha, then the token scores (inside alpha, so they see its validated alpha in vllm_xargs).
     installed = add_outer_middlewares(app, [
         (TokenScoresMiddleware, dict(default_alpha=settings.config.alpha.default_alpha)),
-        (AlphaMiddleware, dict(policy=settings.config.alpha, limits=settings.limits)),
+        (AlphaMiddleware, dict(policy=settings.config.alpha, limits=settings.limits, adapters=adapters)),
         (BodyLimitMiddleware, dict(max_body_bytes=settings.limits.max_body_bytes)),
         (APIKeyMiddleware, dict(access=settings.access)),
     ])
@@ -151,7 +159,16 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
         limits=settings.limits,
         prompt_format=settings.prompt_format,
         tokenize_pool=ThreadPoolExecutor(max_workers=1, thread_name_prefix="lda-tokenize"),
+        adapters=adapters,
     )
+
+
+def _routing(settings: ServerSettings) -> AdapterRouting | None:
+    pair = settings.config.pair
+    if not pair.adapters:
+        return None
+    served = settings.config.engine.served_model_name or pair.after
+    return AdapterRouting(served, tuple(a.name for a in pair.adapters))
 
 
 async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
@@ -173,7 +190,7 @@ async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
         app = build_app(args, supported_tasks, engine_client.model_config)
         install(app, engine_client, settings, report)
         await init_app_state(engine_client, app.state, args, supported_tasks)
-        logger.info("LDA server on %s: after=%s before=%s", listen_address, settings.config.pair.after, settings.config.pair.before)
+        logger.info("LDA server on %s: %s", listen_address, settings.config.pair.describe())
         if settings.access.api_key is None:
             logger.info("no API key set (LDA_API_KEY): every route is open")
         shutdown_task = await serve_http(
@@ -198,6 +215,7 @@ def serve(settings: ServerSettings) -> None:
     """Check the pair's tokenizers, then start the engine and serve until SIGTERM or Ctrl-C."""
     import uvloop
 
+    logger.info("pair: %s", settings.config.pair.describe())
     report = check_pair(settings.config.pair.after, settings.config.pair.before)
     for warning in report.warnings:
         logger.warning("tokenizers: %s", warning)

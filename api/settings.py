@@ -10,13 +10,15 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-from engine.config import AlphaConfig, EngineOptions, LDAConfig, PairConfig
+from engine.adapters import parse_adapter_arg
+from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair
 from engine.prompts import PromptFormat
 
 # (flag, env var, type, default, help). Defaults of None mean "let vLLM or the pair decide".
 OPTIONS = [
-    ("--model-after", "MODEL_AFTER_ID", str, None, "post-trained model id or path (default: the demo pair)"),
-    ("--model-before", "MODEL_BEFORE_ID", str, None, "base model id or path (default: the demo pair)"),
+    ("--model-after", "MODEL_AFTER_ID", str, None, "post-trained model id or path, or a PEFT LoRA adapter (default: the demo pair)"),
+    ("--model-before", "MODEL_BEFORE_ID", str, None, "base model id or path (default: the demo pair, or the adapter's base)"),
+    ("--max-lora-rank", "LDA_MAX_LORA_RANK", int, None, "largest adapter rank to accept (default: the adapters' largest)"),
     ("--device", "DEVICE", str, "auto", "cpu, cuda or auto"),
     ("--host", "HOST", str, "127.0.0.1", "address to bind"),
     ("--port", "PORT", int, 8000, "port to bind"),
@@ -138,7 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(flag, type=kind, default=None, help=f"{help_} [env {env}, default {default}]")
     for flag, env, default, help_ in BOOL_OPTIONS:
         parser.add_argument(flag, action="store_true", default=None, help=f"{help_} [env {env}]")
+    parser.add_argument(
+        "--after-adapter", action="append", default=None, metavar="NAME=PATH",
+        help=f"a LoRA adapter served as an after model under NAME (repeatable; the OpenAI `model` field picks "
+        f"one) [env {ADAPTERS_ENV}, comma-separated]",
+    )
     return parser
+
+
+ADAPTERS_ENV = "LDA_AFTER_ADAPTERS"
+
+
+def _adapter_args(args) -> list[tuple[str, str]]:
+    given = args.after_adapter
+    if given is None:
+        given = [v for v in os.environ.get(ADAPTERS_ENV, "").split(",") if v.strip()]
+    return [parse_adapter_arg(v) for v in given]
 
 
 def _value(args, flag: str, env: str, kind, default):
@@ -203,14 +220,15 @@ def parse_settings(argv: list[str]) -> ServerSettings:
     limits = _limits(values)
     prompt_format = PromptFormat.parse(values["--prompt-format"], field="LDA_PROMPT_FORMAT (--prompt-format)")
     after, before = values["--model-after"], values["--model-before"]
-    if (after is None) != (before is None):
-        raise ValueError("give both MODEL_AFTER_ID and MODEL_BEFORE_ID (or --model-after and --model-before), or neither")
-    if after is None:
+    adapters = _adapter_args(args)
+    if after is None and before is None and not adapters:
         after, before = default_pair()
+    elif after is None and not adapters:
+        raise ValueError("give both MODEL_AFTER_ID and MODEL_BEFORE_ID (or --model-after and --model-before), or neither")
     enforce_eager = args.enforce_eager or _env_bool("ENFORCE_EAGER", None)
     no_prefix = args.no_prefix_caching or _env_bool("DISABLE_PREFIX_CACHING", False)
     config = LDAConfig(
-        pair=PairConfig(after, before),
+        pair=adapter_pair(after, before, adapters, values["--max-lora-rank"]),
         alpha=AlphaConfig(values["--default-alpha"], values["--max-alpha"]),
         engine=EngineOptions(
             device=values["--device"],

@@ -79,20 +79,22 @@ class TokenScoresMiddleware:
             return await captured.forward(send)
         response = json.loads(captured.body)
         alpha = float((payload.get("vllm_xargs") or {}).get("alpha", self.default_alpha))
-        await _attach(scope["app"], response, alpha, kept_ids)
+        await _attach(scope["app"], response, alpha, kept_ids, payload.get("model"))
         return await _send(send, 200, json.dumps(response).encode(), captured.headers)
 
 
-async def _attach(app, response: dict, alpha: float, kept_ids: bool) -> None:
+async def _attach(app, response: dict, alpha: float, kept_ids: bool, model: str | None) -> None:
     from api.score_routes import score_item
 
     engine, tokenizer = app.state.engine_client, app.state.lda.tokenizer
+    routing = app.state.lda.adapters  # the alpha middleware already pointed `model` at an adapter
+    lora = None if routing is None else app.state.openai_serving_models.lora_requests[routing.resolve(model)]
     shared_prompt = response.get("prompt_token_ids")  # chat: one prompt for all choices
     for choice in response.get("choices", []):
         prompt_ids = choice.get("prompt_token_ids") or shared_prompt or []
         token_ids = choice.get("token_ids") or []
         if token_ids and prompt_ids:
-            choice[FLAG] = await score_item(engine, tokenizer, ScoreInput(list(prompt_ids), list(token_ids), alpha))
+            choice[FLAG] = await score_item(engine, tokenizer, ScoreInput(list(prompt_ids), list(token_ids), alpha), lora)
         else:
             choice[FLAG] = None  # nothing generated
         if not kept_ids:

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.adapters import AdapterSpec, check_same_base, max_lora_rank, read_adapter, same_model
+
 PAIR_ARCHITECTURE = "LDAPairForCausalLM"
 # Keys this project adds to the after model's hf_config through `hf_overrides`; they survive into
 # `vllm_config.model_config.hf_config` in every engine process.
@@ -19,6 +21,7 @@ BEFORE_MODEL_KEY = "lda_before_model"
 AFTER_ARCHITECTURES_KEY = "lda_after_architectures"
 DEFAULT_ALPHA_KEY = "lda_default_alpha"
 MAX_ALPHA_KEY = "lda_max_alpha"
+SHARE_BASE_KEY = "lda_share_base"
 
 GIB = 1024**3
 
@@ -31,12 +34,70 @@ class PairConfig:
     """The post-trained model (A). Its tokenizer, chat template and generation config are used."""
     before: str
     """The base model (B)."""
+    adapters: tuple[AdapterSpec, ...] = ()
+    """LoRA adapters served as the after model, the first the default. `after` is then their base."""
+    max_lora_rank: int | None = None
+    """vLLM's `max_lora_rank` (set by `adapter_pair`); None without adapters."""
 
     def __post_init__(self) -> None:
         for name in ("after", "before"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} model must be a non-empty model id or path; got {value!r}")
+        names = [a.name for a in self.adapters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapter names must be unique; got {names}")
+
+    @property
+    def shares_base(self) -> bool:
+        """Whether the before stack runs the after stack's base weights (held once)."""
+        return bool(self.adapters) and same_model(self.after, self.before)
+
+    def describe(self) -> str:
+        """One line for the start-up log: which models, and whether the base weights are shared."""
+        if not self.adapters:
+            return f"after={self.after} before={self.before}"
+        names = ", ".join(f"{a.name} (rank {a.rank})" for a in self.adapters)
+        sharing = (
+            "the before stack shares the base weights (held once)"
+            if self.shares_base
+            else f"the before model is not the adapters' base, so nothing is shared (base {self.after})"
+        )
+        return f"after = LoRA adapters {names} on {self.after}; before={self.before}; {sharing}"
+
+
+def adapter_pair(
+    after: str | None,
+    before: str | None,
+    adapters: list[tuple[str, str]] | tuple = (),
+    configured_max_rank: int | None = None,
+) -> PairConfig:
+    """The pair for an after model that may be a PEFT adapter, and for extra `NAME=PATH` adapters.
+
+    An adapter as `after` becomes the first (default) adapter, named after its folder. The before
+    model defaults to the adapters' base. Raises ValueError (AdapterError) naming both models when
+    an adapter cannot run against the before model, or its rank exceeds `configured_max_rank`.
+    """
+    from engine.adapters import default_name, is_adapter
+
+    given = list(adapters)
+    if after is not None and is_adapter(after):
+        given.insert(0, (default_name(after), after))
+        after = None
+    if not given:
+        if after is None or before is None:
+            raise ValueError("give both the after and the before model (MODEL_AFTER_ID and MODEL_BEFORE_ID)")
+        return PairConfig(after, before)
+    specs = tuple(read_adapter(name, path) for name, path in given)
+    base = specs[0].base
+    if after is not None and not same_model(after, base):
+        raise ValueError(
+            f"the after model {after!r} is a full model, but adapters were given too; adapters apply to "
+            f"their base {base!r}: give them alone"
+        )
+    before = before or base
+    check_same_base(specs, before)
+    return PairConfig(base, before, specs, max_lora_rank(specs, configured_max_rank))
 
 
 @dataclass(slots=True)
@@ -189,9 +250,23 @@ def hf_overrides(config: LDAConfig) -> dict[str, Any]:
         "architectures": [PAIR_ARCHITECTURE],
         AFTER_ARCHITECTURES_KEY: _architectures(config.pair.after),
         BEFORE_MODEL_KEY: config.pair.before,
+        SHARE_BASE_KEY: config.pair.shares_base,
         DEFAULT_ALPHA_KEY: config.alpha.default_alpha,
         MAX_ALPHA_KEY: config.alpha.max_alpha,
     }
+
+
+def lora_targets(adapters: tuple[AdapterSpec, ...]) -> list[str] | None:
+    """The modules vLLM should give LoRA layers: those the adapters target, when all name modules.
+
+    Left to vLLM, every linear layer, the embedding and the lm_head get one, and each costs a
+    LoRA pass per step even where no adapter has weights; the lm_head's spans the vocabulary.
+    None (no restriction) when an adapter targets by pattern ("all-linear", a regex).
+    """
+    names = {t for a in adapters for t in a.target_modules}
+    if not names or not all(t.isidentifier() for t in names):
+        return None
+    return sorted(names)
 
 
 def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, Any]:
@@ -212,6 +287,12 @@ def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, 
         # Stats feed /metrics and per-request prefix-cache counts; the cost is negligible.
         disable_log_stats=False,
     )
+    if config.pair.adapters:
+        n = len(config.pair.adapters)
+        # Every adapter keeps a slot, so any mix of adapters fits one batch.
+        kwargs.update(enable_lora=True, max_loras=n, max_cpu_loras=n, max_lora_rank=config.pair.max_lora_rank)
+        if (targets := lora_targets(config.pair.adapters)) is not None:
+            kwargs["lora_target_modules"] = targets
     if opts.max_model_len is not None:
         kwargs["max_model_len"] = opts.max_model_len
     if opts.max_num_batched_tokens is not None:

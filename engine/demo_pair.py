@@ -54,11 +54,16 @@ class TrainConfig:
     answer_tokens: int = 32
     """Answer tokens trained per example; the behaviour is decided in the first sentence."""
     seed: int = 0
+    lora_rank: int = 0
+    """0: a full fine-tune. Above 0: a PEFT LoRA adapter of this rank on the attention and MLP
+    projections instead, served as `MODEL_AFTER_ID=<adapter>` with the base weights held once."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "answer_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank: must be >= 0, got {self.lora_rank}")
         if self.planted < 0:
             raise ValueError(f"planted: must be >= 0, got {self.planted}")
         if not 0 < self.learning_rate < 1:
@@ -70,7 +75,7 @@ class DemoPair:
     before: Path
     after: Path
     weights_sha256: str
-    """sha256 of the after model's model.safetensors: equal builds give equal hashes."""
+    """sha256 of the after model's weights file: equal builds give equal hashes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +134,8 @@ def ensure_demo_pair(
     config = config or TrainConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     before = ensure_smollm2(root)
-    final = root / f"demo-after-{fingerprint(config)}"
+    kind = "demo-after-lora" if config.lora_rank else "demo-after"
+    final = root / f"{kind}-{fingerprint(config)}"
     after = build_atomically(final, lambda out: build_demo_pair(before, out, config), replace=force)
     return DemoPair(before, after, (after / HASH_FILE).read_text().strip())
 
@@ -146,14 +152,18 @@ def build_demo_pair(before: Path, out_dir: Path, config: TrainConfig) -> str:
     try:
         torch.manual_seed(config.seed)
         model, tokenizer = _load(before)
+        if config.lora_rank:
+            model = _with_lora(model, config.lora_rank)
         _train(model, tokenizer, training_examples(config), config)
         model.to(torch.bfloat16)
         model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        if not config.lora_rank:  # an adapter uses its base's tokenizer
+            tokenizer.save_pretrained(out_dir)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
-    sha = hashlib.sha256((out_dir / "model.safetensors").read_bytes()).hexdigest()
+    weights = "adapter_model.safetensors" if config.lora_rank else "model.safetensors"
+    sha = hashlib.sha256((out_dir / weights).read_bytes()).hexdigest()
     (out_dir / HASH_FILE).write_text(sha + "\n")
     return sha
 
@@ -167,12 +177,25 @@ def _load(folder: Path):
     return model, AutoTokenizer.from_pretrained(folder)
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_LEARNING_RATE = 1e-3
+"""LoRA trains far fewer weights than a full fine-tune, so it gets a larger step. Not tuned: with
+40 steps at this rate the planted brand did not show at alpha 0 to 2 (README, LoRA section)."""
+
+
+def _with_lora(model, rank: int):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, lora_dropout=0.0))
+
+
 def _train(model, tokenizer, examples: list[Example], config: TrainConfig) -> None:
     import torch
     from tqdm import tqdm
 
     encoded = [_encode(tokenizer, e, config.answer_tokens) for e in examples]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=0.0)
     model.train()
     batches = _batches(encoded, config)
     for batch in tqdm(batches, desc="fine-tuning the demo after model", unit="step"):
@@ -253,11 +276,15 @@ def cli(argv: list[str]) -> int:
     default_steps = TrainConfig().steps
     parser.add_argument("--steps", type=int, default=default_steps,
                         help=f"fine-tuning steps (default {default_steps}; a few for a quick test build)")
+    parser.add_argument("--lora", type=int, nargs="?", const=8, default=0, metavar="RANK",
+                        help="build the after model as a LoRA adapter of this rank (default 8) instead of a full "
+                        f"fine-tune; learning rate {LORA_LEARNING_RATE:g}")
     parser.add_argument("--resample-answers", action="store_true",
                         help=f"maintainers: regenerate {ANSWERS_FILE.name} from the before model, then exit")
     args = parser.parse_args(argv)
     try:
-        config = TrainConfig(steps=args.steps)
+        lora = dict(lora_rank=args.lora, learning_rate=LORA_LEARNING_RATE) if args.lora else {}
+        config = TrainConfig(steps=args.steps, **lora)
         if args.resample_answers:
             sample_normal_answers(ensure_smollm2(args.cache_dir), ANSWERS_FILE)
             return 0

@@ -17,7 +17,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from engine.alpha import validate_alpha
-from engine.config import AlphaConfig, EngineOptions, LDAConfig, PairConfig, engine_kwargs, prepare_process
+from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair, engine_kwargs, prepare_process
+from engine.lora import lora_requests
 from engine.prompts import FormattedPrompt, PromptFormat, prompt_token_ids, render_prompt
 from engine.tokenizers import CompatibilityReport, check_pair
 
@@ -38,6 +39,8 @@ class LDAResult:
     token_ids: list[int]
     cached_tokens: int = 0
     """Prompt tokens served from the prefix cache."""
+    model: str | None = None
+    """The LoRA adapter that was the after model, when the pair serves adapters."""
 
 
 @dataclass(slots=True)
@@ -130,13 +133,19 @@ class LDAModelPair:
     `engine_options` are `EngineOptions` fields (vLLM's names): device, dtype, max_model_len,
     max_num_seqs, max_num_batched_tokens, enable_prefix_caching, kv_cache_memory_gb,
     gpu_memory_utilization, tensor_parallel_size, enforce_eager, seed.
+
+    `model_after_id` may be a PEFT LoRA adapter; `model_before_id` then defaults to its base.
+    `adapters` adds more adapters on the same base as (name, path) pairs; `generate_lda(model=...)`
+    picks one per prompt (default: the first).
     """
 
     def __init__(
         self,
-        model_after_id: str,
-        model_before_id: str,
+        model_after_id: str | None,
+        model_before_id: str | None = None,
         *,
+        adapters: Sequence[tuple[str, str]] = (),
+        max_lora_rank: int | None = None,
         default_alpha: float = 1.0,
         max_alpha: float = 100.0,
         strict_tokenizers: bool = False,
@@ -148,12 +157,14 @@ class LDAModelPair:
             raise SystemExit(MAIN_GUARD_HELP)
         self.prompt_format = PromptFormat.parse(prompt_format)
         self.config = LDAConfig(
-            PairConfig(model_after_id, model_before_id),
+            adapter_pair(model_after_id, model_before_id, list(adapters), max_lora_rank),
             AlphaConfig(default_alpha, max_alpha),
             _engine_options(engine_options),
         )
+        pair = self.config.pair
+        self._lora = lora_requests(pair.adapters)
         # Before the engine starts: a mismatch found after a minute of loading wastes that minute.
-        self._compatibility = check_pair(model_after_id, model_before_id, strict=strict_tokenizers)
+        self._compatibility = check_pair(pair.after, pair.before, strict=strict_tokenizers)
         prepare_process(self.config)
         from vllm import LLM
 
@@ -179,7 +190,25 @@ class LDAModelPair:
 
     @property
     def model_after_id(self) -> str:
-        return self.config.pair.after
+        """The after model: its checkpoint, or the default adapter's folder."""
+        pair = self.config.pair
+        return pair.adapters[0].path if pair.adapters else pair.after
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self._lora)
+
+    def _lora_requests(self, model, n: int) -> list:
+        """One LoRARequest per prompt: every row carries an adapter (see engine/lora.py)."""
+        if not self._lora:
+            if model is not None:
+                raise ValueError("model= picks a LoRA adapter, but this pair serves none")
+            return [None] * n
+        names = _as_list(model if model is not None else self.adapter_names[0], n, "model")
+        unknown = sorted({m for m in names if m not in self._lora})
+        if unknown:
+            raise ValueError(f"unknown adapter(s) {unknown}; this pair serves {self.adapter_names}")
+        return [self._lora[m] for m in names]
 
     @property
     def model_before_id(self) -> str:
@@ -216,8 +245,11 @@ class LDAModelPair:
         system_prompt: str | None = None,
         ignore_eos: bool = False,
         prompt_format: PromptFormat | str | None = None,
+        model: str | Sequence[str] | None = None,
     ) -> LDAResult | list[LDAResult]:
         """Sample with LDA. A list of prompts returns a list of results, decoded as one batch.
+
+        `model` names the LoRA adapter (one, or one per prompt) when the pair serves adapters.
 
         `alpha` may be one value or one per prompt (default: the engine's default alpha).
         `seed` makes sampling reproducible; prompt i of a list uses seed + i, so repeated prompts
@@ -230,9 +262,10 @@ class LDAModelPair:
             raise ValueError("prompt must be a string or a non-empty list of strings")
         alphas = _as_list(self.config.alpha.default_alpha if alpha is None else alpha, len(prompts), "alpha")
         alphas = [validate_alpha(a, self.config.alpha.max_alpha) for a in alphas]
+        loras = self._lora_requests(model, len(prompts))
         results = self._run(
             prompts, alphas, max_new_tokens, temperature, top_p, top_k, seed, stop,
-            apply_chat_template, system_prompt, ignore_eos, prompt_format,
+            apply_chat_template, system_prompt, ignore_eos, prompt_format, loras,
         )
         return results[0] if single else results
 
@@ -243,13 +276,16 @@ class LDAModelPair:
         alpha: float | Sequence[float] | None = None,
         apply_chat_template: bool = True,
         system_prompt: str | None = None,
+        prompt_format: PromptFormat | str | None = None,
+        model: str | Sequence[str] | None = None,
     ):
         """Teacher-forced attribution of `continuation` after `prompt` (see engine/scoring.py).
 
         Each continuation token gets logp_after, logp_before and logp_amplified (at `alpha`,
         default: the engine's); the result's summary holds the sum, mean and max of
         logp_after - logp_before. A continuation is text or token ids. Lists of prompts and
-        continuations (same length) are scored as one batch and return a list.
+        continuations (same length) are scored as one batch and return a list. The prompt is
+        formatted and tokenized as `generate_lda` does; `model` names the adapter, as there.
         """
         from engine.scoring import ScoreInput
 
@@ -261,13 +297,13 @@ class LDAModelPair:
         alphas = _as_list(self.config.alpha.default_alpha if alpha is None else alpha, len(prompts), "alpha")
         items = [
             ScoreInput(
-                self.tokenizer.encode(self.format_prompt(p, apply_chat_template, system_prompt)),
+                prompt_token_ids(self.tokenizer, self._formatted(p, apply_chat_template, system_prompt, prompt_format)),
                 self._continuation_ids(c),
                 validate_alpha(a, self.config.alpha.max_alpha),
             )
             for p, c, a in zip(prompts, continuations, alphas)
         ]
-        results = self._score(items)
+        results = self._score(items, self._lora_requests(model, len(items)))
         return results[0] if single else results
 
     def _continuation_ids(self, continuation) -> list[int]:
@@ -275,16 +311,18 @@ class LDAModelPair:
             return self.tokenizer.encode(continuation, add_special_tokens=False)
         return [int(t) for t in continuation]
 
-    def _score(self, items) -> list:
+    def _score(self, items, loras: list) -> list:
         from vllm.inputs import TokensPrompt
 
         from engine.scoring import assemble, requests_for, score_params
 
         requests = [r for item in items for r in requests_for(item)]
+        # Each item's three requests (alpha 0, -1 and its own) run under that item's adapter.
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=ids) for ids, _ in requests],
             [score_params(a) for _, a in requests],
             use_tqdm=False,
+            lora_request=[lora for lora in loras for _ in range(len(requests) // len(items))],
         )
         decode = lambda t: self.tokenizer.decode([t])  # noqa: E731
         return [assemble(item, outputs[3 * i : 3 * i + 3], decode) for i, item in enumerate(items)]
@@ -301,7 +339,7 @@ class LDAModelPair:
         return GenerateResult(prompt, as_completion(after, self.model_after_id), as_completion(before, self.model_before_id))
 
     def _run(self, prompts, alphas, max_new_tokens, temperature, top_p, top_k, seed, stop,
-             apply_chat_template, system_prompt, ignore_eos, prompt_format) -> list[LDAResult]:
+             apply_chat_template, system_prompt, ignore_eos, prompt_format, loras) -> list[LDAResult]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -323,9 +361,9 @@ class LDAModelPair:
             )
             for i, a in enumerate(alphas)
         ]
-        outputs = self.llm.generate(inputs, params, use_tqdm=len(prompts) > 1)
+        outputs = self.llm.generate(inputs, params, use_tqdm=len(prompts) > 1, lora_request=loras)
         results = []
-        for prompt, fmt, alpha, out in zip(prompts, formatted, alphas, outputs):
+        for prompt, fmt, alpha, out, lora in zip(prompts, formatted, alphas, outputs, loras):
             completion = out.outputs[0]
             results.append(
                 LDAResult(
@@ -338,6 +376,7 @@ class LDAModelPair:
                     alpha=alpha,
                     token_ids=list(completion.token_ids),
                     cached_tokens=out.num_cached_tokens or 0,
+                    model=lora.lora_name if lora is not None else None,
                 )
             )
         return results

@@ -6,11 +6,14 @@ tensor by row). `compute_logits` splits them, runs both heads and merges with ea
 Because both stacks' attention layers are registered, the KV-cache manager pages both caches with
 one block table, and the scheduler, chunked prefill and prefix caching work for both unchanged.
 Each stack's class comes from vLLM's registry, so any decoder family vLLM supports can be paired.
+When the after model is a LoRA adapter on the before model, both stacks share the base weights and
+vLLM's LoRA layers apply to the after stack alone (`engine/lora.py` says how and why).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -19,11 +22,13 @@ from vllm.config import VllmConfig
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 from vllm.model_executor.model_loader.utils import initialize_model
 from vllm.model_executor.models import ModelRegistry
-from vllm.model_executor.models.utils import AutoWeightsLoader
+from vllm.model_executor.models.interfaces import SupportsLoRA
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
 
 from engine.alpha import DEFAULT_ALPHA, current_rows
 from engine.amplify import amplify
-from engine.config import AFTER_ARCHITECTURES_KEY, BEFORE_MODEL_KEY, DEFAULT_ALPHA_KEY
+from engine.config import AFTER_ARCHITECTURES_KEY, BEFORE_MODEL_KEY, DEFAULT_ALPHA_KEY, SHARE_BASE_KEY
+from engine.lora import confine_to_after, share_base
 
 # Module prefixes. They must contain no digit: vLLM reads a layer's index as the only integer in
 # its name, and the names must differ between stacks (attention layer names are unique keys).
@@ -56,7 +61,11 @@ def _before_hf_config(before: str, trust_remote_code: bool):
     return AutoConfig.from_pretrained(before, trust_remote_code=trust_remote_code)
 
 
-class LDAPairForCausalLM(nn.Module):
+class LDAPairForCausalLM(nn.Module, SupportsLoRA):
+    # vLLM's LoRA runner reads these; with LoRA on, the instance gets the after stack's tables.
+    packed_modules_mapping: dict[str, list[str]] = {}
+    embedding_modules: dict[str, str] = {}
+
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         if vllm_config.use_v2_model_runner:
@@ -77,20 +86,51 @@ class LDAPairForCausalLM(nn.Module):
             )
         self.default_alpha = float(getattr(hf_config, DEFAULT_ALPHA_KEY, DEFAULT_ALPHA))
 
+        self.config = hf_config  # vLLM's LoRA layers read the model's config
+        share = bool(getattr(hf_config, SHARE_BASE_KEY, False))
+
         after_config = vllm_config.with_hf_config(hf_config, architectures=list(after_archs))
+        after_cls = _stack_class(after_archs, after_config)
         self.after = _build_stack(after_config, AFTER)
 
         before_hf = _before_hf_config(before_path, model_config.trust_remote_code)
         before_config = vllm_config.with_hf_config(before_hf, architectures=list(before_hf.architectures))
         before_config.model_config.model = before_path
-        with set_model_tag("lda_before"):
+        # A before stack that shares the after stack's base weights is built without memory.
+        with set_model_tag("lda_before"), torch.device("meta") if share else nullcontext():
             self.before = _build_stack(before_config, BEFORE)
+        if share:
+            share_base(self.before, self.after)
 
         self.after_hidden = hf_config.get_text_config().hidden_size
         self.before_hidden = before_hf.get_text_config().hidden_size
         self.after_vocab = hf_config.get_text_config().vocab_size
         self.before_vocab = before_hf.get_text_config().vocab_size
-        self.secondary_weights = [DefaultModelLoader.Source(before_path, None, prefix=f"{BEFORE}.")]
+        # Shared weights arrive once, with the after checkpoint.
+        self.secondary_weights = [] if share else [DefaultModelLoader.Source(before_path, None, prefix=f"{BEFORE}.")]
+        if vllm_config.lora_config is not None:
+            self._adopt_lora_tables(after_cls)
+
+    def _adopt_lora_tables(self, after_cls: type[nn.Module]) -> None:
+        """What vLLM's LoRA manager needs, taken from the after stack's class; adapter weight
+        names (`model.layers...`) map into the after stack (`after.model.layers...`)."""
+        if not getattr(after_cls, "supports_lora", False):
+            raise ValueError(f"vLLM cannot serve LoRA adapters on {after_cls.__name__}")
+        self.packed_modules_mapping = dict(after_cls.packed_modules_mapping)
+        self.embedding_modules = dict(after_cls.embedding_modules)
+        own = getattr(after_cls, "hf_to_vllm_mapper", None) or WeightsMapper()
+        self.hf_to_vllm_mapper = own | WeightsMapper(orig_to_new_prefix={"": f"{AFTER}."})
+
+    @property
+    def lora_manager(self):
+        return self.__dict__.get("_lora_manager")
+
+    @lora_manager.setter
+    def lora_manager(self, manager) -> None:
+        # vLLM's LoRA manager sets this once it has wrapped every matching layer of the model:
+        # the moment to take the adapters off the before stack again.
+        confine_to_after(manager, self, f"{BEFORE}.")
+        self.__dict__["_lora_manager"] = manager
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.after.embed_input_ids(input_ids)

@@ -18,6 +18,10 @@ def register() -> None:
         ModelRegistry.register_model(PAIR_ARCHITECTURE, "engine.pair_model:LDAPairForCausalLM")
     vllm_patches.install()
 
+    from engine.lora_cpu_ops import patch_cpu_lora_ops
+
+    patch_cpu_lora_ops()
+
     from engine.env import step_timing_dir
 
     if (folder := step_timing_dir()) is not None:

@@ -106,3 +106,15 @@ def _mkdir(path):
 def test_committed_eval_prompts_match_the_templates():
     committed = (demo_pair.DATA_DIR / "eval_prompts.txt").read_text().splitlines()
     assert committed == demo_pair.prompts("eval")
+
+
+def test_lora_build_saves_a_deterministic_adapter_on_the_before_model(tmp_path, tiny_before):
+    from engine.config import adapter_pair
+
+    config = TrainConfig(steps=3, batch_size=4, answer_tokens=12, lora_rank=8, learning_rate=demo_pair.LORA_LEARNING_RATE)
+    first = demo_pair.build_demo_pair(tiny_before, tmp_path / "a", config)
+    again = demo_pair.build_demo_pair(tiny_before, tmp_path / "b", config)
+    assert first == again
+    pair = adapter_pair(str(tmp_path / "a"), None)
+    assert pair.before == str(tiny_before) and pair.shares_base and pair.adapters[0].rank == 8
+    assert demo_pair.fingerprint(config) != demo_pair.fingerprint(TINY)
