@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 
+from api.access import replay_body
 from engine.scoring import ScoreInput, ScoringError
 
 FLAG = "lda_token_scores"
@@ -54,14 +55,14 @@ class TokenScoresMiddleware:
             return await self.app(scope, receive, send)
         body = await _read_body(receive)
         if FLAG.encode() not in body:
-            return await self.app(scope, _replay(body, receive), send)
+            return await self.app(scope, replay_body(body, receive), send)
         try:
             payload = json.loads(body)
             flagged = take_flag(payload) if isinstance(payload, dict) else False
         except ValueError as error:  # a malformed body: vLLM answers it
             if isinstance(error, ScoringError):
                 return await _send(send, 400, _error(str(error), str(error).split(":", 1)[0]))
-            return await self.app(scope, _replay(body, receive), send)
+            return await self.app(scope, replay_body(body, receive), send)
         if flagged and payload.get("stream"):
             return await _send(send, 400, _error("lda_token_scores: not available with stream=true", FLAG))
         kept_ids = bool(payload.get("return_token_ids"))
@@ -72,9 +73,9 @@ class TokenScoresMiddleware:
         headers.append((b"content-length", str(len(body)).encode()))
         inner = {**scope, "headers": headers}
         if not flagged:
-            return await self.app(inner, _replay(body, receive), send)
+            return await self.app(inner, replay_body(body, receive), send)
         captured = _Captured()
-        await self.app(inner, _replay(body, receive), captured)
+        await self.app(inner, replay_body(body, receive), captured)
         if captured.status != 200:
             return await captured.forward(send)
         response = json.loads(captured.body)
@@ -132,20 +133,6 @@ async def _read_body(receive) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
-
-
-def _replay(body: bytes, receive):
-    """The body once, then the real channel (which reports a client that goes away)."""
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def _send(send, status: int, body: bytes, headers: list | None = None) -> None:
