@@ -102,10 +102,11 @@ class APIKeyMiddleware:
 
     async def __call__(self, scope, receive, send):
         # CORS preflights carry no credentials by design; vLLM's CORS middleware answers them.
+        # Only a real preflight passes: a bare OPTIONS would reach mounted apps (/metrics) unchecked.
         if (
             self._digest is None
             or scope["type"] not in ("http", "websocket")
-            or scope.get("method") == "OPTIONS"
+            or _is_preflight(scope)
             or self._open(scope["path"])
             or self._allowed(scope)
         ):
@@ -116,6 +117,11 @@ class APIKeyMiddleware:
         body = error_body(scope["path"], 401, message, "AuthenticationError")
         record_refusal(scope["path"], 401)
         await send_error(send, 401, body, [(b"www-authenticate", b"Bearer")])
+
+
+def _is_preflight(scope) -> bool:
+    headers = dict(scope.get("headers") or [])
+    return scope.get("method") == "OPTIONS" and b"origin" in headers and b"access-control-request-method" in headers
 
 
 class BodyTooLarge(Exception):

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from vllm.exceptions import VLLMValidationError
 
+from api.settings import LIMIT_ENV
 from engine.alpha import AlphaError, validate_alpha
 from engine.prompts import PromptFormat, prompt_token_ids, render_prompt
 from engine.scoring import ScoreInput, ScoringError, assemble, requests_for, result_dict, score_params
@@ -64,6 +65,15 @@ def _continuation_ids(tokenizer, continuation: str | list[int]) -> list[int]:
     return list(continuation)
 
 
+def _check_chars(req: ScoreRequest, limit: int) -> None:
+    """Before tokenizing: text size in characters bounds the work tokenizing it costs."""
+    texts = {"prompt": req.prompt, "continuation": req.continuation if isinstance(req.continuation, str) else None}
+    texts.update({f"messages[{i}].content": m.content for i, m in enumerate(req.messages or [])})
+    for name, text in texts.items():
+        if text is not None and len(text) > limit:
+            raise ScoringError(f"{name}: {len(text)} characters; the limit is {LIMIT_ENV['max_prompt_chars']}={limit}")
+
+
 def build_input(info, req: ScoreRequest) -> ScoreInput:
     """Validate and tokenize one request; ScoringError/AlphaError name the field."""
     alpha = info.config.alpha.default_alpha if req.alpha is None else validate_alpha(req.alpha, info.config.alpha.max_alpha)
@@ -89,6 +99,16 @@ async def _run(engine, ids: list[int], alpha: float, lora_request=None):
     return final
 
 
+async def attribution(engine, tokenizer, item: ScoreInput, lora_request=None) -> dict:
+    """`score_item` for text just generated: when the engine refuses the scoring pass (a
+    generation that filled the context leaves no room for it), that choice's scores are an
+    `{"error": ...}` object rather than the whole response failing after the generation ran."""
+    try:
+        return await score_item(engine, tokenizer, item, lora_request)
+    except (ValueError, VLLMValidationError) as error:
+        return {"error": f"lda_token_scores: not computed: {error}"}
+
+
 async def score_item(engine, tokenizer, item: ScoreInput, lora_request=None) -> dict:
     """Score one validated item on the engine (under `lora_request`, the adapter that is the after
     model, if the server serves adapters); the dict of engine.scoring.result_dict."""
@@ -102,12 +122,16 @@ async def score(raw_request: Request):
         req = ScoreRequest.model_validate(await raw_request.json())
     except ValidationError as error:
         first = error.errors()[0]
+        if not first["loc"]:
+            return _error(f"the body must be a JSON object: {first['msg']}", None)
         return _error(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", str(first["loc"][0]))
     except ValueError:
         return _error("the body must be a JSON object", None)
     info = raw_request.app.state.lda
     try:
-        item = build_input(info, req)
+        _check_chars(req, info.limits.max_prompt_chars)
+        # Templates and tokenizers are CPU work: off the event loop, as the original routes do.
+        item = await asyncio.get_running_loop().run_in_executor(info.tokenize_pool, build_input, info, req)
     except AlphaError as error:
         return _error(str(error), "alpha")
     except ScoringError as error:
@@ -126,7 +150,11 @@ async def score(raw_request: Request):
 def adapter_request(request: Request, model: str | None):
     """The LoRARequest the after model runs for `model` (None when the server serves no adapters);
     LookupError, listing the names served, for an unknown one."""
-    routing = request.app.state.lda.adapters
+    info = request.app.state.lda
+    routing = info.adapters
     if routing is None:
+        served = info.config.engine.served_model_name or info.config.pair.after
+        if model is not None and model != served:
+            raise LookupError(f"The model `{model}` does not exist. Models served: {served}")
         return None
     return request.app.state.openai_serving_models.lora_requests[routing.resolve(model)]

@@ -298,13 +298,13 @@ async def generate_lda_batch(req: LDABatchRequest, raw_request: Request) -> LDAB
 
 async def _token_scores(request: Request, prepared: Prepared, token_ids, alpha: float, lora_request=None) -> dict | None:
     """The scoring pass of api/token_scores.py for the generated tokens (None when there are none)."""
-    from api.score_routes import score_item
+    from api.score_routes import attribution
     from engine.scoring import ScoreInput
 
     if not token_ids:
         return None
     item = ScoreInput(list(prepared.token_ids), list(token_ids), alpha)
-    return await score_item(request.app.state.engine_client, request.app.state.lda.tokenizer, item, lora_request)
+    return await attribution(request.app.state.engine_client, request.app.state.lda.tokenizer, item, lora_request)
 
 
 @router.post("/generate", response_model=GenerateResponse)

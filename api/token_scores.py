@@ -63,6 +63,8 @@ class TokenScoresMiddleware:
             if isinstance(error, ScoringError):
                 return await _send(send, 400, _error(str(error), str(error).split(":", 1)[0]))
             return await self.app(scope, replay_body(body, receive), send)
+        if not isinstance(payload, dict):  # not a request object: vLLM answers it
+            return await self.app(scope, replay_body(body, receive), send)
         if flagged and payload.get("stream"):
             return await _send(send, 400, _error("lda_token_scores: not available with stream=true", FLAG))
         kept_ids = bool(payload.get("return_token_ids"))
@@ -85,7 +87,7 @@ class TokenScoresMiddleware:
 
 
 async def _attach(app, response: dict, alpha: float, kept_ids: bool, model: str | None) -> None:
-    from api.score_routes import score_item
+    from api.score_routes import attribution
 
     engine, tokenizer = app.state.engine_client, app.state.lda.tokenizer
     routing = app.state.lda.adapters  # the alpha middleware already pointed `model` at an adapter
@@ -95,7 +97,7 @@ async def _attach(app, response: dict, alpha: float, kept_ids: bool, model: str 
         prompt_ids = choice.get("prompt_token_ids") or shared_prompt or []
         token_ids = choice.get("token_ids") or []
         if token_ids and prompt_ids:
-            choice[FLAG] = await score_item(engine, tokenizer, ScoreInput(list(prompt_ids), list(token_ids), alpha), lora)
+            choice[FLAG] = await attribution(engine, tokenizer, ScoreInput(list(prompt_ids), list(token_ids), alpha), lora)
         else:
             choice[FLAG] = None  # nothing generated
         if not kept_ids:

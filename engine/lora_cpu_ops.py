@@ -15,13 +15,10 @@ only, for vLLM 0.32.0 only, and only where the wrapper module still holds the si
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-logger = logging.getLogger("lda.lora_cpu_ops")
+from engine.patch_guard import Target, install_guarded
 
-PINNED_VLLM = "0.32.0"
 _NAMES = ("bgmv_expand", "bgmv_expand_slice", "bgmv_shrink", "sgmv_expand", "sgmv_expand_slice", "sgmv_shrink")
 
 
@@ -82,21 +79,35 @@ def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, se
     bgmv_expand_slice(inputs, lora_b_weights, output_tensor, rows, slice_offset, slice_size, add_inputs)
 
 
+_PUNICA = "vllm.lora.punica_wrapper.punica_cpu"
+TARGETS = (
+    Target(_PUNICA, "bgmv_expand", ("inputs", "lora_b_weights", "output_tensor", "lora_indices_tensor", "add_inputs")),
+    Target(_PUNICA, "bgmv_expand_slice", ("inputs", "lora_b_weights", "output_tensor", "lora_indices_tensor",
+                                          "slice_offset", "slice_size", "add_inputs")),
+    Target(_PUNICA, "bgmv_shrink", ("inputs", "lora_b_weights", "output_tensor", "lora_indices_tensor", "scaling")),
+    Target(_PUNICA, "sgmv_expand", ("inputs", "lora_b_weights", "output_tensor", "b_seq_start_loc", "seq_len_tensor",
+                                    "lora_indices_tensor", "batches", "max_seq_length", "token_nums", "add_inputs")),
+    Target(_PUNICA, "sgmv_expand_slice", ("inputs", "lora_b_weights", "output_tensor", "b_seq_start_loc",
+                                          "seq_len_tensor", "lora_indices_tensor", "batches", "max_seq_length",
+                                          "token_nums", "slice_offset", "slice_size", "add_inputs")),
+    Target(_PUNICA, "sgmv_shrink", ("inputs", "lora_a_weights", "output_tensor", "b_seq_start_loc", "seq_len_tensor",
+                                    "lora_indices_tensor", "batches", "max_seq_length", "token_nums", "scaling")),
+)
+"""vLLM 0.32.0's CPU LoRA ops this module replaces, as the CPU punica wrapper calls them."""
+
+
+def _point_punica_at_grouped_ops() -> None:
+    from vllm.lora.punica_wrapper import punica_cpu
+
+    for name in _NAMES:
+        setattr(punica_cpu, name, globals()[name])
+
+
 def patch_cpu_lora_ops() -> bool:
-    """Point vLLM's CPU punica wrapper at the grouped ops; True if installed (or already)."""
-    import vllm
+    """Point vLLM's CPU punica wrapper at the grouped ops (CPU only, through the patch guard:
+    pinned vLLM, each op present with its signature); True if installed."""
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         return False
-    if vllm.__version__ != PINNED_VLLM:
-        logger.info("vLLM %s is not %s: CPU LoRA ops left as they are", vllm.__version__, PINNED_VLLM)
-        return False
-    from vllm.lora.punica_wrapper import punica_cpu
-
-    if not all(callable(getattr(punica_cpu, name, None)) for name in _NAMES):
-        logger.info("vLLM's CPU punica wrapper does not hold the expected LoRA ops: left as it is")
-        return False
-    for name in _NAMES:
-        setattr(punica_cpu, name, globals()[name])
-    return True
+    return install_guarded("cpu_lora_ops", TARGETS, _point_punica_at_grouped_ops)

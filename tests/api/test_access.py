@@ -88,6 +88,18 @@ def test_health_is_open_and_metrics_follows_its_switch(require, expected):
     assert [r.status_code for r in _run(go())] == [200, expected, expected, 200]
 
 
+def test_only_a_real_cors_preflight_skips_the_key():
+    """A bare OPTIONS would reach mounted apps (vLLM's /metrics answers any method) unchecked."""
+    preflight = {"origin": "http://example.org", "access-control-request-method": "POST"}
+
+    async def go():
+        async with _client(metrics_require_key=True) as c:
+            return await _get_all(c, [("OPTIONS", "/metrics", {}), ("OPTIONS", "/v1/completions", {}),
+                                      ("OPTIONS", "/v1/completions", preflight)])
+
+    assert [r.status_code for r in _run(go())] == [401, 401, 200]
+
+
 def test_without_a_key_everything_is_open():
     async def go():
         async with _client(key=None) as c:

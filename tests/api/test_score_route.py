@@ -159,6 +159,21 @@ def test_without_the_flag_choices_have_no_scores_and_bad_flags_are_400(server):
         assert reply.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize("body", [None, [1], "lda_token_scores", ["lda_token_scores"]])
+def test_bodies_that_are_not_objects_are_4xx_not_500(server, body):
+    for path in ("/v1/lda/score", "/v1/completions"):
+        reply = httpx.post(f"{server.base_url}{path}", json=body, timeout=60)
+        assert 400 <= reply.status_code < 500, (path, reply.status_code, reply.text)
+
+
+def test_score_route_bounds_text_and_names_unknown_models(server):
+    reply = _post(server, {"prompt": "x" * 200_001, "continuation": "y"})
+    assert reply.status_code == 400 and "LDA_MAX_PROMPT_CHARS" in reply.json()["error"]["message"]
+    assert reply.json()["error"]["param"] == "prompt"
+    reply = _post(server, {"model": "no-such-model", "prompt": "x", "continuation": "y"})
+    assert reply.status_code == 404 and reply.json()["error"]["param"] == "model"
+
+
 def test_lda_token_scores_on_generate_lda(server):
     body = {"prompt": "Tell me about the weather today.", "max_new_tokens": 5, "seed": 2, "alpha": 1.5, "lda_token_scores": True}
     reply = httpx.post(f"{server.base_url}/generate_lda", json=body, timeout=120).json()

@@ -15,13 +15,14 @@ import pytest
 
 import vllm
 from api import server
-from engine import plugin, step_timing, vllm_patches
+from engine import lora_cpu_ops, plugin, step_timing, vllm_patches
 from engine.patch_guard import PINNED_VLLM, Target, install_guarded, mismatch
 
 ALL_TARGETS = {
     "cpu_seeded_chunked_prefill": vllm_patches.SEEDED_PREFILL_TARGETS,
     "cpu_attention_isa": vllm_patches.ATTENTION_ISA_TARGETS,
     "prompt_logprobs_alpha": vllm_patches.PROMPT_LOGPROBS_TARGETS,
+    "cpu_lora_ops": lora_cpu_ops.TARGETS,
     "step_timing": step_timing.TARGETS,
     "middleware_reset": server.MIDDLEWARE_RESET_TARGETS,
 }
