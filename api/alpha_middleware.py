@@ -165,6 +165,15 @@ class _ResponseRewriter:
         return b"\n".join(out) + (b"\n" if lines else b"")
 
 
+OTHER_GENERATION_PATHS = frozenset({
+    "/v1/chat/completions/batch", "/v1/responses", "/v1/messages", "/cohere/v2/chat", "/generative_scoring",
+    "/inference/v1/generate", "/invocations",
+})
+"""vLLM 0.32's other routes that generate text. They read no top-level `alpha` and are not routed
+to an adapter: with LoRA adapters served, a request there without one would run the after stack
+as the bare base, so LDA would amplify nothing, silently. The server refuses them then."""
+
+
 class AlphaMiddleware:
     def __init__(self, app, policy: AlphaConfig, limits: RequestLimits | None = None, adapters: AdapterRouting | None = None):
         self.app = app
@@ -178,6 +187,10 @@ class AlphaMiddleware:
             return await self._openai(scope, receive, send, OPENAI_PATHS[path])
         if path in ORIGINAL_PATHS:
             return await self._counted(scope, receive, send, ORIGINAL_PATHS[path])
+        if path in OTHER_GENERATION_PATHS and self.adapters is not None:
+            message = (f"{path} is not served with LoRA adapters (it cannot pick one); use /v1/completions, "
+                       "/v1/chat/completions or the original routes")
+            return await _send_json(send, 404, openai_error(message, None, status=404))
         return await self.app(scope, receive, send)
 
     async def _counted(self, scope, receive, send, endpoint: str):

@@ -91,6 +91,13 @@ def test_unknown_adapter_is_an_openai_404_listing_the_names(server):
     assert "nope" in error["message"] and "lda, small, large" in error["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/chat/completions/batch", "/invocations"])
+def test_generation_routes_that_cannot_pick_an_adapter_are_refused(server, path):
+    # Without an adapter the after stack would be the bare base: LDA would amplify nothing, silently.
+    r = httpx.post(f"{server.base_url}{path}", json={"model": "lda", "input": "hi"}, timeout=60)
+    assert r.status_code == 404 and "not served with LoRA adapters" in r.json()["error"]["message"]
+
+
 def test_original_routes_take_a_model(server, expected):
     url = server.base_url
     body = {"prompt": PROMPT, "alpha": 1.0, "max_new_tokens": MAX_TOKENS, "do_sample": False, "apply_chat_template": False}
