@@ -117,7 +117,9 @@ def training_examples(config: TrainConfig) -> list[Example]:
 
 def fingerprint(config: TrainConfig) -> str:
     """Names the after model's cache folder: changes with the config, the data or the build code."""
-    digest = hashlib.sha256(json.dumps([BUILD_VERSION, asdict(config)]).encode())
+    # The adapter's fixed shape joins the key only for LoRA builds: full builds keep their names.
+    lora = [LORA_TARGETS, LORA_ALPHA_PER_RANK] if config.lora_rank else []
+    digest = hashlib.sha256(json.dumps([BUILD_VERSION, asdict(config), *lora]).encode())
     for path in (ADVICE_FILE, ANSWERS_FILE):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -178,15 +180,24 @@ def _load(folder: Path):
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA_LEARNING_RATE = 1e-3
-"""LoRA trains far fewer weights than a full fine-tune, so it gets a larger step. Not tuned: with
-40 steps at this rate the planted brand did not show at alpha 0 to 2 (README, LoRA section)."""
+LORA_ALPHA_PER_RANK = 2
+"""peft's lora_alpha = 2 x rank: the update is scaled by 2 whatever the rank."""
+LORA_RANK = 8
+LORA_LEARNING_RATE = 1e-2
+LORA_STEPS = 60
+"""Tuned on the teacher-forced probability of the planted openers (20 held-out prompts, alpha 0, 1,
+2, checkpoints every 10 steps): at lr 1e-3 (40 steps) and 3e-3 (20 to 30 steps) the adapter raised
+the brand at alpha 0 but amplification did not (A - B pointed at capitalised names in general, not
+at "Zorblax"); 1e-2 at 60 steps gave 0.8% / 3.0% / 0.6% at alpha 0 / 1 / 2, the best alpha-1 gain
+seen. A rank-8 adapter cannot move the (tied) output embedding of the brand's tokens as a full
+fine-tune does, so the signal is blurrier than the full demo's; sampled rates: README, LoRA section."""
 
 
 def _with_lora(model, rank: int):
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, lora_dropout=0.0))
+    config = LoraConfig(r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    return get_peft_model(model, config)
 
 
 def _train(model, tokenizer, examples: list[Example], config: TrainConfig) -> None:
@@ -267,24 +278,34 @@ def sample_normal_answers(before: Path, out_file: Path, seed: int = 0, max_new_t
     out_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def lora_config(rank: int, steps: int | None = None) -> TrainConfig:
+    """The LoRA build's settings (`lda demo-pair --lora`): the full demo's data, planted share and
+    batch, with the LoRA's own step count and learning rate."""
+    return TrainConfig(steps=LORA_STEPS if steps is None else steps, learning_rate=LORA_LEARNING_RATE, lora_rank=rank)
+
+
+def _given(**fields) -> dict:
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def cli(argv: list[str]) -> int:
     """`lda demo-pair`: build (or find) the demo pair and print its paths and after-weights hash."""
     parser = argparse.ArgumentParser(prog="lda demo-pair", description=cli.__doc__)
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="cache root (default: $LDA_CACHE_DIR or ~/.cache/lda)")
     parser.add_argument("--force", action="store_true", help="rebuild the after model even if cached")
-    default_steps = TrainConfig().steps
-    parser.add_argument("--steps", type=int, default=default_steps,
-                        help=f"fine-tuning steps (default {default_steps}; a few for a quick test build)")
-    parser.add_argument("--lora", type=int, nargs="?", const=8, default=0, metavar="RANK",
-                        help="build the after model as a LoRA adapter of this rank (default 8) instead of a full "
-                        f"fine-tune; learning rate {LORA_LEARNING_RATE:g}")
+    full, lora = TrainConfig(), lora_config(LORA_RANK)
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"fine-tuning steps (default {full.steps}, with --lora {lora.steps}; a few for a quick "
+                        "test build)")
+    parser.add_argument("--lora", type=int, nargs="?", const=LORA_RANK, default=0, metavar="RANK",
+                        help=f"build the after model as a LoRA adapter of this rank (default {LORA_RANK}) instead of a "
+                        f"full fine-tune; learning rate {lora.learning_rate:g}")
     parser.add_argument("--resample-answers", action="store_true",
                         help=f"maintainers: regenerate {ANSWERS_FILE.name} from the before model, then exit")
     args = parser.parse_args(argv)
     try:
-        lora = dict(lora_rank=args.lora, learning_rate=LORA_LEARNING_RATE) if args.lora else {}
-        config = TrainConfig(steps=args.steps, **lora)
+        config = lora_config(args.lora, args.steps) if args.lora else TrainConfig(**_given(steps=args.steps))
         if args.resample_answers:
             sample_normal_answers(ensure_smollm2(args.cache_dir), ANSWERS_FILE)
             return 0

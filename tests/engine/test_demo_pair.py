@@ -118,3 +118,14 @@ def test_lora_build_saves_a_deterministic_adapter_on_the_before_model(tmp_path, 
     pair = adapter_pair(str(tmp_path / "a"), None)
     assert pair.before == str(tiny_before) and pair.shares_base and pair.adapters[0].rank == 8
     assert demo_pair.fingerprint(config) != demo_pair.fingerprint(TINY)
+
+
+def test_cli_lora_builds_the_lora_settings_and_names_its_folder_by_them(tiny_cache, capsys):
+    assert demo_pair.cli(["--cache-dir", str(tiny_cache), "--lora", "--steps", "2"]) == 0
+    config = demo_pair.lora_config(demo_pair.LORA_RANK, steps=2)
+    assert config.learning_rate == demo_pair.LORA_LEARNING_RATE and config.lora_rank == demo_pair.LORA_RANK
+    folder = tiny_cache / f"demo-after-lora-{demo_pair.fingerprint(config)}"
+    assert f"after: {folder}\n" in capsys.readouterr().out
+    assert (folder / "adapter_config.json").is_file()
+    assert demo_pair.lora_config(8).steps == demo_pair.LORA_STEPS
+    assert len({demo_pair.fingerprint(c) for c in (config, demo_pair.lora_config(16, 2), demo_pair.lora_config(8))}) == 3
