@@ -137,7 +137,7 @@ async def score(raw_request: Request):
     except ScoringError as error:
         return _error(str(error), str(error).split(":", 1)[0])
     try:
-        lora = adapter_request(raw_request, req.model)
+        lora = adapter_request(raw_request.app, req.model)
     except LookupError as error:
         return _error(str(error), "model", 404)
     try:
@@ -147,14 +147,14 @@ async def score(raw_request: Request):
     return {"object": "lda.score", "model": req.model, **body}
 
 
-def adapter_request(request: Request, model: str | None):
+def adapter_request(app, model: str | None):
     """The LoRARequest the after model runs for `model` (None when the server serves no adapters);
     LookupError, listing the names served, for an unknown one."""
-    info = request.app.state.lda
+    info = app.state.lda
     routing = info.adapters
     if routing is None:
         served = info.config.engine.served_model_name or info.config.pair.after
         if model is not None and model != served:
             raise LookupError(f"The model `{model}` does not exist. Models served: {served}")
         return None
-    return request.app.state.openai_serving_models.lora_requests[routing.resolve(model)]
+    return app.state.openai_serving_models.lora_requests[routing.resolve(model)]

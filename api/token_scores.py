@@ -87,11 +87,10 @@ class TokenScoresMiddleware:
 
 
 async def _attach(app, response: dict, alpha: float, kept_ids: bool, model: str | None) -> None:
-    from api.score_routes import attribution
+    from api.score_routes import adapter_request, attribution
 
     engine, tokenizer = app.state.engine_client, app.state.lda.tokenizer
-    routing = app.state.lda.adapters  # the alpha middleware already pointed `model` at an adapter
-    lora = None if routing is None else app.state.openai_serving_models.lora_requests[routing.resolve(model)]
+    lora = adapter_request(app, model)  # the alpha middleware already pointed `model` at an adapter
     shared_prompt = response.get("prompt_token_ids")  # chat: one prompt for all choices
     for choice in response.get("choices", []):
         prompt_ids = choice.get("prompt_token_ids") or shared_prompt or []
