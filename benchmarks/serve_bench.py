@@ -41,12 +41,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
 
-from engine.config import DTYPES, cpu_binding_env, cpu_dtype
+from engine.config import BINDING_VARS, DTYPES, cpu_binding_env, cpu_dtype
 from engine.env import STEP_TIMING_VAR
 
-SERVERS = ("lda", "single", "original")
-"""What `--servers` names: the pair, vLLM serving the after model alone, the original design (its
-modes, `OriginalMode`)."""
+SERVERS = ("lda", "lda-bind-vllm", "single", "original")
+"""What `--servers` names: the pair, the pair under vLLM's own CPU binding (`LDA_CPU_BIND=vllm`:
+one core reserved for the front-end processes), vLLM serving the after model alone, the original
+design (its modes, `OriginalMode`)."""
+DEFAULT_SERVERS = ("lda", "single", "original")
+VLLM_BIND = "lda-bind-vllm"
 SERVED_NAME = "lda"
 ORIGINAL_DTYPES = ("float16", "bfloat16", "float32")
 SHORT_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
@@ -99,7 +102,7 @@ class BenchConfig:
     after: str
     before: str
     out_dir: Path
-    servers: tuple[str, ...] = SERVERS
+    servers: tuple[str, ...] = DEFAULT_SERVERS
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
     num_prompts: int | None = None
     """Requests per concurrency level; None: max(8, 2 * concurrency)."""
@@ -141,8 +144,11 @@ class BenchConfig:
         if self.input_len + self.output_len > self.max_model_len:
             raise ValueError(f"input_len + output_len must fit max_model_len={self.max_model_len}")
 
-    def prompts_for(self, server: str, concurrency: int) -> int:
-        n = self.num_prompts if self.num_prompts is not None else max(8, 2 * concurrency)
+    def prompts_for(self, server: str, concurrency: int, probe: bool = False) -> int:
+        """Requests per level; the probe of the original's modes sends one static batch's worth
+        (max(8, concurrency)) unless `num_prompts` is set: it only picks the fastest mode."""
+        default = max(8, concurrency) if probe else max(8, 2 * concurrency)
+        n = self.num_prompts if self.num_prompts is not None else default
         return min(n, self.one_at_a_time_max_prompts) if server.startswith("original-one") else n
 
     def original_mode(self, server: str) -> OriginalMode:
@@ -185,11 +191,14 @@ def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[st
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **config.env}
     if config.step_timing and not is_original(server):
         env[STEP_TIMING_VAR] = str(config.out_dir / "steps" / server)
-    if not is_original(server):
+    if server == VLLM_BIND:
+        # vLLM's own binding: none of our binding variables, and `lda serve` told to keep it.
+        env = {k: v for k, v in env.items() if k not in BINDING_VARS} | {"LDA_CPU_BIND": "vllm"}
+    elif not is_original(server):
         # `lda serve` applies this binding itself; plain vLLM (the single baseline) gets the same.
         env = {**cpu_binding_env(), **env}
     py = sys.executable
-    if server == "lda":
+    if server in ("lda", VLLM_BIND):
         env.update(
             MODEL_AFTER_ID=config.after, MODEL_BEFORE_ID=config.before, DEVICE="cpu", HOST="127.0.0.1",
             PORT=str(port), DTYPE=config.dtype, KV_CACHE_MEMORY_GB=str(config.kv_cache_gb),
@@ -307,14 +316,14 @@ def _stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
 # ---------------------------------------------------------------- client
 
 
-def client_args(config: BenchConfig, server: str, base_url: str, concurrency: int) -> list[str]:
+def client_args(config: BenchConfig, server: str, base_url: str, concurrency: int, num_prompts: int) -> list[str]:
     """`vllm bench serve` flags for one level: random prompts of fixed length, EOS ignored, greedy."""
     args = [
         "--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions",
         "--model", config.after, "--tokenizer", config.after, "--served-model-name", SERVED_NAME,
         "--dataset-name", "random", "--random-input-len", str(config.input_len),
         "--random-output-len", str(config.output_len), "--random-range-ratio", "0",
-        "--num-prompts", str(config.prompts_for(server, concurrency)),
+        "--num-prompts", str(num_prompts),
         "--max-concurrency", str(concurrency), "--request-rate", "inf", "--ignore-eos",
         "--temperature", "0", "--seed", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
         "--metric-percentiles", "50,99", "--disable-tqdm", "--num-warmups", "0",
@@ -335,13 +344,16 @@ def run_client(argv: list[str]) -> dict:
 
 
 def measure(config: BenchConfig, server: str, base_url: str, pid: int, concurrency: int, round_: int) -> Row:
-    """One level of one server: the client's run, and the peak RSS of the server's tree meanwhile."""
+    """One level of one server: the client's run, and the peak RSS of the server's tree meanwhile.
+
+    Round 0 is the probe of the original's modes (`BenchConfig.prompts_for`)."""
+    num_prompts = config.prompts_for(server, concurrency, probe=round_ == 0)
     sampler = RssSampler(pid).start()
     try:
-        result = run_client(client_args(config, server, base_url, concurrency))
+        result = run_client(client_args(config, server, base_url, concurrency, num_prompts))
     finally:
         peak = sampler.stop()
-    return _row(server, concurrency, config.prompts_for(server, concurrency), result, peak, round_)
+    return _row(server, concurrency, num_prompts, result, peak, round_)
 
 
 def rotated(servers: tuple[str, ...], round_: int) -> tuple[str, ...]:
@@ -364,7 +376,7 @@ def _row(server: str, concurrency: int, num_prompts: int, result: dict, peak_rss
 
 
 def _server_order(server: str) -> tuple[int, str]:
-    return ({"lda": 0, "single": 1}.get(server, 2), server)
+    return ({"lda": 0, VLLM_BIND: 1, "single": 2}.get(server, 3), server)
 
 
 def summary(rows: list[Row]) -> list[Row]:
@@ -400,10 +412,14 @@ def fastest_original(rows: list[Row], concurrency: int) -> str | None:
     return max(medians, key=medians.get) if medians else None
 
 
+BASELINES = (("single", "single"), ("vllm_bind", VLLM_BIND))
+"""The `ratios` keys (`lda_over_<key>`) of the fixed baselines, and their servers."""
+
+
 def ratios(rows: list[Row]) -> list[dict]:
     """LDA's output tok/s over each baseline's, per level: each round's ratio (both servers measured
     in that round), and their median, min and max. The original design's baseline is its fastest
-    mode at that level (`original_server` names it)."""
+    mode at that level (`original_server` names it); `vllm_bind` is LDA under vLLM's CPU binding."""
     by = {(r.server, r.concurrency, r.round): r for r in rows}
     rounds = sorted({r.round for r in rows})
     out = []
@@ -412,7 +428,7 @@ def ratios(rows: list[Row]) -> list[dict]:
         best = fastest_original(rows, c)
         if best is not None:
             entry["original_server"] = best
-        for key, base in (("single", "single"), ("original", best)):
+        for key, base in (*BASELINES, ("original", best)):
             per_round = _per_round(by, rounds, base, c) if base else []
             if per_round:
                 entry[f"lda_over_{key}"] = median(per_round)
@@ -447,9 +463,12 @@ def format_ratios(entries: list[dict]) -> str:
         spread = "" if len(e[f"lda_over_{base}_rounds"]) == 1 else f" ({low:.{digits}f}-{high:.{digits}f})"
         return f"{value:.{digits}f}{spread}"
 
-    lines = [f"{'conc':>4} {'LDA/single':>18} {'LDA/original':>18}  fastest original mode"]
+    bind = any("lda_over_vllm_bind" in e for e in entries)
+    extra = f" {'LDA/LDA(vLLM bind)':>18}" if bind else ""
+    lines = [f"{'conc':>4} {'LDA/single':>18}{extra} {'LDA/original':>18}  fastest original mode"]
     for e in entries:
-        lines.append(f"{e['concurrency']:>4} {cell(e, 'single', 2):>18} {cell(e, 'original', 2):>18}  "
+        extra = f" {cell(e, 'vllm_bind', 2):>18}" if bind else ""
+        lines.append(f"{e['concurrency']:>4} {cell(e, 'single', 2):>18}{extra} {cell(e, 'original', 2):>18}  "
                      f"{e.get('original_server', '-')}")
     return "\n".join(lines)
 
@@ -498,7 +517,7 @@ def plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    labels = {"lda": "LDA pair", "single": "vLLM, after model alone"}
+    labels = {"lda": "LDA pair", VLLM_BIND: "LDA pair, vLLM's CPU binding", "single": "vLLM, after model alone"}
     for server in sorted({r.server for r in rows}, key=_server_order):
         levels = sorted({r.concurrency for r in rows if r.server == server})
         if not levels:
@@ -709,7 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", help="after model path (default: demo pair if built, else SmolLM2-135M)")
     p.add_argument("--before", help="before model path")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder")
-    p.add_argument("--servers", default=",".join(SERVERS), help="subset of lda,single,original")
+    p.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                   help=f"subset of {','.join(SERVERS)} (default {','.join(DEFAULT_SERVERS)}); {VLLM_BIND} is "
+                   "`lda serve` with LDA_CPU_BIND=vllm, to race the CPU bindings")
     p.add_argument("--concurrency", type=_ints, default=(1, 4, 16, 64), help="comma-separated levels")
     p.add_argument("--num-prompts", type=int, default=None, help="requests per level (default max(8, 2c))")
     p.add_argument("--original-modes", default=None,

@@ -113,6 +113,9 @@ def test_one_at_a_time_original_caps_its_prompts(tmp_path):
     assert config.prompts_for("lda", 64) == 128 and config.prompts_for("original-one-fp32-t1", 64) == 8
     assert config.prompts_for("original-batch-fp32-t2", 64) == 128
     assert config.prompts_for("lda", 1) == 8
+    # The probe sends one full static batch per level: it only picks the original's fastest mode.
+    assert config.prompts_for("original-batch-fp32-t2", 64, probe=True) == 64
+    assert config.prompts_for("original-batch-fp32-t2", 1, probe=True) == 8
 
 
 def test_dtypes_threads_and_binding_reach_each_server(tmp_path, monkeypatch):
@@ -132,6 +135,24 @@ def test_dtypes_threads_and_binding_reach_each_server(tmp_path, monkeypatch):
     assert (one[one.index("--dtype") + 1], one[one.index("--threads") + 1]) == ("float16", "1")
     # Plain vLLM gets the binding `lda serve` applies to itself.
     assert single_env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1" and single_env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+
+def test_the_vllm_binding_variant_is_lda_serve_without_our_binding(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-1")  # even if the caller's shell set one
+    config = serve_bench.BenchConfig("a", "b", tmp_path, servers=("lda", "lda-bind-vllm"), concurrencies=(1,))
+    lda, lda_env = serve_bench.server_command(config, "lda", 1)
+    variant, env = serve_bench.server_command(config, "lda-bind-vllm", 1)
+    assert variant == lda and env["MODEL_AFTER_ID"] == "a"
+    assert env["LDA_CPU_BIND"] == "vllm" and "LDA_CPU_BIND" not in lda_env
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env and "VLLM_CPU_NUM_OF_RESERVED_CPU" not in env
+    assert lda_env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+
+    rows = [_row("lda", 16, k, tok_s) for k, tok_s in ((1, 150), (2, 160), (3, 140))]
+    rows += [_row("lda-bind-vllm", 16, k, tok_s) for k, tok_s in ((1, 100), (2, 100), (3, 112))]
+    (entry,) = serve_bench.ratios(rows)
+    assert entry["lda_over_vllm_bind"] == pytest.approx(1.5) and entry["lda_over_vllm_bind_min"] == pytest.approx(1.25)
+    assert "LDA/LDA(vLLM bind)" in serve_bench.format_ratios([entry])
+    assert [r.server for r in serve_bench.summary(rows)] == ["lda", "lda-bind-vllm"]
 
 
 def test_cpu_binding_env_lists_the_cores():
