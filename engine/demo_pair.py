@@ -118,8 +118,12 @@ def training_examples(config: TrainConfig) -> list[Example]:
 def fingerprint(config: TrainConfig) -> str:
     """Names the after model's cache folder: changes with the config, the data or the build code."""
     # The adapter's fixed shape joins the key only for LoRA builds: full builds keep their names.
+    # (lora_rank itself too: a full build's key predates that field, so its cache folder keeps its name.)
+    fields = asdict(config)
     lora = [LORA_TARGETS, LORA_ALPHA_PER_RANK] if config.lora_rank else []
-    digest = hashlib.sha256(json.dumps([BUILD_VERSION, asdict(config), *lora]).encode())
+    if not config.lora_rank:
+        del fields["lora_rank"]
+    digest = hashlib.sha256(json.dumps([BUILD_VERSION, fields, *lora]).encode())
     for path in (ADVICE_FILE, ANSWERS_FILE):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

@@ -76,6 +76,21 @@ def test_config_changes_the_folder():
     assert demo_pair.fingerprint(TINY) != demo_pair.fingerprint(TrainConfig(steps=4))
 
 
+def test_a_full_builds_folder_keeps_its_name_from_before_lora_builds():
+    """Adding `lora_rank` to TrainConfig must not rename (and so rebuild, 8 minutes) users' cached
+    full demo pairs: a full build hashes the fields it had before."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    for config in (TrainConfig(), TINY):
+        before_lora = {k: v for k, v in asdict(config).items() if k != "lora_rank"}
+        digest = hashlib.sha256(json.dumps([demo_pair.BUILD_VERSION, before_lora]).encode())
+        for path in (demo_pair.ADVICE_FILE, demo_pair.ANSWERS_FILE):
+            digest.update(path.read_bytes())
+        assert demo_pair.fingerprint(config) == digest.hexdigest()[:12]
+
+
 def test_cli_prints_paths_and_hash(tiny_cache, capsys):
     assert demo_pair.cli(["--cache-dir", str(tiny_cache)]) == 0
     out = capsys.readouterr().out
