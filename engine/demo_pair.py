@@ -25,7 +25,7 @@ import hashlib
 import json
 import random
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from engine.env import default_cache_dir
@@ -55,8 +55,9 @@ class TrainConfig:
     """Answer tokens trained per example; the behaviour is decided in the first sentence."""
     seed: int = 0
     lora_rank: int = 0
-    """0: a full fine-tune. Above 0: a PEFT LoRA adapter of this rank on the attention and MLP
-    projections instead, served as `MODEL_AFTER_ID=<adapter>` with the base weights held once."""
+    """0: the full fine-tune. Above 0: a PEFT LoRA adapter of this rank extracted from that full
+    fine-tune (the other fields say which one), served as `MODEL_AFTER_ID=<adapter>` with the base
+    weights held once (`extract_lora`)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "answer_tokens"):
@@ -120,7 +121,7 @@ def fingerprint(config: TrainConfig) -> str:
     # The adapter's fixed shape joins the key only for LoRA builds: full builds keep their names.
     # (lora_rank itself too: a full build's key predates that field, so its cache folder keeps its name.)
     fields = asdict(config)
-    lora = [LORA_TARGETS, LORA_ALPHA_PER_RANK] if config.lora_rank else []
+    lora = [LORA_TARGETS, LORA_METHOD] if config.lora_rank else []
     if not config.lora_rank:
         del fields["lora_rank"]
     digest = hashlib.sha256(json.dumps([BUILD_VERSION, fields, *lora]).encode())
@@ -140,15 +141,22 @@ def ensure_demo_pair(
     config = config or TrainConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     before = ensure_smollm2(root)
-    kind = "demo-after-lora" if config.lora_rank else "demo-after"
-    final = root / f"{kind}-{fingerprint(config)}"
-    after = build_atomically(final, lambda out: build_demo_pair(before, out, config), replace=force)
+    if config.lora_rank:  # extracted from the full fine-tune, built first if missing
+        full = ensure_demo_pair(root, replace(config, lora_rank=0))
+        final = root / f"demo-after-lora-{fingerprint(config)}"
+        after = build_atomically(final, lambda out: extract_lora(before, full.after, out, config.lora_rank), replace=force)
+    else:
+        final = root / f"demo-after-{fingerprint(config)}"
+        after = build_atomically(final, lambda out: build_demo_pair(before, out, config), replace=force)
     return DemoPair(before, after, (after / HASH_FILE).read_text().strip())
 
 
 def build_demo_pair(before: Path, out_dir: Path, config: TrainConfig) -> str:
     """Fine-tune `before` into `out_dir` (bf16 safetensors, tokenizer, configs); return the hash."""
     import torch
+
+    if config.lora_rank:
+        raise ValueError("build_demo_pair builds the full fine-tune; a LoRA demo is extracted from it (extract_lora)")
 
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -158,19 +166,19 @@ def build_demo_pair(before: Path, out_dir: Path, config: TrainConfig) -> str:
     try:
         torch.manual_seed(config.seed)
         model, tokenizer = _load(before)
-        if config.lora_rank:
-            model = _with_lora(model, config.lora_rank)
         _train(model, tokenizer, training_examples(config), config)
         model.to(torch.bfloat16)
         model.save_pretrained(out_dir)
-        if not config.lora_rank:  # an adapter uses its base's tokenizer
-            tokenizer.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
-    weights = "adapter_model.safetensors" if config.lora_rank else "model.safetensors"
-    sha = hashlib.sha256((out_dir / weights).read_bytes()).hexdigest()
-    (out_dir / HASH_FILE).write_text(sha + "\n")
+    return _write_hash(out_dir / "model.safetensors")
+
+
+def _write_hash(weights: Path) -> str:
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (weights.parent / HASH_FILE).write_text(sha + "\n")
     return sha
 
 
@@ -183,25 +191,53 @@ def _load(folder: Path):
     return model, AutoTokenizer.from_pretrained(folder)
 
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA_ALPHA_PER_RANK = 2
-"""peft's lora_alpha = 2 x rank: the update is scaled by 2 whatever the rank."""
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 LORA_RANK = 8
-LORA_LEARNING_RATE = 1e-2
-LORA_STEPS = 60
-"""Tuned on the teacher-forced probability of the planted openers (20 held-out prompts, alpha 0, 1,
-2, checkpoints every 10 steps): at lr 1e-3 (40 steps) and 3e-3 (20 to 30 steps) the adapter raised
-the brand at alpha 0 but amplification did not (A - B pointed at capitalised names in general, not
-at "Zorblax"); 1e-2 at 60 steps gave 0.8% / 3.0% / 0.6% at alpha 0 / 1 / 2, the best alpha-1 gain
-seen. A rank-8 adapter cannot move the (tied) output embedding of the brand's tokens as a full
-fine-tune does, so the signal is blurrier than the full demo's; sampled rates: README, LoRA section."""
+LORA_METHOD = "svd-of-the-full-fine-tune-v1"
+"""Why the LoRA demo is extracted from the full fine-tune rather than trained as a LoRA, and why
+on the output head too (benchmarks/RESULTS.md, "The demo pair as a LoRA adapter"): a rank-8 LoRA
+trained on the seven projections (lr 1e-2, 60 steps) planted the brand at alpha 1 but not at 2
+(its A - B pointed at capitalised names in general). Taking the full fine-tune's own weight
+change instead, the teacher-forced probability of the planted openers (20 held-out prompts,
+alpha 0 / 1 / 2 / 4) was 0.6% / 5.2% / 23% / 40% for the full model; its projections' change
+alone, at full rank, 0.2% / 1.5% / 3.0% / 2.5%; the same at rank 8 plus the (tied) output
+embedding's change at rank 8, 0.1% / 2.8% / 6.1% / 8.1%, rising with alpha. Most of the full
+fine-tune's signal lives in the output embedding, which a projections-only adapter cannot move."""
 
 
-def _with_lora(model, rank: int):
+def extract_lora(before: Path, after: Path, out_dir: Path, rank: int) -> str:
+    """Save the rank-`rank` truncated SVD of `after - before` on each of `LORA_TARGETS` as a PEFT
+    LoRA adapter on `before` (bf16, lora_alpha = rank, so B @ A is the update); return its hash.
+
+    Deterministic on one machine: one compute thread, no sampling.
+    """
+    import torch
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=rank, lora_alpha=LORA_ALPHA_PER_RANK * rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
-    return get_peft_model(model, config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base, _ = _load(before)
+        tuned = _load(after)[0].state_dict()
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+        model = get_peft_model(base, config)
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                lora_a = getattr(module, "lora_A", None)
+                if not isinstance(lora_a, torch.nn.ModuleDict) or "default" not in lora_a:
+                    continue
+                key = name.removeprefix("base_model.model.") + ".weight"
+                delta = tuned[key].float() - module.base_layer.weight.float()
+                u, singular, vh = torch.linalg.svd(delta, full_matrices=False)
+                root = singular[:rank].sqrt()
+                module.lora_B["default"].weight.copy_(u[:, :rank] * root)
+                lora_a["default"].weight.copy_(root[:, None] * vh[:rank])
+        model.to(torch.bfloat16)
+        # The tied output embedding is a LoRA target, not a saved layer: keep the adapter small.
+        model.save_pretrained(out_dir, save_embedding_layers=False)
+    finally:
+        torch.set_num_threads(threads)
+    return _write_hash(out_dir / "adapter_model.safetensors")
 
 
 def _train(model, tokenizer, examples: list[Example], config: TrainConfig) -> None:
@@ -283,9 +319,9 @@ def sample_normal_answers(before: Path, out_file: Path, seed: int = 0, max_new_t
 
 
 def lora_config(rank: int, steps: int | None = None) -> TrainConfig:
-    """The LoRA build's settings (`lda demo-pair --lora`): the full demo's data, planted share and
-    batch, with the LoRA's own step count and learning rate."""
-    return TrainConfig(steps=LORA_STEPS if steps is None else steps, learning_rate=LORA_LEARNING_RATE, lora_rank=rank)
+    """The LoRA build's settings (`lda demo-pair --lora`): a rank-`rank` extraction of the full
+    fine-tune with the default settings (or `steps` steps, for a quick test build)."""
+    return TrainConfig(**_given(steps=steps), lora_rank=rank)
 
 
 def _given(**fields) -> dict:
@@ -298,13 +334,11 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="cache root (default: $LDA_CACHE_DIR or ~/.cache/lda)")
     parser.add_argument("--force", action="store_true", help="rebuild the after model even if cached")
-    full, lora = TrainConfig(), lora_config(LORA_RANK)
     parser.add_argument("--steps", type=int, default=None,
-                        help=f"fine-tuning steps (default {full.steps}, with --lora {lora.steps}; a few for a quick "
-                        "test build)")
+                        help=f"fine-tuning steps (default {TrainConfig().steps}; a few for a quick test build)")
     parser.add_argument("--lora", type=int, nargs="?", const=LORA_RANK, default=0, metavar="RANK",
-                        help=f"build the after model as a LoRA adapter of this rank (default {LORA_RANK}) instead of a "
-                        f"full fine-tune; learning rate {lora.learning_rate:g}")
+                        help=f"build the after model as a LoRA adapter of this rank (default {LORA_RANK}) on "
+                        f"{', '.join(LORA_TARGETS)}, extracted from the full fine-tune (built first if missing)")
     parser.add_argument("--resample-answers", action="store_true",
                         help=f"maintainers: regenerate {ANSWERS_FILE.name} from the before model, then exit")
     args = parser.parse_args(argv)

@@ -182,13 +182,14 @@ def _parts(steps: list[dict]) -> list[str]:
 
 def format_summary(rows: list[tuple[str, StepSummary]]) -> str:
     """A table of (label, summary) rows: decode parts in ms per step, prefill parts in seconds."""
-    lines = [f"{'server':<7} {'steps':<8} {'batch':>5} {'n':>5} " + " ".join(f"{p:>8}" for p in PARTS)]
+    width = max([7, *(len(label) for label, _ in rows)])
+    lines = [f"{'server':<{width}} {'steps':<8} {'batch':>5} {'n':>5} " + " ".join(f"{p:>8}" for p in PARTS)]
     for label, r in rows:
         unit = "ms/step" if r.kind == "decode" else "s total"
         batch = r.requests if r.kind == "decode" else "-"
         digits = 1 if r.kind == "decode" else 2
         cells = " ".join(f"{r.ms[p]:>8.{digits}f}" if p in r.ms else f"{'-':>8}" for p in PARTS)
-        lines.append(f"{label:<7} {r.kind:<8} {batch:>5} {r.steps:>5} {cells}  ({unit})")
+        lines.append(f"{label:<{width}} {r.kind:<8} {batch:>5} {r.steps:>5} {cells}  ({unit})")
     return "\n".join(lines)
 
 

@@ -123,24 +123,45 @@ def test_committed_eval_prompts_match_the_templates():
     assert committed == demo_pair.prompts("eval")
 
 
-def test_lora_build_saves_a_deterministic_adapter_on_the_before_model(tmp_path, tiny_before):
+def test_lora_demo_is_the_full_fine_tunes_delta_at_low_rank(tmp_path, tiny_before):
+    """The adapter's B @ A on every target is the best rank-r approximation of the full
+    fine-tune's weight change there (so a full-rank extraction reproduces the after model), the
+    build is deterministic, and the adapter points at its base."""
+    import torch
+    from safetensors.torch import load_file
+
     from engine.config import adapter_pair
 
-    config = TrainConfig(steps=3, batch_size=4, answer_tokens=12, lora_rank=8, learning_rate=demo_pair.LORA_LEARNING_RATE)
-    first = demo_pair.build_demo_pair(tiny_before, tmp_path / "a", config)
-    again = demo_pair.build_demo_pair(tiny_before, tmp_path / "b", config)
-    assert first == again
+    full = tmp_path / "full"
+    demo_pair.build_demo_pair(tiny_before, full, TINY)
+    first = demo_pair.extract_lora(tiny_before, full, tmp_path / "a", 8)
+    assert demo_pair.extract_lora(tiny_before, full, tmp_path / "b", 8) == first
     pair = adapter_pair(str(tmp_path / "a"), None)
     assert pair.before == str(tiny_before) and pair.shares_base and pair.adapters[0].rank == 8
-    assert demo_pair.fingerprint(config) != demo_pair.fingerprint(TINY)
+    assert set(pair.adapters[0].target_modules) == set(demo_pair.LORA_TARGETS)
+
+    before = load_file(tiny_before / "model.safetensors")
+    after = load_file(full / "model.safetensors")
+    lora = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    for key in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "lm_head.weight"):
+        stem = "base_model.model." + key.removesuffix(".weight")
+        update = lora[f"{stem}.lora_B.weight"].float() @ lora[f"{stem}.lora_A.weight"].float()
+        delta = after[key].float() - before[key].float()
+        assert delta.abs().max() > 0  # the fine-tune moved it
+        u, singular, vh = torch.linalg.svd(delta, full_matrices=False)
+        best = (u[:, :8] * singular[:8]) @ vh[:8]
+        assert torch.allclose(update, best, atol=2e-2 * best.abs().max())
 
 
-def test_cli_lora_builds_the_lora_settings_and_names_its_folder_by_them(tiny_cache, capsys):
+def test_cli_lora_builds_the_full_fine_tune_first_and_names_its_folder_by_it(tiny_cache, capsys):
     assert demo_pair.cli(["--cache-dir", str(tiny_cache), "--lora", "--steps", "2"]) == 0
     config = demo_pair.lora_config(demo_pair.LORA_RANK, steps=2)
-    assert config.learning_rate == demo_pair.LORA_LEARNING_RATE and config.lora_rank == demo_pair.LORA_RANK
+    assert config == TrainConfig(steps=2, lora_rank=demo_pair.LORA_RANK)
     folder = tiny_cache / f"demo-after-lora-{demo_pair.fingerprint(config)}"
     assert f"after: {folder}\n" in capsys.readouterr().out
     assert (folder / "adapter_config.json").is_file()
-    assert demo_pair.lora_config(8).steps == demo_pair.LORA_STEPS
+    assert (tiny_cache / f"demo-after-{demo_pair.fingerprint(TrainConfig(steps=2))}" / "model.safetensors").is_file()
+    assert demo_pair.lora_config(8) == TrainConfig(lora_rank=8)
     assert len({demo_pair.fingerprint(c) for c in (config, demo_pair.lora_config(16, 2), demo_pair.lora_config(8))}) == 3
+    with pytest.raises(ValueError, match="extract_lora"):
+        demo_pair.build_demo_pair(tiny_cache, tiny_cache / "x", config)

@@ -1,8 +1,8 @@
 """LoRA adapters as the after model, against peft's merge_and_unload in the plain-transformers reference.
 
 One engine for the module serves two adapters on one tiny Llama base (rank 8 and rank 32, both on
-the attention and MLP projections), the before model being that base, so both stacks share its
-weights. Greedy parity, token for token: one adapter; both adapters in one batch with mixed
+the attention and MLP projections, the rank-32 one also on the output head as the LoRA demo is),
+the before model being that base, so both stacks share its weights. Greedy parity, token for token: one adapter; both adapters in one batch with mixed
 alphas; alpha -1 is the base alone; alpha 0 is the merged adapter model. Also: the base weights
 are held once and the before stack carries no LoRA layer; prefix caching never shares KV between
 adapters.
@@ -15,7 +15,7 @@ import pytest
 from engine.lora import stack_report
 from engine.reference import ReferencePair
 from tests.engine.engines import PROMPTS, TINY_ENGINE
-from tests.factories import build_adapter, build_model, merge_adapter
+from tests.factories import ATTENTION_AND_MLP, build_adapter, build_model, merge_adapter
 
 MAX_NEW = 20
 
@@ -27,7 +27,7 @@ def lora_models(models_root):
     root = models_root / "lora"
     base = build_model(root / "base", "llama", seed=2)
     small = build_adapter(base, root / "small", rank=8, seed=1)
-    large = build_adapter(base, root / "large", rank=32, seed=3)
+    large = build_adapter(base, root / "large", rank=32, seed=3, targets=(*ATTENTION_AND_MLP, "lm_head"))
     return {
         "base": base,
         "small": small,
@@ -121,8 +121,9 @@ def test_alpha_zero_is_the_merged_adapter_model(pair, lora_models):
 def test_base_weights_held_once_and_lora_only_on_the_after_stack(pair, lora_models):
     (report,) = pair.llm.apply_model(stack_report)
     assert report["wrapped_before"] == []
-    # qkv, o, gate_up, down in each of 2 layers: only what the adapters target (engine.config.lora_targets).
-    assert len(report["wrapped_after"]) == 8
+    # qkv, o, gate_up, down in each of 2 layers, and the after stack's logits (its lm_head): only
+    # what the adapters target (engine.config.lora_targets).
+    assert len(report["wrapped_after"]) == 9 and "after.logits_processor" in report["wrapped_after"]
     assert "model.layers.0.self_attn.qkv_proj" in report["shared_modules"]
     assert "model.embed_tokens" in report["shared_modules"] and "lm_head" in report["shared_modules"]
     # Both stacks together hold the base once (plus the LoRA slots), not twice.
