@@ -161,8 +161,9 @@ def cpu_binding_env(cores: set[int] | None = None) -> dict[str, str]:
     may use (`cores`, default its affinity), none reserved for the API server and engine core.
 
     vLLM's default reserves one core per rank for those processes; on a 2-core machine that leaves
-    the model one core. Both cores for the worker decoded 1.3x to 1.6x faster at batch 16 and 64
-    (LDAModelPair, bf16, issue 14's measurement); the front-end processes mostly wait on the worker.
+    the model one core. Both cores for the worker served 1.07x, 1.39x and 1.56x the output tokens/s
+    of vLLM's binding at concurrency 1, 16 and 64 (`lda bench --servers lda,lda-bind-vllm`,
+    interleaved rounds, benchmarks/RESULTS.md); the front-end processes mostly wait on the worker.
     """
     ids = sorted(os.sched_getaffinity(0) if cores is None else cores)
     return {"VLLM_CPU_OMP_THREADS_BIND": _id_ranges(ids), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
