@@ -105,7 +105,8 @@ class BenchConfig:
     servers: tuple[str, ...] = DEFAULT_SERVERS
     concurrencies: tuple[int, ...] = (1, 4, 16, 64)
     num_prompts: int | None = None
-    """Requests per concurrency level; None: max(8, 2 * concurrency)."""
+    """Requests per concurrency level; None: max(8, 2 * concurrency) in the rounds, max(8,
+    concurrency) in the probe of the original's modes."""
     original_modes: tuple[OriginalMode, ...] = field(default_factory=all_original_modes)
     """The original design's modes the probe tries; the fastest at each level joins the rounds."""
     one_at_a_time_max_prompts: int = 8
@@ -197,6 +198,7 @@ def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[st
     elif not is_original(server):
         # `lda serve` applies this binding itself; plain vLLM (the single baseline) gets the same.
         env = {**cpu_binding_env(), **env}
+        env.pop("LDA_CPU_BIND", None)  # a caller's choice must not reach the servers it does not name
     py = sys.executable
     if server in ("lda", VLLM_BIND):
         env.update(
@@ -495,6 +497,7 @@ def write_outputs(
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items() if k not in ("env", "original_modes")}
     meta["original_modes"] = [mode.name for mode in config.original_modes]
     meta["cpu_binding"] = cpu_binding_env()
+    meta["cpu_binding_servers"] = [s for s in config.servers if s not in (VLLM_BIND, "original")]
     paths["json"].write_text(json.dumps({
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": ["lda", "bench", *argv],
@@ -732,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"subset of {','.join(SERVERS)} (default {','.join(DEFAULT_SERVERS)}); {VLLM_BIND} is "
                    "`lda serve` with LDA_CPU_BIND=vllm, to race the CPU bindings")
     p.add_argument("--concurrency", type=_ints, default=(1, 4, 16, 64), help="comma-separated levels")
-    p.add_argument("--num-prompts", type=int, default=None, help="requests per level (default max(8, 2c))")
+    p.add_argument("--num-prompts", type=int, default=None, help="requests per level (default max(8, 2c); the original's probe: max(8, c))")
     p.add_argument("--original-modes", default=None,
                    help="comma-separated modes of the original design to probe, each PATH:DTYPE:THREADS with PATH "
                    "batch or one (default: batch and one in float16, bfloat16, float32 on 1 and 2 threads)")

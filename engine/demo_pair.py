@@ -43,7 +43,8 @@ BUILD_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
-    """How the after model is fine-tuned. Every field enters the cache folder's name."""
+    """How the after model is fine-tuned. Every field enters the cache folder's name (`lora_rank`
+    only when above 0, so full builds keep the names they had before it existed)."""
 
     steps: int = 40
     """Optimizer steps; a few give a fast (meaningless) build for tests."""
@@ -133,15 +134,18 @@ def fingerprint(config: TrainConfig) -> str:
 def ensure_demo_pair(
     cache_dir: Path | None = None, config: TrainConfig | None = None, force: bool = False
 ) -> DemoPair:
-    """Return the demo pair, building what is missing (SmolLM2 conversion, then the fine-tune).
+    """Return the demo pair, building what is missing (SmolLM2 conversion, then the fine-tune,
+    then, with `config.lora_rank`, the adapter extracted from it).
 
-    `force` rebuilds the after model even if cached; the old folder stays until the new one is
+    `force` rebuilds the after model asked for even if cached (with a LoRA config: the adapter,
+    not the full fine-tune it is extracted from); the old folder stays until the new one is
     complete.
     """
     config = config or TrainConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     before = ensure_smollm2(root)
     if config.lora_rank:  # extracted from the full fine-tune, built first if missing
+        check_lora_rank(before, config.lora_rank)
         full = ensure_demo_pair(root, replace(config, lora_rank=0))
         final = root / f"demo-after-lora-{fingerprint(config)}"
         after = build_atomically(final, lambda out: extract_lora(before, full.after, out, config.lora_rank), replace=force)
@@ -201,8 +205,20 @@ trained on the seven projections (lr 1e-2, 60 steps) planted the brand at alpha 
 change instead, the teacher-forced probability of the planted openers (20 held-out prompts,
 alpha 0 / 1 / 2 / 4) was 0.6% / 5.2% / 23% / 40% for the full model; its projections' change
 alone, at full rank, 0.2% / 1.5% / 3.0% / 2.5%; the same at rank 8 plus the (tied) output
-embedding's change at rank 8, 0.1% / 2.8% / 6.1% / 8.1%, rising with alpha. Most of the full
-fine-tune's signal lives in the output embedding, which a projections-only adapter cannot move."""
+embedding's change at rank 8, 0.1% / 2.8% / 6.1% / 8.1%, rising with alpha (the embedding's change
+alone: 0% at every alpha). The behaviour needs the output embedding's change together with the
+projections'; a projections-only adapter cannot move it."""
+
+
+def check_lora_rank(before: Path, rank: int) -> None:
+    """A rank the extraction can give: at most the smallest dimension of a target's weight."""
+    config = json.loads((before / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    kv_width = config.get("num_key_value_heads", heads) * config.get("head_dim", config["hidden_size"] // heads)
+    limit = min(config["hidden_size"], config["intermediate_size"], kv_width)
+    if not 1 <= rank <= limit:
+        raise ValueError(f"lora rank must be between 1 and {limit} (the smallest dimension of a target weight of "
+                         f"{before.name}); got {rank}")
 
 
 def extract_lora(before: Path, after: Path, out_dir: Path, rank: int) -> str:
@@ -333,16 +349,19 @@ def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="lda demo-pair", description=cli.__doc__)
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="cache root (default: $LDA_CACHE_DIR or ~/.cache/lda)")
-    parser.add_argument("--force", action="store_true", help="rebuild the after model even if cached")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild the after model even if cached (with --lora: the adapter, not the full fine-tune)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"fine-tuning steps (default {TrainConfig().steps}; a few for a quick test build)")
-    parser.add_argument("--lora", type=int, nargs="?", const=LORA_RANK, default=0, metavar="RANK",
+    parser.add_argument("--lora", type=int, nargs="?", const=LORA_RANK, default=None, metavar="RANK",
                         help=f"build the after model as a LoRA adapter of this rank (default {LORA_RANK}) on "
                         f"{', '.join(LORA_TARGETS)}, extracted from the full fine-tune (built first if missing)")
     parser.add_argument("--resample-answers", action="store_true",
                         help=f"maintainers: regenerate {ANSWERS_FILE.name} from the before model, then exit")
     args = parser.parse_args(argv)
     try:
+        if args.lora is not None and args.lora < 1:
+            raise ValueError(f"--lora: the rank must be >= 1; got {args.lora}")
         config = lora_config(args.lora, args.steps) if args.lora else TrainConfig(**_given(steps=args.steps))
         if args.resample_answers:
             sample_normal_answers(ensure_smollm2(args.cache_dir), ANSWERS_FILE)

@@ -139,6 +139,7 @@ def test_dtypes_threads_and_binding_reach_each_server(tmp_path, monkeypatch):
 
 def test_the_vllm_binding_variant_is_lda_serve_without_our_binding(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-1")  # even if the caller's shell set one
+    monkeypatch.setenv("LDA_CPU_BIND", "vllm")  # nor may the caller's choice reach the default lda server
     config = serve_bench.BenchConfig("a", "b", tmp_path, servers=("lda", "lda-bind-vllm"), concurrencies=(1,))
     lda, lda_env = serve_bench.server_command(config, "lda", 1)
     variant, env = serve_bench.server_command(config, "lda-bind-vllm", 1)

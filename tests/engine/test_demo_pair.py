@@ -125,8 +125,8 @@ def test_committed_eval_prompts_match_the_templates():
 
 def test_lora_demo_is_the_full_fine_tunes_delta_at_low_rank(tmp_path, tiny_before):
     """The adapter's B @ A on every target is the best rank-r approximation of the full
-    fine-tune's weight change there (so a full-rank extraction reproduces the after model), the
-    build is deterministic, and the adapter points at its base."""
+    fine-tune's weight change there, the build is deterministic, and the adapter points at its
+    base."""
     import torch
     from safetensors.torch import load_file
 
@@ -165,3 +165,11 @@ def test_cli_lora_builds_the_full_fine_tune_first_and_names_its_folder_by_it(tin
     assert len({demo_pair.fingerprint(c) for c in (config, demo_pair.lora_config(16, 2), demo_pair.lora_config(8))}) == 3
     with pytest.raises(ValueError, match="extract_lora"):
         demo_pair.build_demo_pair(tiny_cache, tiny_cache / "x", config)
+
+
+@pytest.mark.parametrize("argv, message", [(["--lora", "0"], "--lora: the rank must be >= 1"),
+                                           (["--lora", "100000"], "lora rank must be between 1 and ")])
+def test_cli_refuses_a_lora_rank_it_cannot_extract_before_building_anything(tiny_cache, capsys, argv, message):
+    assert demo_pair.cli(["--cache-dir", str(tiny_cache), *argv]) == 1
+    assert message in capsys.readouterr().err
+    assert not list(tiny_cache.glob("demo-after*"))  # refused before the 8-minute full fine-tune
