@@ -164,10 +164,11 @@ def _value(args, flag: str, env: str, kind, default):
 
 
 def default_pair() -> tuple[str, str]:
-    """The embedded pair, built offline on first use (see `lda demo-pair`)."""
-    from engine.demo_pair import ensure_demo_pair
+    """The embedded pair: the demo's LoRA adapter on SmolLM2, installed on first use from the copy
+    shipped in the repository (no fine-tune; see `lda demo-pair --lora`)."""
+    from engine.demo_pair import LORA_RANK, ensure_demo_pair, lora_config
 
-    pair = ensure_demo_pair()
+    pair = ensure_demo_pair(config=lora_config(LORA_RANK))
     return str(pair.after), str(pair.before)
 
 

