@@ -251,3 +251,14 @@ def test_cli_ship_needs_lora(capsys):
     assert demo_pair.cli(["--ship"]) == 1
     assert "only the LoRA build ships" in capsys.readouterr().err
 
+
+
+def test_every_shipped_file_is_package_data():
+    """A non-editable install (the Docker image's) must carry the shipped adapter."""
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((demo_pair.DATA_DIR.parent.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    for path in demo_pair.SHIPPED_DIR.iterdir():
+        assert any(fnmatch.fnmatch(path.name, p) for p in patterns), path.name
