@@ -17,7 +17,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from vllm.exceptions import VLLMValidationError
 
-from api.settings import LIMIT_ENV
 from engine.alpha import AlphaError, validate_alpha
 from engine.prompts import PromptFormat, prompt_token_ids, render_prompt
 from engine.scoring import ScoreInput, ScoringError, assemble, requests_for, result_dict, score_params
@@ -65,13 +64,10 @@ def _continuation_ids(tokenizer, continuation: str | list[int]) -> list[int]:
     return list(continuation)
 
 
-def _check_chars(req: ScoreRequest, limit: int) -> None:
-    """Before tokenizing: text size in characters bounds the work tokenizing it costs."""
+def _texts(req: ScoreRequest) -> dict[str, str | None]:
     texts = {"prompt": req.prompt, "continuation": req.continuation if isinstance(req.continuation, str) else None}
     texts.update({f"messages[{i}].content": m.content for i, m in enumerate(req.messages or [])})
-    for name, text in texts.items():
-        if text is not None and len(text) > limit:
-            raise ScoringError(f"{name}: {len(text)} characters; the limit is {LIMIT_ENV['max_prompt_chars']}={limit}")
+    return texts
 
 
 def build_input(info, req: ScoreRequest) -> ScoreInput:
@@ -128,8 +124,9 @@ async def score(raw_request: Request):
     except ValueError:
         return _error("the body must be a JSON object", None)
     info = raw_request.app.state.lda
+    if too_long := info.limits.too_many_chars(_texts(req)):
+        return _error(too_long[1], too_long[0])
     try:
-        _check_chars(req, info.limits.max_prompt_chars)
         # Templates and tokenizers are CPU work: off the event loop, as the original routes do.
         item = await asyncio.get_running_loop().run_in_executor(info.tokenize_pool, build_input, info, req)
     except AlphaError as error:

@@ -136,13 +136,6 @@ def _alpha(info, req: AlphaField) -> float:
         raise _bad_request(str(error)) from error
 
 
-def _check_chars(texts: dict[str, str | None], limit: int) -> None:
-    """Before tokenizing: a prompt's size in characters bounds the work tokenizing it costs."""
-    for name, text in texts.items():
-        if text is not None and len(text) > limit:
-            raise _bad_request(f"{name} has {len(text)} characters; the limit is {LIMIT_ENV['max_prompt_chars']}={limit}")
-
-
 def _prepare(info, names: list[str], prompts: list[str], req: SamplingFields, max_new_tokens: int) -> list[Prepared]:
     """Format and tokenize every prompt; 400 naming the first that does not fit the context."""
     fmt = (req.prompt_format or info.prompt_format) if req.apply_chat_template else PromptFormat.RAW
@@ -161,7 +154,8 @@ def _prepare(info, names: list[str], prompts: list[str], req: SamplingFields, ma
 
 async def _prepare_off_loop(info, names, prompts, req: SamplingFields, max_new_tokens: int) -> list[Prepared]:
     texts = dict(zip(names, prompts)) | {"system_prompt": req.system_prompt}
-    _check_chars(texts, info.limits.max_prompt_chars)
+    if too_long := info.limits.too_many_chars(texts):
+        raise _bad_request(too_long[1])
     loop = asyncio.get_running_loop()
     # One worker thread: a fast tokenizer must not be entered by two threads at once.
     return await loop.run_in_executor(info.tokenize_pool, _prepare, info, names, prompts, req, max_new_tokens)

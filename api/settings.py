@@ -105,6 +105,15 @@ class RequestLimits:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{env} must be an integer >= 1; got {value!r}")
 
+    def too_many_chars(self, texts: dict[str, str | None]) -> tuple[str, str] | None:
+        """(field, error) for the first named text above `max_prompt_chars`, or None. Checked
+        before tokenizing: a text's size in characters bounds the work tokenizing it costs."""
+        for name, text in texts.items():
+            if text is not None and len(text) > self.max_prompt_chars:
+                limit = f"{LIMIT_ENV['max_prompt_chars']}={self.max_prompt_chars}"
+                return name, f"{name} has {len(text)} characters; the limit is {limit}"
+        return None
+
 
 LIMIT_ENV = {
     "max_batch_prompts": "LDA_MAX_BATCH_PROMPTS",
