@@ -149,3 +149,27 @@ def build_added_eos_pair(root: Path, family: str = "llama") -> TinyPair:
         head[300] = head[_EOS_LIKE_TOKEN] * _EOS_MARGIN
     model.save_pretrained(after)
     return TinyPair(after=after, before=before)
+
+
+ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def build_adapter(
+    base: Path, out_dir: Path, rank: int = 8, seed: int = 0, targets=ATTENTION_AND_MLP, scale: float = 0.5
+) -> Path:
+    """Save a PEFT LoRA adapter on `base` whose A and B are both random (peft starts B at zero,
+    which would make the adapter a no-op), large enough to change greedy choices."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), lora_dropout=0.0)
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    peft_model.save_pretrained(out_dir)
+    return out_dir

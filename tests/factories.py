@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 from engine.tiny_models import (  # noqa: F401 - re-exported for the tests
+    ATTENTION_AND_MLP,
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,
     TinyPair,
+    build_adapter,
     build_added_eos_pair,
     build_model,
     build_pair,
@@ -39,30 +41,6 @@ def add_bos(tokenizer_dir: Path, chat_template: str = CHAT_TEMPLATE):
 def write_json(path: Path, data) -> Path:
     path.write_text(json.dumps(data))
     return path
-
-
-ATTENTION_AND_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def build_adapter(
-    base: Path, out_dir: Path, rank: int = 8, seed: int = 0, targets=ATTENTION_AND_MLP, scale: float = 0.5
-) -> Path:
-    """Save a PEFT LoRA adapter on `base` whose A and B are both random (peft starts B at zero,
-    which would make the adapter a no-op), large enough to change greedy choices."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), lora_dropout=0.0)
-    peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * scale)
-    peft_model.save_pretrained(out_dir)
-    return out_dir
 
 
 def merge_adapter(base: Path, adapter: Path, out_dir: Path) -> Path:
