@@ -55,3 +55,13 @@ def test_one_aot_artifact_for_two_stacks_is_a_failure(tmp_path):
     (root / "b" / "rank_0_0").mkdir(parents=True)
     (root / "b" / "rank_0_0" / "model").write_bytes(b"")
     assert selftest.aot_problems(tmp_path) == []
+
+
+def test_lora_mode_on_cpu_says_it_ran_eager(monkeypatch, capsys):
+    monkeypatch.setattr(selftest, "resolve_device", lambda device: "cpu")
+    monkeypatch.setattr(selftest, "run", lambda device, modes, workdir: [_result(m, []) for m in modes])
+    assert selftest.cli(["--modes", "lora"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS lora" in out and "vLLM 0.32 runs LoRA eager on a CPU" in out
+    assert selftest.cli(["--modes", "eager"]) == 0
+    assert "LoRA eager" not in capsys.readouterr().out
