@@ -125,7 +125,8 @@ async def score(raw_request: Request):
         return _error("the body must be a JSON object", None)
     info = raw_request.app.state.lda
     if too_long := info.limits.too_many_chars(_texts(req)):
-        return _error(too_long[1], too_long[0])
+        field, message = too_long
+        return _error(message, field)
     try:
         # Templates and tokenizers are CPU work: off the event loop, as the original routes do.
         item = await asyncio.get_running_loop().run_in_executor(info.tokenize_pool, build_input, info, req)

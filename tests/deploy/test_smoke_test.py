@@ -55,7 +55,7 @@ def _lines(result: subprocess.CompletedProcess) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def environment_run() -> subprocess.CompletedProcess:
-    return _run("--check", "cli", "--check", "plugin", "--check", "vllm")
+    return _run("--check", "cli", "--check", "plugin", "--check", "vllm", "--check", "demo")
 
 
 def test_plugin_and_vllm_checks_pass_here(environment_run):
@@ -63,6 +63,23 @@ def test_plugin_and_vllm_checks_pass_here(environment_run):
     assert lines["plugin"].startswith("PASS plugin: entry point engine.plugin:register registered LDAPairForCausalLM"), environment_run.stdout
     assert lines["vllm"].startswith("PASS vllm: "), environment_run.stdout
     assert f" {smoke_test.pinned_vllm_version()} with torch " in lines["vllm"]
+
+
+def test_demo_check_passes_here_and_fails_on_a_damaged_adapter(environment_run, tmp_path, monkeypatch):
+    import shutil
+
+    from engine import demo_pair
+
+    assert _lines(environment_run)["demo"].startswith("PASS demo: demo adapter build "), environment_run.stdout
+    damaged = tmp_path / "shipped"
+    shutil.copytree(demo_pair.SHIPPED_DIR, damaged)
+    (damaged / demo_pair.ADAPTER_WEIGHTS).write_bytes(b"not the weights")
+    monkeypatch.setattr(demo_pair, "SHIPPED_DIR", damaged)
+    with pytest.raises(smoke_test.CheckFailed, match="the image's copy is damaged"):
+        smoke_test.check_demo(None)
+    (damaged / "build.json").unlink()
+    with pytest.raises(smoke_test.CheckFailed, match="holds build None, not the default"):
+        smoke_test.check_demo(None)
 
 
 def test_cli_check_runs_every_command_the_image_needs(environment_run):

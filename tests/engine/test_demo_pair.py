@@ -182,7 +182,8 @@ TINY_LORA = replace(TINY, lora_rank=4)
 
 
 def test_the_shipped_adapter_is_the_current_default_build():
-    """Fails when the data, the training or the extraction change without re-shipping the adapter."""
+    """Fails when the data, the settings, the base's conversion or the build versions change
+    without re-shipping the adapter."""
     shipped = demo_pair.SHIPPED_DIR
     rebuild = "re-ship it: lda demo-pair --lora --force --ship"
     assert demo_pair.shipped_fingerprint() == demo_pair.fingerprint(DEFAULT_LORA), rebuild
@@ -227,15 +228,44 @@ def test_the_default_lora_demo_installs_from_the_repository_without_a_fine_tune(
         assert (again / name).read_bytes() == (demo_pair.SHIPPED_DIR / name).read_bytes(), name
 
 
-def test_a_damaged_shipped_adapter_is_refused(smollm2_cache, tmp_path):
+def test_a_damaged_shipped_adapter_is_refused_and_leaves_no_folder(smollm2_cache, tmp_path, monkeypatch):
     damaged = tmp_path / "damaged"
     shutil.copytree(demo_pair.SHIPPED_DIR, damaged)
     weights = damaged / demo_pair.ADAPTER_WEIGHTS
     weights.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # what an LFS checkout leaves
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(RuntimeError, match="checkout is damaged"):
-        demo_pair.install_shipped(smollm2_cache, out, damaged)
+    monkeypatch.setattr(demo_pair, "SHIPPED_DIR", damaged)
+    with pytest.raises(RuntimeError, match="installed copy is damaged; reinstall lda-serve"):
+        demo_pair.ensure_demo_pair(smollm2_cache, DEFAULT_LORA)
+    assert not list(smollm2_cache.glob("demo-after-lora-*"))  # the next start tries again
+
+
+def test_a_moved_cache_points_its_adapter_at_its_own_base(smollm2_cache, tmp_path, monkeypatch):
+    installed = demo_pair.ensure_demo_pair(smollm2_cache, DEFAULT_LORA).after
+    moved = tmp_path / "moved"
+    shutil.copytree(installed, moved / installed.name)
+    elsewhere = moved / "smollm2"  # the base as the moved cache sees it (its config is all that is read)
+    elsewhere.mkdir()
+    shutil.copy(demo_pair.ensure_smollm2(None) / "config.json", elsewhere)
+    monkeypatch.setattr(demo_pair, "ensure_smollm2", lambda root: elsewhere)
+    pair = demo_pair.ensure_demo_pair(moved, DEFAULT_LORA)
+    config = json.loads((pair.after / demo_pair.ADAPTER_CONFIG).read_text())
+    assert config["base_model_name_or_path"] == str(elsewhere.resolve())
+
+
+def test_without_a_matching_shipped_copy_the_default_says_it_builds(smollm2_cache, monkeypatch, capsys):
+    monkeypatch.setattr(demo_pair, "shipped_fingerprint", lambda: "0123456789ab")
+    with pytest.raises(AssertionError, match="must install from the repository"):  # the fixture refuses builds
+        demo_pair.ensure_demo_pair(smollm2_cache, DEFAULT_LORA)
+    err = capsys.readouterr().err
+    assert "the repository ships no adapter for build" in err and "(it ships 0123456789ab)" in err
+
+
+def test_only_the_default_lora_build_ships(tmp_path):
+    pair = DemoPair(tmp_path, tmp_path, "0" * 64)
+    for config in (TINY_LORA, demo_pair.lora_config(16), TrainConfig()):
+        with pytest.raises(ValueError, match="only the default LoRA build ships"):
+            demo_pair.ship(pair, config, tmp_path / "shipped")
+    assert not (tmp_path / "shipped").exists()
 
 
 def test_force_and_other_lora_builds_never_use_the_shipped_copy(tiny_cache, monkeypatch):
@@ -247,18 +277,25 @@ def test_force_and_other_lora_builds_never_use_the_shipped_copy(tiny_cache, monk
     assert json.loads((forced.after / demo_pair.ADAPTER_CONFIG).read_text())["r"] == 4
 
 
-def test_cli_ship_needs_lora(capsys):
-    assert demo_pair.cli(["--ship"]) == 1
-    assert "only the LoRA build ships" in capsys.readouterr().err
-
+@pytest.mark.parametrize("argv", [["--ship"], ["--lora", "4", "--ship"], ["--lora", "--steps", "2", "--ship"]])
+def test_cli_ships_only_the_default_lora_build_and_refuses_before_building(tiny_cache, capsys, argv):
+    assert demo_pair.cli(["--cache-dir", str(tiny_cache), *argv]) == 1
+    assert "only the default LoRA build ships" in capsys.readouterr().err
+    assert not list(tiny_cache.glob("demo-after*"))
 
 
 def test_every_shipped_file_is_package_data():
-    """A non-editable install (the Docker image's) must carry the shipped adapter."""
+    """A non-editable install (the Docker image's) must carry the shipped adapter: its folder is a
+    package setuptools finds, and its files match the package-data patterns."""
     import fnmatch
     import tomllib
 
-    pyproject = tomllib.loads((demo_pair.DATA_DIR.parent.parent / "pyproject.toml").read_text())
-    patterns = pyproject["tool"]["setuptools"]["package-data"]["*"]
+    from setuptools import find_namespace_packages
+
+    root = demo_pair.DATA_DIR.parent.parent
+    setuptools_config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = find_namespace_packages(str(root), include=setuptools_config["packages"]["find"]["include"])
+    assert "engine.demo_data.demo-after-lora" in found
+    patterns = setuptools_config["package-data"]["*"]
     for path in demo_pair.SHIPPED_DIR.iterdir():
         assert any(fnmatch.fnmatch(path.name, p) for p in patterns), path.name
