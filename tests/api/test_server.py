@@ -271,10 +271,10 @@ def test_study_against_the_live_server(server, tmp_path):
     )
     result = run_study(config)
     assert not result.failures and result.new_samples == 2 * 2 * 3 and result.alpha_unconfirmed == 0
-    lines = [json.loads(l) for l in result.samples_path.read_text().splitlines()]
-    assert len(lines) == 12 and {l["alpha"] for l in lines} == {0.0, 2.0}
+    lines = [json.loads(line) for line in result.samples_path.read_text().splitlines()]
+    assert len(lines) == 12 and {line["alpha"] for line in lines} == {0.0, 2.0}
     for row in result.rows:
-        hits = sum(l["detected"] for l in lines if l["alpha"] == row.alpha)
+        hits = sum(line["detected"] for line in lines if line["alpha"] == row.alpha)
         assert row.n == 6 and row.hits == hits
     assert result.plot_path.stat().st_size > 1000
     again = run_study(config)  # resumable: nothing left to draw
