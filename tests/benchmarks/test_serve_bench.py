@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import serve_bench
 from benchmarks.original_server import Job, batch_tokens, stream_tokens
-from benchmarks.serve_bench import OriginalMode
+from benchmarks.serve_bench import OriginalMode, locust_soak, servers
 from engine.step_timing import load_steps
 from tests.factories import build_pair
 
@@ -119,8 +119,8 @@ def test_one_at_a_time_original_caps_its_prompts(tmp_path):
 
 
 def test_dtypes_threads_and_binding_reach_each_server(tmp_path, monkeypatch):
-    monkeypatch.setattr(serve_bench, "cpu_dtype", lambda dtype: "float32" if dtype == "auto" else dtype)
-    monkeypatch.setattr(serve_bench, "cpu_binding_env", lambda: {"VLLM_CPU_OMP_THREADS_BIND": "0-1",
+    monkeypatch.setattr(servers, "cpu_dtype", lambda dtype: "float32" if dtype == "auto" else dtype)
+    monkeypatch.setattr(servers, "cpu_binding_env", lambda: {"VLLM_CPU_OMP_THREADS_BIND": "0-1",
                                                                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
     modes = (OriginalMode(True, "bfloat16", 2), OriginalMode(False, "float16", 1))
     config = serve_bench.BenchConfig("a", "b", tmp_path, original_modes=modes, concurrencies=(1, 16))
@@ -189,7 +189,7 @@ def test_soak_counts_http_rows_and_statuses(tmp_path):
         {"method": "POST", "name": "/v1/chat/completions alpha=1", "num_requests": 5, "num_failures": 0},
         {"method": "TTFT", "name": "/v1/completions alpha=0", "num_requests": 9, "num_failures": 0},
     ]))
-    assert serve_bench._locust_counts(final) == (15, 1)
+    assert locust_soak._locust_counts(final) == (15, 1)
     log = tmp_path / "server.log"
     log.write_text(
         'INFO:     127.0.0.1:1 - "POST /v1/completions HTTP/1.1" 200 OK\n'
@@ -197,7 +197,7 @@ def test_soak_counts_http_rows_and_statuses(tmp_path):
         'INFO:     127.0.0.1:3 - "POST /v1/completions HTTP/1.1" 500 Internal Server Error\n'
         'INFO:     127.0.0.1:4 - "GET /health HTTP/1.1" 200 OK\n'
     )
-    assert serve_bench._status_counts(log) == {"200": 2, "500": 1}
+    assert locust_soak._status_counts(log) == {"200": 2, "500": 1}
 
 
 def test_original_paths_match_reference_generate(pair):
