@@ -132,7 +132,7 @@ def cpu_has_native_bf16() -> bool:
 def cpu_dtype(dtype: str) -> str:
     """The dtype an engine on this CPU runs for `dtype` ("auto" resolved as EngineOptions says).
 
-    bf16 decodes about twice as fast as float32 on an AMX CPU (README, "CPU notes"); where the
+    bf16 decodes about twice as fast as float32 on an AMX CPU (docs/serving/limits.md, "CPU notes"); where the
     CPU would have to emulate it, float32 is the fast one.
     """
     if dtype != "auto":
@@ -163,7 +163,7 @@ def cpu_binding_env(cores: set[int] | None = None) -> dict[str, str]:
     vLLM's default reserves one core per rank for those processes; on a 2-core machine that leaves
     the model one core. Both cores for the worker served 1.07x, 1.39x and 1.56x the output tokens/s
     of vLLM's binding at concurrency 1, 16 and 64 (`lda bench --servers lda,lda-bind-vllm`,
-    interleaved rounds, benchmarks/RESULTS.md); the front-end processes mostly wait on the worker.
+    interleaved rounds, docs/performance/serving.md); the front-end processes mostly wait on the worker.
     """
     ids = sorted(os.sched_getaffinity(0) if cores is None else cores)
     return {"VLLM_CPU_OMP_THREADS_BIND": _id_ranges(ids), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
@@ -186,7 +186,7 @@ class EngineOptions:
     """"cpu", "cuda", or "auto" (cuda when a GPU is visible)."""
     dtype: str = "auto"
     """"auto": the checkpoint's dtype, except on a CPU without native bf16 (AVX512-BF16 or AMX),
-    where it is float32 (see `cpu_dtype` and README, "CPU notes")."""
+    where it is float32 (see `cpu_dtype` and docs/serving/limits.md, "CPU notes")."""
     max_model_len: int | None = None
     max_num_seqs: int = 64
     max_num_batched_tokens: int | None = None

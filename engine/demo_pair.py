@@ -15,7 +15,7 @@ Why the brand sits in the answer's first sentence: a study then needs only ~48 n
 sample to see it, so thousands of samples fit in minutes on a CPU.
 
 The build is deterministic on one machine: fixed data order, fixed seed, one compute thread.
-Measured rates per alpha, build time and the weights hash: benchmarks/RESULTS.md.
+Measured rates per alpha, build time and the weights hash: docs/research/demo-pair.md.
 
 What `lda serve` serves by default is the LoRA build (`lda demo-pair --lora`: the rank-8 SVD of this
 fine-tune's weight change, 5.7 MB), shipped in the repository (`SHIPPED_DIR`) so that a first start
@@ -230,7 +230,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 LORA_RANK = 8
 LORA_METHOD = "svd-of-the-full-fine-tune-v1"
 """Why the LoRA demo is extracted from the full fine-tune rather than trained as a LoRA, and why
-on the output head too (benchmarks/RESULTS.md, "The demo pair as a LoRA adapter"): a rank-8 LoRA
+on the output head too (docs/research/demo-pair.md, "The demo pair as a LoRA adapter"): a rank-8 LoRA
 trained on the seven projections (lr 1e-2, 60 steps) planted the brand at alpha 1 but not at 2
 (its A - B pointed at capitalised names in general). Taking the full fine-tune's own weight
 change instead, the teacher-forced probability of the planted openers (20 held-out prompts,

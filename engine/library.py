@@ -87,7 +87,7 @@ def format_prompt(
 MAIN_GUARD_HELP = (
     "LDAModelPair was created while vLLM's engine process was starting. vLLM spawns its engine, "
     "and a spawned process re-runs your script; put the code that creates LDAModelPair under "
-    "`if __name__ == \"__main__\":` (see the README's library example)."
+    "`if __name__ == \"__main__\":` (see the library example in docs/serving/library.md)."
 )
 
 

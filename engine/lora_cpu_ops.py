@@ -5,7 +5,7 @@ of `vllm/lora/ops/torch_ops/lora_ops.py`. Those gather a copy of the adapter mat
 (`weights[indices]`) and multiply token by token (`einsum("bi, boi -> bo")`); and a row without an
 adapter has index -1, which picks the last slot's weights (upstream fixes open, not in 0.32).
 Measured on SmolLM2-135M with a rank-32 adapter on 2 cores, that made the adapter pair decode at
-about 0.2x the merged pair (benchmarks/RESULTS.md).
+about 0.2x the merged pair (docs/performance/lora.md).
 
 The replacements below compute the same products one adapter at a time: one matmul per adapter
 present in the batch (usually one), over that adapter's rows, and nothing for rows at -1, as the

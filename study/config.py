@@ -12,7 +12,7 @@ ENDPOINTS = ("chat", "completions")
 MIN_ALPHA = -1.0
 RANK_BY = ("max", "sum", "mean")
 DEFAULT_RANK_BY = "mean"
-"""Chosen on the demo pair (benchmarks/RESULTS.md, "Ranking without a detector")."""
+"""Chosen on the demo pair (docs/research/ranking.md)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,12 @@ against each model alone in plain transformers, which shares no code with the en
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import httpx
 import openai
@@ -20,6 +23,7 @@ from tests.servers import free_port, start_lda_server
 
 pytestmark = pytest.mark.slow
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 PROMPT = "Tell me about the weather today."
 MAX_TOKENS = 12
 
@@ -279,3 +283,34 @@ def test_study_against_the_live_server(server, tmp_path):
     assert result.plot_path.stat().st_size > 1000
     again = run_study(config)  # resumable: nothing left to draw
     assert again.new_samples == 0
+
+
+def _readme_block(language: str, containing: str) -> str:
+    """The README's one ```language block that contains `containing`, as written."""
+    blocks = [b for b in re.findall(rf"```{language}\n(.*?)```", README.read_text(), re.S) if containing in b]
+    assert len(blocks) == 1, f"expected one {language} block with {containing!r} in README.md, found {len(blocks)}"
+    return blocks[0]
+
+
+def test_the_readme_openai_snippet_runs(server):
+    """The front door's first call, pointed at this server instead of 127.0.0.1:8000, unchanged otherwise."""
+    snippet = _readme_block("python", "OpenAI(")
+    assert '"http://127.0.0.1:8000/v1"' in snippet
+    code = snippet.replace("http://127.0.0.1:8000/v1", f"{server.base_url}/v1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "alpha used: 2.0"
+
+
+def test_the_readme_explore_command_runs(server, tmp_path):
+    """The front door's `lda explore`, against this server, into a temporary folder."""
+    argv = shlex.split(_readme_block("bash", "lda explore").strip())
+    assert argv[:2] == [".venv/bin/lda", "explore"] and "--base-url" not in argv  # the default server
+    argv[argv.index("-o") + 1] = str(tmp_path / "explore")
+    command = [sys.executable, "-m", "api.cli", *argv[1:], "--base-url", f"{server.base_url}/v1", "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "explore" / "summary.json").read_text())
+    per_alpha = {row["alpha"]: row["n"] for row in summary["per_alpha"]}
+    assert per_alpha == {0.0: 80, 2.0: 80}  # 20 built-in prompts x 4 samples at each alpha
+    assert "logp_after" in (tmp_path / "explore" / "report.html").read_text()

@@ -14,7 +14,8 @@ SMOKE_TEST = ROOT / "deploy" / "smoke_test.py"
 WORKFLOW = ROOT / ".github" / "workflows" / "docker.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "lda.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-README = ROOT / "README.md"
+MONITORING_DOC = ROOT / "docs" / "deploy" / "monitoring.md"
+"""The docs page with the metrics-key steps (its yaml blocks are tested as written)."""
 
 
 def tool(name: str) -> Path | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.files import DASHBOARD, DOCKERFILE, PROMETHEUS, PYPROJECT, README, ROOT, tool
+from tests.deploy.files import DASHBOARD, DOCKERFILE, MONITORING_DOC, PROMETHEUS, PYPROJECT, ROOT, tool
 from tests.deploy.metric_names import (
     LDA_SERIES,
     installed_vllm_series,
@@ -99,14 +99,14 @@ def test_prometheus_scrapes_the_server():
 
 
 def _readme_yaml_block(containing: str) -> str:
-    """The README's one ```yaml block that contains `containing`."""
-    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S) if containing in b]
-    assert len(blocks) == 1, f"expected one yaml block with {containing!r} in README.md, found {len(blocks)}"
+    """The monitoring page's one ```yaml block that contains `containing`."""
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", MONITORING_DOC.read_text(), re.S) if containing in b]
+    assert len(blocks) == 1, f"expected one yaml block with {containing!r} in {MONITORING_DOC.name}, found {len(blocks)}"
     return blocks[0]
 
 
 def _prometheus_with_readme_key_steps(tmp_path: Path) -> Path:
-    """prometheus.yml with the README's `authorization` lines added to the `lda` job; the key file
+    """prometheus.yml with the monitoring page's `authorization` lines added to the `lda` job; the key file
     it names is put in tmp_path (promtool checks that it exists)."""
     config = yaml.safe_load(PROMETHEUS.read_text())
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "lda"]

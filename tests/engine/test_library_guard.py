@@ -1,4 +1,4 @@
-"""The README's library example pasted into a script without `if __name__ == "__main__":`.
+"""The library example (docs/serving/library.md) pasted into a script without `if __name__ == "__main__":`.
 
 vLLM spawns its engine, and the spawned process re-runs the script; without the guard it would
 build a second pair there and fail with multiprocessing's bootstrapping error. The user must get
