@@ -312,5 +312,5 @@ def test_the_readme_explore_command_runs(server, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "explore" / "summary.json").read_text())
     per_alpha = {row["alpha"]: row["n"] for row in summary["per_alpha"]}
-    assert per_alpha == {0.0: 80, 2.0: 80}  # 20 built-in prompts x 4 samples at each alpha
+    assert per_alpha == {0.0: 40, 2.0: 40}  # 20 built-in prompts x 2 samples at each alpha
     assert "logp_after" in (tmp_path / "explore" / "report.html").read_text()
