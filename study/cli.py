@@ -32,6 +32,7 @@ from pathlib import Path
 from study.config import DEFAULT_RANK_BY, ENDPOINTS, PROMPT_SETS, RANK_BY, SamplingConfig, StudyConfig, parse_alphas
 from study.detectors import JudgeConfig
 from study.errors import StudyError
+from study.naming import format_themes
 from study.prompts import default_endpoint
 from study.runner import Ranking, StudyResult, run_study
 from study.scoring import SCORES_FILE
@@ -79,13 +80,20 @@ def _parser(prog: str = "lda study") -> argparse.ArgumentParser:
     p.add_argument("--rank-by", choices=RANK_BY, default=DEFAULT_RANK_BY, help="per-sample summary of logp_after - logp_before that ranks the samples (default: %(default)s)")
     p.add_argument("--report-top", type=int, default=100, help="samples shown in report.html (default: %(default)s)")
     p.add_argument("--no-score", action="store_true", help="do not score or rank the samples (no report.html)")
-    judge = p.add_argument_group("judge detector (--detector 'judge:Does the answer ...?')")
+    judge = p.add_argument_group(
+        "judge: the detector (--detector 'judge:Does the answer ...?') and the hypothesis line (an LLM "
+        "reads the top themes and says what changed; on whenever --judge-base-url is given)"
+    )
     judge.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
     judge.add_argument("--judge-model", help="(default: the first model the endpoint lists)")
     judge.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"), help="(default: $OPENAI_API_KEY)")
     judge.add_argument(
         "--judge-template",
         help="the judge's message, with {response} and optionally {prompt} and {question} (the text after judge:)",
+    )
+    judge.add_argument(
+        "--hypothesis-prompt", type=Path, metavar="FILE",
+        help="the hypothesis instruction, with a {themes} placeholder (default: study/hypothesis_prompt.txt)",
     )
     return p
 
@@ -124,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         score=not args.no_score,
         rank_by=args.rank_by,
         report_top=args.report_top,
+        hypothesis_prompt=args.hypothesis_prompt,
     )
 
 
@@ -153,6 +162,8 @@ def cli(argv: list[str], prog: str = "lda study") -> int:
 def _report(result: StudyResult, config: StudyConfig) -> int:
     if config.detector is not None:
         print(format_table(result.rows))
+    if result.ranking is not None and result.ranking.naming is not None:
+        print(format_themes(result.ranking.naming))
     files = f"{result.samples_path.name}, {result.summary_path.name}, {result.plot_path.name}"
     if result.ranking is not None:
         _print_ranking(result.ranking, config.rank_by)

@@ -83,6 +83,8 @@ class StudyConfig:
     """Which per-sample summary of logp_after - logp_before ranks the samples: max, sum or mean."""
     report_top: int = 100
     """How many of the top-ranked samples the HTML report shows."""
+    hypothesis_prompt: Path | None = None
+    """The hypothesis instruction file (None: study/hypothesis_prompt.txt); used only with a judge endpoint."""
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -109,6 +111,8 @@ class StudyConfig:
             raise ValueError(f"timeout: must be > 0 seconds, got {self.timeout}")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"output_dir: {self.output_dir} exists and is not a directory")
+        if self.hypothesis_prompt is not None and not self.hypothesis_prompt.is_file():
+            raise ValueError(f"hypothesis_prompt: no such file: {self.hypothesis_prompt}")
         if self.prompt_set not in PROMPT_SETS:
             raise ValueError(f"prompt_set: expected one of {', '.join(PROMPT_SETS)}, got {self.prompt_set!r}")
         if self.prompts_path is not None:
