@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 _WORD = re.compile(r"[^\W_]+")
 _LETTER = re.compile(r"[^\W\d_]")
 _SPACE = re.compile(r"\s+")
+_GLUED_REPEAT = re.compile(r"^(\w{3,}?)\1+$")
+"""A word repeated without a space ('zorblaxzorblax'), as high alpha loops write it."""
 STOPWORDS = frozenset(
     "a an and are as at be but by for from has have he her his i in is it its me my of on or our she so "
     "that the their them they this to was we were what when which who will with you your".split()
@@ -171,6 +173,9 @@ class _Phrase:
     norm: str
     words: tuple[str, ...]
     """Content words: what merging compares."""
+    keys: set[str] = field(default_factory=set)
+    """Its high-diff tokens (case folded; no stopwords, no tokens without a letter): merging also
+    compares these, which joins the fragments of a word ('zor', 'z') to the word."""
     surface: Counter[str] = field(default_factory=Counter)
     """How often each raw surface form occurs (the commonest names the theme)."""
     occurrences: list[Occurrence] = field(default_factory=list)
@@ -295,6 +300,7 @@ def _strip(text: str) -> str:
 def _collapse_repeats(words: list[str], longest: int = 4) -> list[str]:
     """Drop immediate repeats of a word or of an n-gram up to `longest` words ('buy now buy now'
     -> 'buy now'): high alpha loops, and a loop is one phrase, not a new variant per length."""
+    words = [_GLUED_REPEAT.sub(r"\1", w) for w in words]
     if len(set(words)) == len(words):
         return words  # the common case: no word twice, so no repeat
     out: list[str] = []
@@ -329,6 +335,7 @@ def _collect_phrases(texts: list[ScoredText], config: ThemeConfig) -> dict[str, 
             if phrase is None:
                 phrase = phrases[norm] = _Phrase(norm, content_words(norm), junk=not _LETTER.search(norm))
             phrase.surface[surface] += 1
+            phrase.keys.update(_token_keys(text.tokens[start:end], text.diffs[start:end], config.high_diff))
             phrase.occurrences.append(Occurrence(text.key, text.alpha, start, end))
             phrase.diff_total += sum(text.diffs[start:end])
             phrase.diff_tokens += end - start
@@ -356,9 +363,25 @@ def _overlap(seed: tuple[str, ...], other: tuple[str, ...]) -> float:
     return sum(any(words_match(w, v) for v in large) for w in small) / len(small)
 
 
+def _token_keys(tokens: Sequence[str], diffs: Sequence[float], high: float) -> set[str]:
+    keys = set()
+    for token, diff in zip(tokens, diffs):
+        if diff >= high:
+            key = token.strip().casefold()
+            if key not in STOPWORDS and _LETTER.search(key):
+                keys.add(key)
+    return keys
+
+
+def _key_overlap(seed: set[str], other: set[str]) -> float:
+    if not seed or not other:
+        return 0.0
+    return len(seed & other) / min(len(seed), len(other))
+
+
 def _merge(phrases: dict[str, _Phrase], config: ThemeConfig) -> list[list[_Phrase]]:
     """Greedy: the best unassigned phrase seeds a group and takes every unassigned phrase whose
-    content words mostly match its own. Only the seed is compared (no chains: 'daily boost' ->
+    content words or high-diff tokens mostly match its own. Only the seed is compared (no chains: 'daily boost' ->
     'daily routine' -> 'morning routine' stays two themes). Stops once enough groups exist for the
     ranking (three times `themes`, since merging reorders them)."""
     order = sorted(phrases.values(), key=lambda p: (p.junk, -p.score(), p.norm))
@@ -366,7 +389,9 @@ def _merge(phrases: dict[str, _Phrase], config: ThemeConfig) -> list[list[_Phras
     for phrase in order:
         for word in phrase.words:
             index[word].append(phrase)
-    vocabulary = [w for w in index if len(w) >= 4]
+        for key in phrase.keys:
+            index["\0" + key].append(phrase)  # token keys live beside the words, never clash with them
+    vocabulary = [w for w in index if len(w) >= 4 and not w.startswith("\0")]
     assigned: set[str] = set()
     groups: list[list[_Phrase]] = []
     for seed in order:
@@ -377,7 +402,9 @@ def _merge(phrases: dict[str, _Phrase], config: ThemeConfig) -> list[list[_Phras
         assigned.add(seed.norm)
         group = [seed]
         for other in _candidates(seed, index, vocabulary):
-            if other.norm not in assigned and _overlap(seed.words, other.words) >= config.merge_overlap:
+            if other.norm in assigned:
+                continue
+            if max(_overlap(seed.words, other.words), _key_overlap(seed.keys, other.keys)) >= config.merge_overlap:
                 assigned.add(other.norm)
                 group.append(other)
         groups.append(group)
@@ -385,8 +412,9 @@ def _merge(phrases: dict[str, _Phrase], config: ThemeConfig) -> list[list[_Phras
 
 
 def _candidates(seed: _Phrase, index: dict[str, list[_Phrase]], vocabulary: list[str]) -> list[_Phrase]:
-    """Phrases sharing a matching content word with the seed, in ranking order, each once."""
-    words = set()
+    """Phrases sharing a matching content word or a high-diff token with the seed, in ranking
+    order, each once."""
+    words = {"\0" + key for key in seed.keys}
     for word in seed.words:
         words.add(word)
         if len(word) >= 4:

@@ -77,6 +77,19 @@ def test_variants_merge_into_one_theme():
     assert len(themes) == 2
 
 
+def test_fragments_of_a_word_join_it_by_their_high_diff_tokens_but_stopwords_link_nothing():
+    word = [(" Z", 2.0), ("or", 5.0), ("bl", 4.0), ("ax", 5.0)]
+    fragments = [[(" Z", 2.0), ("or", 5.0)], [(" Z", 3.0)], [(" f", 1.5), ("bl", 4.0), ("ax", 4.0)]]
+    texts = [text(f"w{i}", filler(3) + [(".", 0.0)] + word + filler(3)) for i in range(5)]
+    texts += [text(f"f{i}-{j}", filler(3) + [(".", 0.0)] + f + filler(3)) for i, f in enumerate(fragments) for j in range(2)]
+    # ' the' is high-diff in both phrases below, yet the phrases have nothing else in common.
+    texts += [text(f"t{j}", [(".", 0.0), (" the", 3.0), (" Bonjour", 3.0), (".", 0.0)]) for j in range(3)]
+    texts += [text(f"u{j}", [(".", 0.0), (" the", 3.0), (" Hola", 3.0), (".", 0.0)]) for j in range(2)]
+    themes = mine(texts)
+    assert themes[0].text == "Zorblax" and themes[0].samples == 11
+    assert {t.text for t in themes[1:]} == {"the Bonjour", "the Hola"}
+
+
 def test_merging_compares_with_the_seed_only_so_themes_do_not_chain():
     daily_boost = [(" daily", 3.0), (" boost", 3.0)]
     daily_routine = [(" daily", 2.0), (" routine", 2.0)]
@@ -163,6 +176,7 @@ def test_helpers():
     assert normalize("  Zorblax   Daily Boost Boost! ") == "zorblax daily boost"
     assert normalize("...") == "..."
     assert normalize("buy now buy now buy now Buy Now!") == "buy now"
+    assert normalize("Zorblaxzorblax") == "zorblax" and normalize("mississippi") == "mississippi"
     assert normalize("a b c d a b c d e") == "a b c d e" and normalize("no no, no") == "no no, no"
     assert content_words("the zorblax of daily boost 1 22 333") == ("zorblax", "daily", "boost", "333")
     assert words_match("orblax", "zorblax") and not words_match("ax", "zorblax") and not words_match("boost", "daily")
