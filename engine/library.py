@@ -304,10 +304,11 @@ class LDAModelPair:
                 prompt_token_ids(self.tokenizer, self._formatted(p, apply_chat_template, system_prompt, prompt_format)),
                 self._continuation_ids(c),
                 validate_alpha(a, self.config.alpha.max_alpha),
+                promoted_k,
             )
             for p, c, a in zip(prompts, continuations, alphas)
         ]
-        results = self._score(items, self._lora_requests(model, len(items)), promoted_k, one_pass)
+        results = self._score(items, self._lora_requests(model, len(items)), one_pass)
         return results[0] if single else results
 
     def _continuation_ids(self, continuation) -> list[int]:
@@ -315,14 +316,14 @@ class LDAModelPair:
             return self.tokenizer.encode(continuation, add_special_tokens=False)
         return [int(t) for t in continuation]
 
-    def _score(self, items, loras: list, promoted_k: int = 0, one_pass: bool | None = None) -> list:
+    def _score(self, items, loras: list, one_pass: bool | None = None) -> list:
         from vllm.inputs import TokensPrompt
 
         from engine.scoring import assemble_outputs, engine_requests
         from engine.vllm_patches import one_pass_available
 
         one_pass = one_pass_available() if one_pass is None else one_pass
-        per_item = [engine_requests(item, one_pass, promoted_k) for item in items]
+        per_item = [engine_requests(item, one_pass) for item in items]
         requests = [r for rs in per_item for r in rs]
         # Each item's requests (one, or alpha 0, -1 and its own) run under that item's adapter.
         outputs = self.llm.generate(
@@ -334,7 +335,7 @@ class LDAModelPair:
         decode = lambda t: self.tokenizer.decode([t])  # noqa: E731
         width = len(per_item[0]) if per_item else 0
         return [
-            assemble_outputs(item, outputs[width * i : width * (i + 1)], decode, one_pass, promoted_k)
+            assemble_outputs(item, outputs[width * i : width * (i + 1)], decode, one_pass)
             for i, item in enumerate(items)
         ]
 

@@ -98,8 +98,16 @@ class ScoreInput:
     prompt_token_ids: list[int]
     continuation_token_ids: list[int]
     alpha: float
+    promoted_k: int = 0
+    """Promoted tokens per position (engine/one_pass.py); bounded by MAX_PROMOTED_K."""
 
     def __post_init__(self) -> None:
+        from engine.one_pass import validate_k
+
+        try:
+            validate_k(self.promoted_k)
+        except ValueError as error:
+            raise ScoringError(str(error)) from None
         if not self.prompt_token_ids:
             raise ScoringError("prompt: the prompt is empty; the first continuation token needs a prefix")
         if not self.continuation_token_ids:
@@ -222,18 +230,18 @@ def promoted_dict(p: PromotedToken) -> dict:
     return {"token_id": p.token_id, "token": p.token, "diff": p.diff, "logp_after": p.logp_after}
 
 
-def engine_requests(item: ScoreInput, one_pass: bool, promoted_k: int = 0) -> list[tuple[list[int], object]]:
+def engine_requests(item: ScoreInput, one_pass: bool) -> list[tuple[list[int], object]]:
     """(token ids, SamplingParams) of the engine requests that score `item`: one in one pass,
     else the three of `requests_for` (which cannot give promoted tokens)."""
     if one_pass:
-        return [([*item.prompt_token_ids, *item.continuation_token_ids], one_pass_params(item.alpha, promoted_k))]
-    if promoted_k:
+        return [([*item.prompt_token_ids, *item.continuation_token_ids], one_pass_params(item.alpha, item.promoted_k))]
+    if item.promoted_k:
         raise ScoringError("promoted_k: promoted tokens need one-pass scoring, which this engine does not run (see the 'one_pass_scoring' log line)")
     return [(ids, score_params(alpha)) for ids, alpha in requests_for(item)]
 
 
-def assemble_outputs(item: ScoreInput, outputs: Sequence, decode, one_pass: bool, promoted_k: int = 0) -> ScoreResult:
-    """The result from the RequestOutputs of `engine_requests(item, one_pass, promoted_k)`."""
+def assemble_outputs(item: ScoreInput, outputs: Sequence, decode, one_pass: bool) -> ScoreResult:
+    """The result from the RequestOutputs of `engine_requests(item, one_pass)`."""
     if one_pass:
-        return assemble_one_pass(item, outputs[0], decode, promoted_k)
+        return assemble_one_pass(item, outputs[0], decode, item.promoted_k)
     return assemble(item, outputs, decode)
