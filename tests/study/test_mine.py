@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,19 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, make, args, mess
     assert (_snapshot(study) if study.exists() else None) == before
 
 
-@pytest.mark.skipif(importlib.util.find_spec("study.corpus") is not None, reason="the corpus mode is installed")
-def test_corpus_without_the_corpus_mode_is_a_clear_error(tmp_path, capsys):
+def test_corpus_is_handed_to_the_corpus_mode(tmp_path, capsys):
+    args = ["--corpus", str(tmp_path / "x.pdf"), "-o", str(tmp_path / "out")]
+    assert mine_cli(args) == 2
+    err = capsys.readouterr().err
+    if importlib.util.find_spec("study.corpus") is None:
+        assert "--corpus: the corpus mode is not installed" in err
+    else:  # study.corpus parsed the arguments: its own message names the file
+        assert "x.pdf must be a .txt or .jsonl file" in err
+    assert not (tmp_path / "out").exists() and "Traceback" not in err
+
+
+def test_corpus_without_the_corpus_mode_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "study.corpus", None)  # import study.corpus now fails
     assert mine_cli(["--corpus", str(tmp_path / "x.jsonl")]) == 2
     assert "--corpus: the corpus mode is not installed" in capsys.readouterr().err
 
@@ -162,7 +174,7 @@ def test_prompts_names_a_set_or_a_file_and_endpoint_can_override(tmp_path, capsy
         assert study_cli([*base, "--prompts", "generic", "--endpoint", "chat", "-o", str(tmp_path / "a")]) == 0
         assert {path for path, _ in fake.requests} == {"/v1/chat/completions"}
         assert study_cli([*base, "--prompts", "nonsense", "-o", str(tmp_path / "b")]) == 2
-    assert "prompts_path: expected a .txt or .jsonl file" in capsys.readouterr().err
+    assert "prompts_path: expected a built-in set (advice, generic) or a .txt or .jsonl file, got nonsense" in capsys.readouterr().err
 
 
 def test_without_a_detector_the_rate_is_none_not_zero_and_the_plot_has_no_rate(tmp_path):
