@@ -21,7 +21,7 @@ from study.summary import plot, summarize
 from study.themes import mine
 from study.naming import scored_texts
 from study.scoring import SampleScore
-from tests.benchmarks.fake_openai import FakeServer
+from tests.benchmarks.fake_openai import JUDGE_MODEL, FakeServer
 
 PLANT = [(" Z", 2.3), ("or", 5.3), ("bl", 0.5), ("ax", 5.8), (" Daily", 9.6), (" Boost", 7.2)]
 FILLER = [(" Take", 0.1), (" a", 0.0), (" walk", -0.2), (".", 0.0)]
@@ -67,6 +67,14 @@ def test_mine_rewrites_summary_report_and_plot_with_themes_first(tmp_path, capsy
     assert (study / "rate_vs_alpha.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def _break_scores(root: Path) -> Path:
+    lines = (root / "scores.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    del record["tokens"][0]["diff"]
+    (root / "scores.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    return root
+
+
 def _snapshot(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
 
@@ -85,6 +93,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
         (write_study, ["--judge-base-url", "ftp://x"], "judge_base_url"),
         (write_study, ["--judge-base-url", "http://127.0.0.1:9", "--hypothesis-prompt", "/no/such.txt"], "hypothesis_prompt: cannot read"),
         (write_study, ["--top", "x"], "invalid int value"),
+        (lambda root: _break_scores(write_study(root)), [], "have a malformed token record"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, make, args, message):
@@ -187,3 +196,34 @@ def test_without_a_detector_the_rate_is_none_not_zero_and_the_plot_has_no_rate(t
     assert path.read_bytes()[:4] == b"\x89PNG"
     judged = summarize([*samples[:2], Sample("p", "q", 1.0, 9, "x", True, 1, "stop", None)], (1.0,))[0]
     assert (judged.hits, judged.rate) == (1, 1.0)  # only judged samples count towards a rate
+
+
+def test_explore_names_themes_and_asks_the_judge_for_a_hypothesis(tmp_path, monkeypatch, capsys):
+    """The runner's wiring, with the scoring pass replaced: every word of the fake's answers is a
+    token, and only the fake's secret word has a large diff."""
+    from study import runner
+    from study.scoring import ScorePass
+
+    async def fake_scores(config, samples):
+        scores = {}
+        for s in samples:
+            words = [" " + w for w in s.text.split()]
+            diffs = [6.0 if "ZORBLAX" in w else 0.1 for w in words]
+            scores[s.key] = SampleScore(s.key, _tokens(list(zip(words, diffs))), {"sum": sum(diffs), "mean": 0.1, "max": max(diffs), "argmax": 0, "tokens": len(words)})
+        return ScorePass(scores)
+
+    monkeypatch.setattr(runner, "score_samples", fake_scores)
+    out = tmp_path / "out"
+    with FakeServer() as fake:
+        args = ["--base-url", fake.url, "--alphas", "0,4", "-n", "3", "--max-tokens", "64", "--seed", "1", "-o", str(out),
+                "--no-progress", "--judge-base-url", fake.base_url, "--judge-model", JUDGE_MODEL]
+        assert study_cli(args, prog="lda explore") == 0
+        asked = [body for path, body in fake.requests if body.get("model") == JUDGE_MODEL]
+    assert len(asked) == 1 and "ZORBLAX" in asked[0]["messages"][0]["content"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary)[:2] == ["hypothesis", "themes"] and summary["hypothesis"] == "Yes."
+    assert summary["themes"][0]["text"] == "ZORBLAX"
+    printed = capsys.readouterr().out
+    assert "1. 'ZORBLAX'" in printed and "hypothesis: Yes." in printed
+    report = (out / "report.html").read_text()
+    assert report.index("Hypothesis") < report.index("ZORBLAX") < report.index("Top samples")
