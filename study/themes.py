@@ -50,7 +50,7 @@ class ThemeConfig:
     """A neighbour at least this extends the phrase (post-training rarely favours every piece
     of a word equally: after ' Zor', the before model may already expect 'bl')."""
     max_phrase_tokens: int = 12
-    """A longer run (a degenerate loop) is cut to its first tokens."""
+    """A longer run is split at its weakest tokens until every piece fits (see `_split`)."""
     themes: int = 20
     """How many themes `mine` returns."""
     contexts: int = 5
@@ -67,7 +67,7 @@ class ThemeConfig:
             raise ValueError(f"high_diff: must be a finite number > 0, got {self.high_diff}")
         if not math.isfinite(self.low_diff) or not 0 <= self.low_diff <= self.high_diff:
             raise ValueError(f"low_diff: must be in [0, high_diff={self.high_diff:g}], got {self.low_diff}")
-        for name, low, high in (("max_phrase_tokens", 1, 256), ("themes", 1, 1000), ("contexts", 0, 100),
+        for name, low, high in (("max_phrase_tokens", 3, 256), ("themes", 1, 1000), ("contexts", 0, 100),
                                 ("variants", 1, 100), ("context_tokens", 0, 256)):
             value = getattr(self, name)
             if not low <= value <= high:
@@ -262,6 +262,17 @@ def _runs(diffs: Sequence[float], config: ThemeConfig) -> list[tuple[int, int]]:
     return spans
 
 
+def _split(diffs: Sequence[float], start: int, end: int, longest: int) -> list[tuple[int, int]]:
+    """A run longer than `longest` tokens, split at its weakest token (dropped) until every piece
+    fits: at high alpha most tokens are favoured and runs grow long, but a name's own tokens
+    stay far above their neighbours, so the cuts fall around it, not through it."""
+    if end - start <= longest:
+        return [(start, end)]
+    middle = (start + end) / 2  # among equals (a uniform loop), cut near the middle
+    weakest = min(range(start + 1, end - 1), key=lambda i: (diffs[i], abs(i - middle)))
+    return _split(diffs, start, weakest, longest) + _split(diffs, weakest + 1, end, longest)
+
+
 def _continues_word(token: str) -> bool:
     """A token that glues onto the previous one ('orblax' after ' Z'), not one that starts a word."""
     return bool(token) and (token[0].isalnum())
@@ -322,9 +333,12 @@ def _collect_phrases(texts: list[ScoredText], config: ThemeConfig) -> dict[str, 
     phrases: dict[str, _Phrase] = {}
     norms: dict[str, str] = {}  # a surface recurs across samples: normalise it once
     for text in texts:
-        for start, end in _runs(text.diffs, config):
+        runs = _runs(text.diffs, config)
+        pieces = [piece for run in runs for piece in _split(text.diffs, *run, config.max_phrase_tokens)]
+        for start, end in pieces:
+            if max(text.diffs[start:end]) < config.high_diff:
+                continue  # a piece of a long run without a seed of its own
             start, end = _widen(text.tokens, start, end)
-            end = min(end, start + config.max_phrase_tokens)
             surface = "".join(text.tokens[start:end])
             norm = norms.get(surface)
             if norm is None:

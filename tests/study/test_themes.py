@@ -122,6 +122,17 @@ def test_many_samples_beat_one_long_degenerate_run():
     assert themes[1].samples == 1
 
 
+def test_a_long_favoured_run_is_split_around_the_name_not_through_it():
+    # At high alpha most tokens are somewhat favoured: one run of 33 tokens, the name in its middle.
+    favoured = [(w, 1.2) for w in (" you", " should", " really", " try", " this", " today", " it", " helps",
+                                   " every", " single", " morning", " and", " night", " too")]
+    texts = [text(f"s{i}", [(".", 0.0)] + favoured + [(" with", 0.4)] + PLANT + [(" for", 0.4)] + favoured[:12])
+             for i in range(3)]
+    themes = mine(texts)
+    assert themes[0].text == "Zorblax Daily Boost"
+    assert all(o.end - o.start <= 12 for t in themes for o in t.occurrences)
+
+
 def test_ranking_is_samples_times_log_of_one_plus_mean_diff():
     strong_rare = [text(f"r{i}", filler(2) + [(" Xylo", 6.0)] + filler(2)) for i in range(2)]
     weak_common = [text(f"c{i}", filler(2) + [(" Mellow", 1.5)] + filler(2)) for i in range(10)]
@@ -148,7 +159,7 @@ def test_config_bounds_the_number_of_themes_and_contexts():
 @pytest.mark.parametrize(
     ("field", "value"),
     [("high_diff", 0.0), ("high_diff", float("nan")), ("low_diff", 2.0), ("themes", 0), ("themes", 1001),
-     ("contexts", -1), ("merge_overlap", 0.0), ("max_phrase_tokens", 0)],
+     ("contexts", -1), ("merge_overlap", 0.0), ("max_phrase_tokens", 2)],
 )
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field}:"):
