@@ -314,6 +314,9 @@ def _collapse_repeats(words: list[str], longest: int = 4) -> list[str]:
     words = [_GLUED_REPEAT.sub(r"\1", w) for w in words]
     if len(set(words)) == len(words):
         return words  # the common case: no word twice, so no repeat
+    for period in range(1, longest + 1):  # a loop cut anywhere: 'buy now buy now buy' -> 'buy now'
+        if len(words) >= 2 * period and all(words[i] == words[i + period] for i in range(len(words) - period)):
+            return words[:period]
     out: list[str] = []
     for word in words:
         out.append(word)
@@ -361,12 +364,13 @@ def _collect_phrases(texts: list[ScoredText], config: ThemeConfig) -> dict[str, 
 
 
 def words_match(a: str, b: str) -> bool:
-    """Equal, or one a part of the other when both are long enough to be a name's pieces
-    ('orblax' in 'zorblax'): sampling at high alpha often truncates or glues a word."""
+    """Equal, or one a part of the other when long enough to be a name's piece ('orblax' in
+    'zorblax', 4+ characters) or its start ('zor', 3+): sampling at high alpha often truncates or
+    glues a word."""
     if a == b:
         return True
     short, long_ = (a, b) if len(a) <= len(b) else (b, a)
-    return len(short) >= 4 and short in long_
+    return (len(short) >= 4 and short in long_) or (len(short) >= 3 and long_.startswith(short))
 
 
 def _overlap(seed: tuple[str, ...], other: tuple[str, ...]) -> float:
@@ -414,22 +418,72 @@ def _merge(phrases: dict[str, _Phrase], config: ThemeConfig) -> list[list[_Phras
         if len(groups) >= 3 * config.themes:
             break
         assigned.add(seed.norm)
-        group = [seed]
-        for other in _candidates(seed, index, vocabulary):
+        groups.append(_grow(seed, index, vocabulary, assigned, config))
+    return _absorb(groups)
+
+
+def _absorb(groups: list[list[_Phrase]]) -> list[list[_Phrase]]:
+    """Fold a group into an earlier one that covers its seed entirely: every content word of the
+    seed matches a word of the earlier group's variants, and every high-diff token of it is one
+    of theirs ('zor' into the group that holds 'zorblax daily boost ...'). At high alpha a name
+    comes out in pieces and in one-off variants; the pieces then join the name's theme, while a
+    seed with a word of its own ('morning routine' beside 'daily routine') stays apart."""
+    kept: list[tuple[list[_Phrase], set[str], set[str]]] = []
+    for group in groups:
+        seed = group[0]
+        host = None
+        if not seed.junk and (seed.words or seed.keys):
+            host = next((k for k in kept if _covers(k[1], k[2], seed)), None)
+        if host is None:
+            kept.append((group, {w for p in group for w in p.words}, {k for p in group for k in p.keys}))
+            continue
+        host[0].extend(group)
+        host[1].update(w for p in group for w in p.words)
+        host[2].update(k for p in group for k in p.keys)
+    return [group for group, _, _ in kept]
+
+
+def _covers(words: set[str], keys: set[str], seed: _Phrase) -> bool:
+    return seed.keys <= keys and all(w in words or any(words_match(w, v) for v in words) for w in seed.words)
+
+
+def _grow(seed: _Phrase, index, vocabulary: list[str], assigned: set[str], config: ThemeConfig) -> list[_Phrase]:
+    """The seed's group: every unassigned phrase that matches the seed, where the seed's words
+    and tokens grow by those of a *longer form of the seed itself* seen in 2+ samples
+    ('boost' -> 'zorblax daily boost', which then takes 'zor'). A phrase that merely shares a
+    word ('daily routine' for 'daily boost') does not grow it, so themes still do not chain."""
+    group, words, keys = [seed], seed.words, set(seed.keys)
+    for _ in range(3):  # a longer form found in one round is compared in the next
+        grown = False
+        for other in _candidates(words, keys, index, vocabulary):
             if other.norm in assigned:
                 continue
-            if max(_overlap(seed.words, other.words), _key_overlap(seed.keys, other.keys)) >= config.merge_overlap:
-                assigned.add(other.norm)
-                group.append(other)
-        groups.append(group)
-    return groups
+            if max(_overlap(words, other.words), _key_overlap(keys, other.keys)) < config.merge_overlap:
+                continue
+            assigned.add(other.norm)
+            group.append(other)
+            if _longer_form(seed, other):
+                words = tuple(dict.fromkeys((*words, *other.words)))
+                keys |= other.keys
+                grown = True
+        if not grown:
+            break
+    return group
 
 
-def _candidates(seed: _Phrase, index: dict[str, list[_Phrase]], vocabulary: list[str]) -> list[_Phrase]:
+def _longer_form(seed: _Phrase, other: _Phrase) -> bool:
+    """`other` holds every word of the seed (or a word it is part of) and more, in 2+ samples."""
+    return (
+        bool(seed.words) and len(other.samples) >= 2 and len(other.words) > len(seed.words)
+        and all(any(words_match(w, v) for v in other.words) for w in seed.words)
+    )
+
+
+def _candidates(seed_words: tuple[str, ...], seed_keys: set[str], index: dict[str, list[_Phrase]], vocabulary: list[str]) -> list[_Phrase]:
     """Phrases sharing a matching content word or a high-diff token with the seed, in ranking
     order, each once."""
-    words = {"\0" + key for key in seed.keys}
-    for word in seed.words:
+    words = {"\0" + key for key in seed_keys}
+    for word in seed_words:
         words.add(word)
         if len(word) >= 4:
             words.update(v for v in vocabulary if words_match(word, v))
@@ -455,7 +509,7 @@ def _theme(group: list[_Phrase], by_key: dict[str, ScoredText], config: ThemeCon
     best = variants[0]
     mean = total / tokens
     return Theme(
-        text=display(best.surface.most_common(1)[0][0]),
+        text=_name(group, best, len(per_sample)) or display(best.surface.most_common(1)[0][0]),
         variants=tuple(p.norm for p in variants[: config.variants]),
         samples=len(per_sample),
         samples_per_alpha={f"{a:g}": per_alpha[a] for a in sorted(per_alpha)},
@@ -465,6 +519,44 @@ def _theme(group: list[_Phrase], by_key: dict[str, ScoredText], config: ThemeCon
         junk=all(p.junk for p in group),
         occurrences=tuple(occurrences),
     )
+
+
+def _name(group: list[_Phrase], base: _Phrase, samples: int) -> str | None:
+    """A longer name than the commonest variant `base`, when one is common enough: the longest
+    run of up to 4 words, found in the variants, that contains `base` and shows in at least 2 and
+    a quarter of the theme's samples. At high alpha a name comes out whole in a few samples and
+    in pieces ('boost', 'daily boost') in many; the whole name then still names the theme."""
+    core = base.norm.split(" ")
+    seen: defaultdict[tuple[str, ...], set[str]] = defaultdict(set)
+    for phrase in group:
+        words = [w.strip(_EDGE_PUNCTUATION) for w in phrase.norm.split(" ")]
+        for n in range(len(core) + 1, 5):
+            for i in range(len(words) - n + 1):
+                gram = tuple(words[i : i + n])
+                if _contains(gram, core) and all(gram):
+                    seen[gram] |= phrase.samples
+    wanted = max(2, samples / 4)
+    common = [g for g, keys in seen.items() if len(keys) >= wanted]
+    if not common:
+        return None
+    return _cased(" ".join(max(common, key=lambda g: (len(g), len(seen[g])))), group)
+
+
+def _contains(gram: tuple[str, ...], core: list[str]) -> bool:
+    n = len(core)
+    return any(list(gram[i : i + n]) == core for i in range(len(gram) - n + 1))
+
+
+def _cased(name: str, group: list[_Phrase]) -> str:
+    """`name` as the variants' commonest surface writes it ('zorblax daily boost' -> 'Zorblax Daily Boost')."""
+    pattern = re.compile(re.escape(name).replace("\\ ", r"\s+"), re.IGNORECASE)
+    found: Counter[str] = Counter()
+    for phrase in group:
+        for surface, count in phrase.surface.items():
+            match = pattern.search(surface)
+            if match:
+                found[_SPACE.sub(" ", match.group(0))] += count
+    return found.most_common(1)[0][0] if found else name
 
 
 def _contexts(occurrences: Iterable[Occurrence], by_key: dict[str, ScoredText], config: ThemeConfig) -> list[dict]:

@@ -90,6 +90,23 @@ def test_fragments_of_a_word_join_it_by_their_high_diff_tokens_but_stopwords_lin
     assert {t.text for t in themes[1:]} == {"the Bonjour", "the Hola"}
 
 
+def test_a_name_in_pieces_is_one_theme_named_by_its_longest_common_form():
+    # At high alpha: the piece 'Boost' alone in many samples, the longer forms in fewer, 'Zor' alone.
+    boost = [(" Boost", 1.4)]
+    daily = [(" Daily", 2.0), (" Boost", 3.0)]
+    whole = [(" Z", 2.3), ("or", 5.3), ("bl", 9.0), ("ax", 5.8), (" Daily", 9.6), (" Boost", 7.2)]
+    zor = [(" Z", 2.0), ("or", 5.0)]
+    pieces = [(boost, 6), (daily, 3), (whole, 3), (zor, 2)]
+    texts = [text(f"{n}-{i}", filler(3) + [(".", 0.0)] + piece + filler(3))
+             for n, (piece, count) in enumerate(pieces) for i in range(count)]
+    texts += [text(f"other{i}", filler(3) + [(" Bonjour", 2.0)] + filler(3)) for i in range(2)]
+    themes = mine(texts)
+    assert [t.text for t in themes] == ["Daily Boost", "Bonjour"]  # 'daily boost' is in 6 of 14 samples
+    assert themes[0].samples == 14 and {"zor", "zorblax daily boost", "boost"} <= set(themes[0].variants)
+    more_whole = texts + [text(f"w{i}", filler(3) + [(".", 0.0)] + whole + filler(3)) for i in range(3)]
+    assert mine(more_whole)[0].text == "Zorblax Daily Boost"  # now in 6 of 17: a quarter
+
+
 def test_merging_compares_with_the_seed_only_so_themes_do_not_chain():
     daily_boost = [(" daily", 3.0), (" boost", 3.0)]
     daily_routine = [(" daily", 2.0), (" routine", 2.0)]
