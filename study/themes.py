@@ -427,7 +427,9 @@ def _absorb(groups: list[list[_Phrase]]) -> list[list[_Phrase]]:
     seed matches a word of the earlier group's variants, and every high-diff token of it is one
     of theirs ('zor' into the group that holds 'zorblax daily boost ...'). At high alpha a name
     comes out in pieces and in one-off variants; the pieces then join the name's theme, while a
-    seed with a word of its own ('morning routine' beside 'daily routine') stays apart."""
+    seed with a word of its own ('morning routine' beside 'daily routine') stays apart. Only
+    words and tokens the earlier group shows in a quarter of its samples count, and what it
+    absorbs adds none: a neighbour of the name does not pull its own theme in, nothing chains."""
     kept: list[tuple[list[_Phrase], set[str], set[str]]] = []
     for group in groups:
         seed = group[0]
@@ -435,12 +437,21 @@ def _absorb(groups: list[list[_Phrase]]) -> list[list[_Phrase]]:
         if not seed.junk and (seed.words or seed.keys):
             host = next((k for k in kept if _covers(k[1], k[2], seed)), None)
         if host is None:
-            kept.append((group, {w for p in group for w in p.words}, {k for p in group for k in p.keys}))
-            continue
-        host[0].extend(group)
-        host[1].update(w for p in group for w in p.words)
-        host[2].update(k for p in group for k in p.keys)
+            kept.append((group, _shared(group, "words"), _shared(group, "keys")))
+        else:
+            host[0].extend(group)
     return [group for group, _, _ in kept]
+
+
+def _shared(group: list[_Phrase], field_name: str) -> set[str]:
+    """The words (or keys) of a group's phrases that show in 2+ and a quarter of its samples:
+    the name's own, not the words that happen to stand beside it."""
+    samples: defaultdict[str, set[str]] = defaultdict(set)
+    for phrase in group:
+        for item in getattr(phrase, field_name):
+            samples[item] |= phrase.samples
+    wanted = max(2, len(set().union(*(p.samples for p in group))) / 4)
+    return {item for item, keys in samples.items() if len(keys) >= wanted}
 
 
 def _covers(words: set[str], keys: set[str], seed: _Phrase) -> bool:
@@ -448,35 +459,16 @@ def _covers(words: set[str], keys: set[str], seed: _Phrase) -> bool:
 
 
 def _grow(seed: _Phrase, index, vocabulary: list[str], assigned: set[str], config: ThemeConfig) -> list[_Phrase]:
-    """The seed's group: every unassigned phrase that matches the seed, where the seed's words
-    and tokens grow by those of a *longer form of the seed itself* seen in 2+ samples
-    ('boost' -> 'zorblax daily boost', which then takes 'zor'). A phrase that merely shares a
-    word ('daily routine' for 'daily boost') does not grow it, so themes still do not chain."""
-    group, words, keys = [seed], seed.words, set(seed.keys)
-    for _ in range(3):  # a longer form found in one round is compared in the next
-        grown = False
-        for other in _candidates(words, keys, index, vocabulary):
-            if other.norm in assigned:
-                continue
-            if max(_overlap(words, other.words), _key_overlap(keys, other.keys)) < config.merge_overlap:
-                continue
+    """The seed's group: every unassigned phrase whose content words or high-diff tokens mostly
+    match the seed's own (never those of the phrases it took, so themes do not chain)."""
+    group = [seed]
+    for other in _candidates(seed.words, seed.keys, index, vocabulary):
+        if other.norm in assigned:
+            continue
+        if max(_overlap(seed.words, other.words), _key_overlap(seed.keys, other.keys)) >= config.merge_overlap:
             assigned.add(other.norm)
             group.append(other)
-            if _longer_form(seed, other):
-                words = tuple(dict.fromkeys((*words, *other.words)))
-                keys |= other.keys
-                grown = True
-        if not grown:
-            break
     return group
-
-
-def _longer_form(seed: _Phrase, other: _Phrase) -> bool:
-    """`other` holds every word of the seed (or a word it is part of) and more, in 2+ samples."""
-    return (
-        bool(seed.words) and len(other.samples) >= 2 and len(other.words) > len(seed.words)
-        and all(any(words_match(w, v) for v in other.words) for w in seed.words)
-    )
 
 
 def _candidates(seed_words: tuple[str, ...], seed_keys: set[str], index: dict[str, list[_Phrase]], vocabulary: list[str]) -> list[_Phrase]:
