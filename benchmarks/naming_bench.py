@@ -28,6 +28,7 @@ import random
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +52,15 @@ class Cell:
     budget: int
     subsets: int
     top1: float
-    """Fraction of subsets whose first theme names the product."""
+    """Fraction of subsets whose first theme's text names the product."""
+    top1_variants: float
+    """... whose first theme's text or one of its variants names it."""
     top5: float
     """Fraction whose top five themes include one that names it."""
     mean_seconds: float
     """Mining time of one subset."""
+    top_texts: dict[str, int]
+    """The subsets' first themes: text -> how many subsets (what "names the product" looked like)."""
 
 
 def draw_pool(base_url: str, study_dir: Path, alphas: tuple[float, ...], per_alpha: int, max_tokens: int, seed: int) -> None:
@@ -83,24 +88,29 @@ def load_pool(study_dir: Path) -> dict[float, list[tuple[ScoredText, bool]]]:
     return pool
 
 
-def names_product(themes) -> tuple[bool, bool]:
+def names_product(themes) -> tuple[bool, bool, bool]:
+    """(the first theme's text names it, its text or variants do, one of the top five's do)."""
     hits = [bool(PRODUCT.search(" ".join([t.text, *t.variants]))) for t in themes[:TOP]]
-    return (bool(hits) and hits[0]), any(hits)
+    return bool(themes) and bool(PRODUCT.search(themes[0].text)), bool(hits) and hits[0], any(hits)
 
 
 def measure(pool: list[ScoredText], alpha: float, budget: int, subsets: int, seed: int) -> Cell:
-    top1 = top5 = 0
+    top1 = top1_variants = top5 = 0
     seconds = 0.0
+    firsts: Counter[str] = Counter()
     for index in range(subsets):
         rng = random.Random(f"{seed}:{alpha:g}:{budget}:{index}")
         subset = rng.sample(pool, budget)
         start = time.perf_counter()
         themes = mine(subset, ThemeConfig(themes=TOP))
         seconds += time.perf_counter() - start
-        first, any5 = names_product(themes)
+        first, first_variants, any5 = names_product(themes)
+        top1_variants += first_variants
+        firsts[themes[0].text if themes else "(no theme)"] += 1
         top1 += first
         top5 += any5
-    return Cell(alpha, budget, subsets, top1 / subsets, top5 / subsets, seconds / subsets)
+    n = subsets
+    return Cell(alpha, budget, n, top1 / n, top1_variants / n, top5 / n, seconds / n, dict(firsts.most_common(3)))
 
 
 def run(pool: dict[float, list[tuple[ScoredText, bool]]], alphas, budgets, subsets: int, seed: int) -> list[Cell]:
@@ -114,26 +124,30 @@ def run(pool: dict[float, list[tuple[ScoredText, bool]]], alphas, budgets, subse
 def table(cells: list[Cell], pool, alphas, budgets) -> str:
     by = {(c.alpha, c.budget): c for c in cells}
     head = f"{'budget':>7} " + " ".join(f"{'alpha ' + format(a, 'g'):>15}" for a in alphas)
-    lines = ["top theme names the product (top-1 / top-5), fraction of subsets", head, "-" * len(head)]
+    lines = ["fraction of subsets naming the product: first theme's text / its text or variants / any of the top 5",
+             head, "-" * len(head)]
     for budget in budgets:
         row = [f"{budget:>7}"]
         for alpha in alphas:
             c = by.get((alpha, budget))
-            row.append(f"{'-':>15}" if c is None else f"{c.top1:>7.2f} / {c.top5:.2f}".rjust(15))
+            row.append(f"{'-':>15}" if c is None else f"{c.top1:.2f}/{c.top1_variants:.2f}/{c.top5:.2f}".rjust(15))
         lines.append(" ".join(row))
     rates = "  ".join(f"alpha {a:g}: {sum(h for _, h in pool.get(a, []))}/{len(pool.get(a, []))}" for a in alphas)
     lines.append(f"samples whose text has the product: {rates}")
+    lines += [f"  alpha {c.alpha:g}, {c.budget} samples: first themes {c.top_texts}" for c in cells]
     return "\n".join(lines)
 
 
 def write_outputs(out: Path, cells: list[Cell], pool, alphas, budgets, meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    rows = [{"alpha": c.alpha, "budget": c.budget, "subsets": c.subsets, "top1": c.top1, "top5": c.top5,
-             "mean_seconds": c.mean_seconds} for c in cells]
+    rows = [{"alpha": c.alpha, "budget": c.budget, "subsets": c.subsets, "top1": c.top1,
+             "top1_variants": c.top1_variants, "top5": c.top5,
+             "mean_seconds": c.mean_seconds, "top_texts": c.top_texts} for c in cells]
     texts_with_product = {f"{a:g}": [sum(h for _, h in pool.get(a, [])), len(pool.get(a, []))] for a in alphas}
     (out / "naming_bench.json").write_text(json.dumps({**meta, "cells": rows, "samples_with_product": texts_with_product}, indent=2) + "\n")
     with (out / "naming_bench.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["alpha"])
+        fields = ["alpha", "budget", "subsets", "top1", "top1_variants", "top5", "mean_seconds"]
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     _plot(out / "naming_bench.png", cells, alphas, meta)

@@ -15,12 +15,12 @@ def test_naming_bench_measures_every_budget_the_pool_allows(tmp_path, capsys):
     code = naming_bench(["--study-dir", str(study), "--no-draw", "--budgets", "20,80,200", "--subsets", "4", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "top theme names the product" in printed
+    assert "fraction of subsets naming the product" in printed
     result = json.loads((out / "naming_bench.json").read_text())
     cells = {(c["alpha"], c["budget"]): c for c in result["cells"]}
     # 100 samples per alpha: budgets 20 and 80 are measured, 200 is larger than the pool.
     assert set(cells) == {(a, b) for a in (0.0, 1.0, 2.0, 4.0) for b in (20, 80)}
-    assert all(0 <= c["top1"] <= c["top5"] <= 1 and c["subsets"] == 4 for c in cells.values())
+    assert all(0 <= c["top1"] <= c["top1_variants"] <= c["top5"] <= 1 and c["subsets"] == 4 for c in cells.values())
     # With the product in 5% of the samples and noise elsewhere, 80 samples name it more often than 20.
     assert sum(cells[a, 80]["top1"] for a in (0.0, 1.0, 2.0, 4.0)) >= sum(cells[a, 20]["top1"] for a in (0.0, 1.0, 2.0, 4.0))
     assert (out / "naming_bench.png").read_bytes()[:4] == b"\x89PNG" and (out / "naming_bench.csv").exists()
