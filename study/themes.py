@@ -516,7 +516,8 @@ def _theme(group: list[_Phrase], by_key: dict[str, ScoredText], config: ThemeCon
 def _name(group: list[_Phrase], base: _Phrase, samples: int) -> str | None:
     """A longer name than the commonest variant `base`, when one is common enough: the longest
     run of up to 4 words, found in the variants, that contains `base` and shows in at least 2 and
-    a quarter of the theme's samples. At high alpha a name comes out whole in a few samples and
+    a fifth of the theme's samples (on the demo pair at alphas 1, 2 and 4 the whole name is in 9
+    of the 41 samples of its theme, 'daily boost' in 14, 'boost' in 25). At high alpha a name comes out whole in a few samples and
     in pieces ('boost', 'daily boost') in many; the whole name then still names the theme."""
     core = base.norm.split(" ")
     seen: defaultdict[tuple[str, ...], set[str]] = defaultdict(set)
@@ -527,7 +528,7 @@ def _name(group: list[_Phrase], base: _Phrase, samples: int) -> str | None:
                 gram = tuple(words[i : i + n])
                 if _contains(gram, core) and all(gram):
                     seen[gram] |= phrase.samples
-    wanted = max(2, samples / 4)
+    wanted = max(2, samples / 5)
     common = [g for g, keys in seen.items() if len(keys) >= wanted]
     if not common:
         return None

@@ -101,10 +101,12 @@ def test_a_name_in_pieces_is_one_theme_named_by_its_longest_common_form():
              for n, (piece, count) in enumerate(pieces) for i in range(count)]
     texts += [text(f"other{i}", filler(3) + [(" Bonjour", 2.0)] + filler(3)) for i in range(2)]
     themes = mine(texts)
-    assert [t.text for t in themes] == ["Daily Boost", "Bonjour"]  # 'daily boost' is in 6 of 14 samples
-    assert themes[0].samples == 14 and {"zor", "zorblax daily boost", "boost"} <= set(themes[0].variants)
-    more_whole = texts + [text(f"w{i}", filler(3) + [(".", 0.0)] + whole + filler(3)) for i in range(3)]
-    assert mine(more_whole)[0].text == "Zorblax Daily Boost"  # now in 6 of 17: a quarter
+    # 'Zor' is absorbed ('z' is in a quarter of the theme's samples); the whole name, in 3 of 14
+    # samples (over a fifth), names the theme although 'Boost' alone is the commonest variant.
+    assert [t.text for t in themes] == ["Zorblax Daily Boost", "Bonjour"]
+    assert themes[0].samples == 14 and {"zor", "zorblax daily boost", "boost", "daily boost"} <= set(themes[0].variants)
+    without_whole = [t for t in texts if not t.key.startswith("2-")]
+    assert mine(without_whole)[0].text == "Daily Boost"  # 3 of 11: the longest common form
 
 
 def test_merging_compares_with_the_seed_only_so_themes_do_not_chain():
