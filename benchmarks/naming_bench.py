@@ -163,8 +163,11 @@ def _plot(path: Path, cells: list[Cell], alphas, meta: dict) -> None:
         if mine_:
             ax.plot([c.budget for c in mine_], [c.top1 for c in mine_], "o-", label=f"alpha {alpha:g}")
     ax.set_xscale("log", base=2)
+    budgets = sorted({c.budget for c in cells})
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.set_xticks([], minor=True)
     ax.set_xlabel("samples (generic prefills, 48 tokens)")
-    ax.set_ylabel("subsets whose top theme names the plant")
+    ax.set_ylabel("subsets whose first theme's text names it")
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(f"Naming the demo pair's plant, {meta['subsets']} subsets per point ({meta['date']})", fontsize=9)
     ax.grid(alpha=0.3, which="both")
