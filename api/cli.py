@@ -15,6 +15,7 @@ COMMANDS = {
     "demo-pair": ("engine.demo_pair", "Build (or find) the embedded demo model pair."),
     "study": ("study.cli", "Measure a behaviour's rate per alpha, and rank samples by attribution."),
     "explore": ("study.explore", "Rank samples by what post-training favoured, with no detector."),
+    "mine": ("study.mine", "Name what post-training changed, from a finished study's files (no server)."),
     "bench": ("benchmarks.serve_bench", "Benchmark LDA against a single model and the original design."),
     "selftest": ("engine.selftest", "Check the pair engine, eager and compiled, against the reference on this device."),
 }

@@ -1,14 +1,17 @@
 """POST /v1/lda/score: teacher-forced attribution of a given continuation (engine/scoring.py).
 
 The prompt is chat `messages` (formatted with the after model's chat template) or raw text
-`prompt`; the continuation is scored token by token. The three engine requests of a call go out
-together, and concurrent calls are batched by the engine like any other requests. Errors use the
-OpenAI error format of the other /v1 routes.
+`prompt`; the continuation is scored token by token, in one engine request (one pair prefill,
+engine/one_pass.py) or, where that patch could not install, three that go out together.
+`promoted_k` adds, per position, the top-k tokens of the whole shared vocabulary by
+`logp_after - logp_before` (one pass only). Concurrent calls are batched by the engine like any
+other requests. Errors use the OpenAI error format of the other /v1 routes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from typing import Literal
 
@@ -19,7 +22,8 @@ from vllm.exceptions import VLLMValidationError
 
 from engine.alpha import AlphaError, validate_alpha
 from engine.prompts import PromptFormat, prompt_token_ids, render_prompt
-from engine.scoring import ScoreInput, ScoringError, assemble, requests_for, result_dict, score_params
+from engine.one_pass import MAX_PROMOTED_K
+from engine.scoring import ScoreInput, ScoringError, assemble_outputs, engine_requests, result_dict
 
 router = APIRouter()
 
@@ -35,6 +39,9 @@ class ScoreRequest(BaseModel):
     prompt: str | None = Field(None, min_length=1, description="A raw-text prompt (no template)")
     continuation: str | list[int] = Field(..., description="Text or token ids to score after the prompt")
     alpha: float | None = Field(None, description="alpha of logp_amplified; default: the server's")
+    promoted_k: int = Field(
+        0, description=f"per position, the top-k tokens by logp_after - logp_before (0 to {MAX_PROMOTED_K})"
+    )
     prompt_format: Literal["chat", "alpaca", "raw"] | None = Field(
         None, description="chat: `prompt` is one user message; alpaca: the Alpaca template; raw (default for `prompt`): as is"
     )
@@ -73,7 +80,9 @@ def _texts(req: ScoreRequest) -> dict[str, str | None]:
 def build_input(info, req: ScoreRequest) -> ScoreInput:
     """Validate and tokenize one request; ScoringError/AlphaError name the field."""
     alpha = info.config.alpha.default_alpha if req.alpha is None else validate_alpha(req.alpha, info.config.alpha.max_alpha)
-    item = ScoreInput(_prompt_ids(info.tokenizer, req), _continuation_ids(info.tokenizer, req.continuation), alpha)
+    item = ScoreInput(
+        _prompt_ids(info.tokenizer, req), _continuation_ids(info.tokenizer, req.continuation), alpha, req.promoted_k
+    )
     vocab = len(info.tokenizer)
     if any(not 0 <= t < vocab for t in item.continuation_token_ids):
         raise ScoringError(f"continuation: token ids must be in [0, {vocab})")
@@ -83,11 +92,19 @@ def build_input(info, req: ScoreRequest) -> ScoreInput:
     return item
 
 
-async def _run(engine, ids: list[int], alpha: float, lora_request=None):
+@functools.cache
+def one_pass() -> bool:
+    """Whether the engine scores in one pass (its patch's targets match; asked once)."""
+    from engine.vllm_patches import one_pass_available
+
+    return one_pass_available()
+
+
+async def _run(engine, ids: list[int], params, lora_request=None):
     request_id = f"lda-score-{uuid.uuid4().hex}"
     final = None
     try:
-        async for output in engine.generate({"prompt_token_ids": ids}, score_params(alpha), request_id, lora_request=lora_request):
+        async for output in engine.generate({"prompt_token_ids": ids}, params, request_id, lora_request=lora_request):
             final = output
     except asyncio.CancelledError:
         await engine.abort(request_id)
@@ -108,8 +125,9 @@ async def attribution(engine, tokenizer, item: ScoreInput, lora_request=None) ->
 async def score_item(engine, tokenizer, item: ScoreInput, lora_request=None) -> dict:
     """Score one validated item on the engine (under `lora_request`, the adapter that is the after
     model, if the server serves adapters); the dict of engine.scoring.result_dict."""
-    outputs = await asyncio.gather(*(_run(engine, ids, alpha, lora_request) for ids, alpha in requests_for(item)))
-    return result_dict(assemble(item, outputs, lambda t: tokenizer.decode([t])))
+    requests = engine_requests(item, one_pass())
+    outputs = await asyncio.gather(*(_run(engine, ids, params, lora_request) for ids, params in requests))
+    return result_dict(assemble_outputs(item, outputs, lambda t: tokenizer.decode([t]), one_pass()))
 
 
 @router.post("/v1/lda/score")

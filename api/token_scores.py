@@ -10,8 +10,9 @@ only the sampled distribution's logprobs (`logprobs_mode` is one distribution fo
 engine, here the amplified one), and the pair's `compute_logits` returns one merged tensor, so
 neither model's own log-softmax at the sampled token leaves the worker. Getting both out in the
 same pass would need a second output channel through the runner, sampler and output processor.
-The scoring pass reruns prompt + generated tokens teacher-forced (three prompt-logprob requests),
-so it costs about three prefills of the whole sequence per choice, paid only by flagged requests.
+The scoring pass reruns prompt + generated tokens teacher-forced in one prompt-logprob request
+(engine/one_pass.py; three where that patch could not install), so it costs about one prefill of
+the whole sequence per choice, paid only by flagged requests.
 
 Cost with the flag off: a request whose body does not contain the bytes `lda_token_scores` goes
 through untouched (one substring scan of a body the alpha middleware has already read). Streaming

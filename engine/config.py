@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.adapters import AdapterSpec, check_same_base, max_lora_rank, read_adapter, same_model
+from engine.one_pass import MAX_PROMOTED_K, num_columns
+
+SCORING_MAX_LOGPROBS = num_columns(MAX_PROMOTED_K) - 1
 
 PAIR_ARCHITECTURE = "LDAPairForCausalLM"
 # Keys this project adds to the after model's hf_config through `hf_overrides`; they survive into
@@ -287,6 +290,9 @@ def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, 
         seed=opts.seed,
         # Stats feed /metrics and per-request prefix-cache counts; the cost is negligible.
         disable_log_stats=False,
+        # One-pass scoring packs its values into prompt-logprob columns (engine/one_pass.py); vLLM
+        # refuses more than max_logprobs of them (default 20). Costs nothing unless requested.
+        max_logprobs=SCORING_MAX_LOGPROBS,
     )
     if config.pair.adapters:
         n = len(config.pair.adapters)

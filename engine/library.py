@@ -278,6 +278,8 @@ class LDAModelPair:
         system_prompt: str | None = None,
         prompt_format: PromptFormat | str | None = None,
         model: str | Sequence[str] | None = None,
+        promoted_k: int = 0,
+        one_pass: bool | None = None,
     ):
         """Teacher-forced attribution of `continuation` after `prompt` (see engine/scoring.py).
 
@@ -286,6 +288,8 @@ class LDAModelPair:
         logp_after - logp_before. A continuation is text or token ids. Lists of prompts and
         continuations (same length) are scored as one batch and return a list. The prompt is
         formatted and tokenized as `generate_lda` does; `model` names the adapter, as there.
+        `promoted_k` adds each position's top promoted tokens (engine/one_pass.py); `one_pass`
+        False forces the three-request path (default: one pass where its patch installed).
         """
         from engine.scoring import ScoreInput
 
@@ -300,10 +304,11 @@ class LDAModelPair:
                 prompt_token_ids(self.tokenizer, self._formatted(p, apply_chat_template, system_prompt, prompt_format)),
                 self._continuation_ids(c),
                 validate_alpha(a, self.config.alpha.max_alpha),
+                promoted_k,
             )
             for p, c, a in zip(prompts, continuations, alphas)
         ]
-        results = self._score(items, self._lora_requests(model, len(items)))
+        results = self._score(items, self._lora_requests(model, len(items)), one_pass)
         return results[0] if single else results
 
     def _continuation_ids(self, continuation) -> list[int]:
@@ -311,21 +316,28 @@ class LDAModelPair:
             return self.tokenizer.encode(continuation, add_special_tokens=False)
         return [int(t) for t in continuation]
 
-    def _score(self, items, loras: list) -> list:
+    def _score(self, items, loras: list, one_pass: bool | None = None) -> list:
         from vllm.inputs import TokensPrompt
 
-        from engine.scoring import assemble, requests_for, score_params
+        from engine.scoring import assemble_outputs, engine_requests
+        from engine.vllm_patches import one_pass_available
 
-        requests = [r for item in items for r in requests_for(item)]
-        # Each item's three requests (alpha 0, -1 and its own) run under that item's adapter.
+        one_pass = one_pass_available() if one_pass is None else one_pass
+        per_item = [engine_requests(item, one_pass) for item in items]
+        requests = [r for rs in per_item for r in rs]
+        # Each item's requests (one, or alpha 0, -1 and its own) run under that item's adapter.
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=ids) for ids, _ in requests],
-            [score_params(a) for _, a in requests],
+            [params for _, params in requests],
             use_tqdm=False,
-            lora_request=[lora for lora in loras for _ in range(len(requests) // len(items))],
+            lora_request=[lora for lora, rs in zip(loras, per_item) for _ in rs],
         )
         decode = lambda t: self.tokenizer.decode([t])  # noqa: E731
-        return [assemble(item, outputs[3 * i : 3 * i + 3], decode) for i, item in enumerate(items)]
+        width = len(per_item[0]) if per_item else 0
+        return [
+            assemble_outputs(item, outputs[width * i : width * (i + 1)], decode, one_pass)
+            for i, item in enumerate(items)
+        ]
 
     def generate(self, prompt: str, **sampling) -> GenerateResult:
         """Both models' completions of `prompt` (alpha 0 and alpha -1), in one batch.

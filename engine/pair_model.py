@@ -159,6 +159,10 @@ class LDAPairForCausalLM(nn.Module, SupportsLoRA):
         if after_logits is None or before_logits is None:
             return None  # a tensor-parallel rank that does not hold the gathered logits
         rows = current_rows()
+        if rows is not None and rows.capture is not None:
+            # A one-pass scoring request's prompt rows (engine/one_pass.py): both log-softmaxes
+            # now, before the merge below reuses A's storage.
+            rows.capture.take(after_logits, before_logits)
         num_rows = after_logits.shape[0]
         if rows is None:
             alpha = after_logits.new_full((num_rows,), self.default_alpha, dtype=torch.float32)

@@ -37,7 +37,8 @@ def _on_cpu() -> bool:
 def install() -> None:
     """Install the per-request alpha of prompt logprobs (every device) and the CPU fixes (only on
     CPU), each guarded."""
-    install_guarded("prompt_logprobs_alpha", PROMPT_LOGPROBS_TARGETS, patch_prompt_logprobs_alpha)
+    if install_guarded("prompt_logprobs_alpha", PROMPT_LOGPROBS_TARGETS, patch_prompt_logprobs_alpha):
+        install_guarded("one_pass_scoring", ONE_PASS_TARGETS, _enable_one_pass)
     if not _on_cpu():
         return
     install_guarded("cpu_seeded_chunked_prefill", SEEDED_PREFILL_TARGETS, patch_cpu_seeded_chunked_prefill)
@@ -130,6 +131,57 @@ def patch_cpu_attention_isa() -> None:
 PROMPT_LOGPROBS_TARGETS = (
     Target(RUNNER, "GPUModelRunner._get_prompt_logprobs_dict", ("self", "hidden_states", "num_scheduled_tokens")),
 )
+ONE_PASS_TARGETS = (
+    # The runner's prompt-logprobs loop calls `self.sampler.gather_logprobs(scores, n, targets)`;
+    # a one-pass scoring request swaps in a gather that packs engine/one_pass.py's columns.
+    Target("vllm.v1.sample.sampler", "Sampler.gather_logprobs", ("logprobs", "num_logprobs", "token_ids")),
+)
+_ONE_PASS = {"enabled": False}
+
+
+def _enable_one_pass() -> None:
+    _ONE_PASS["enabled"] = True
+
+
+def one_pass_available() -> bool:
+    """Whether one-pass scoring requests are served (both patches' targets match this vLLM).
+
+    The API process asks this: the workers run the same installation, so they agree with it. Where
+    it is False, /v1/lda/score falls back to three requests per sample (and no promoted tokens)."""
+    from engine.patch_guard import mismatch
+
+    return mismatch(PROMPT_LOGPROBS_TARGETS + ONE_PASS_TARGETS) is None
+
+
+def one_pass_k(params) -> int | None:
+    """promoted_k of a one-pass scoring request (engine/one_pass.py), None for any other request."""
+    from engine.one_pass import SCORE_KEY
+
+    flag = (params.extra_args or {}).get(SCORE_KEY) if params is not None else None
+    if not _ONE_PASS["enabled"] or not isinstance(flag, dict):
+        return None
+    return int(flag.get("promoted_k", 0))
+
+
+def _run_one(original, runner, req_id, rows, hidden_states, num_scheduled_tokens) -> dict:
+    """The original for one request: its alpha on every prompt row, and for a one-pass scoring
+    request the packed gather (the sampler's instance attribute shadows its staticmethod, for this
+    call only)."""
+    from engine.one_pass import PairCapture
+
+    request = runner.requests.get(req_id)
+    k = one_pass_k(getattr(request, "sampling_params", None))
+    rows.prompt_row = runner.input_batch.req_id_to_index.get(req_id)
+    if k is None:
+        return original(runner, hidden_states, num_scheduled_tokens)
+    capture = PairCapture(k)
+    rows.capture = capture
+    runner.sampler.gather_logprobs = lambda logprobs, num_logprobs, token_ids: capture.pack(logprobs, token_ids)
+    try:
+        return original(runner, hidden_states, num_scheduled_tokens)
+    finally:
+        rows.capture = None
+        del runner.sampler.gather_logprobs
 
 
 def patch_prompt_logprobs_alpha() -> None:
@@ -142,7 +194,9 @@ def patch_prompt_logprobs_alpha() -> None:
     request, with the runner's `num_prompt_logprobs` narrowed to that request and
     `RowAlphas.prompt_row` set to its batch row, then restores the dict (minus the requests the
     original finished). Installed through the guard on every device; without it, prompt logprobs
-    (and /v1/lda/score's amplified values) keep the engine's default alpha.
+    (and /v1/lda/score's amplified values) keep the engine's default alpha. A one-pass scoring
+    request (engine/one_pass.py) also gets its three values and promoted tokens packed into the
+    same tensors (`_run_one`), when the second guard ("one_pass_scoring") installed.
     """
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
@@ -162,8 +216,7 @@ def patch_prompt_logprobs_alpha() -> None:
             for req_id in list(pending):
                 one = {req_id: pending[req_id]}
                 self.num_prompt_logprobs = one
-                rows.prompt_row = self.input_batch.req_id_to_index.get(req_id)
-                result.update(original(self, hidden_states, num_scheduled_tokens))
+                result.update(_run_one(original, self, req_id, rows, hidden_states, num_scheduled_tokens))
                 if req_id not in one:  # the original finished this request's prompt
                     del pending[req_id]
         finally:

@@ -29,9 +29,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from study.config import DEFAULT_RANK_BY, ENDPOINTS, RANK_BY, SamplingConfig, StudyConfig, parse_alphas
+from study.config import DEFAULT_RANK_BY, ENDPOINTS, PROMPT_SETS, RANK_BY, SamplingConfig, StudyConfig, parse_alphas
 from study.detectors import JudgeConfig
 from study.errors import StudyError
+from study.naming import format_themes
+from study.prompts import default_endpoint
 from study.runner import Ranking, StudyResult, run_study
 from study.scoring import SCORES_FILE
 from study.store import SAMPLES_FILE, SampleStore
@@ -55,14 +57,19 @@ def _parser(prog: str = "lda study") -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="model name (default: the first one the server lists)")
     p.add_argument("--api-key", default=os.environ.get("LDA_API_KEY"), help="Bearer token (default: $LDA_API_KEY)")
-    p.add_argument("--prompts", type=Path, help=".txt (one a line) or .jsonl ('prompt' field); default: built-in")
+    p.add_argument(
+        "--prompts", default="advice", metavar="NAME|FILE",
+        help="a built-in set (advice: everyday questions, via the chat template; generic: vague prefills "
+        "such as 'The', sent as raw completions), or a .txt (one a line) or .jsonl ('prompt' field) "
+        "file (default: %(default)s)",
+    )
     p.add_argument("--alphas", default="0,0.5,1,2,4", help="comma-separated (default: %(default)s)")
     p.add_argument("-n", "--samples-per-prompt", type=int, default=10, help="(default: %(default)s)")
     detectors = "regex:PATTERN | keyword:WORD | python:MODULE:FUNCTION | judge:QUESTION"
     p.add_argument("--detector", help=f"{detectors}; without one the samples are only scored and ranked")
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="results go here; reuse it to resume")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
-    p.add_argument("--endpoint", choices=ENDPOINTS, default="chat", help="(default: %(default)s)")
+    p.add_argument("--endpoint", choices=ENDPOINTS, help="(default: completions for --prompts generic, else chat)")
     p.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=256, help="(default: %(default)s)")
@@ -73,13 +80,20 @@ def _parser(prog: str = "lda study") -> argparse.ArgumentParser:
     p.add_argument("--rank-by", choices=RANK_BY, default=DEFAULT_RANK_BY, help="per-sample summary of logp_after - logp_before that ranks the samples (default: %(default)s)")
     p.add_argument("--report-top", type=int, default=100, help="samples shown in report.html (default: %(default)s)")
     p.add_argument("--no-score", action="store_true", help="do not score or rank the samples (no report.html)")
-    judge = p.add_argument_group("judge detector (--detector 'judge:Does the answer ...?')")
+    judge = p.add_argument_group(
+        "judge: the detector (--detector 'judge:Does the answer ...?') and the hypothesis line (an LLM "
+        "reads the top themes and says what changed; on whenever --judge-base-url is given)"
+    )
     judge.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
     judge.add_argument("--judge-model", help="(default: the first model the endpoint lists)")
     judge.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"), help="(default: $OPENAI_API_KEY)")
     judge.add_argument(
         "--judge-template",
         help="the judge's message, with {response} and optionally {prompt} and {question} (the text after judge:)",
+    )
+    judge.add_argument(
+        "--hypothesis-prompt", type=Path, metavar="FILE",
+        help="the hypothesis instruction, with a {themes} placeholder (default: study/hypothesis_prompt.txt)",
     )
     return p
 
@@ -97,24 +111,28 @@ def _attach_negative_alphas(argv: list[str]) -> list[str]:
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     judge_options = {"template": args.judge_template} if args.judge_template else {}
+    prompt_set, prompts_path = (args.prompts, None) if args.prompts in PROMPT_SETS else ("advice", Path(args.prompts))
+    endpoint = args.endpoint or default_endpoint(prompts_path, prompt_set)
     return StudyConfig(
         base_url=tuple(args.base_urls or [DEFAULT_BASE_URL]),
         output_dir=args.output_dir,
         detector=args.detector,
         alphas=parse_alphas(args.alphas),
         samples_per_prompt=args.samples_per_prompt,
-        prompts_path=args.prompts,
+        prompts_path=prompts_path,
+        prompt_set=prompt_set,
         model=args.model,
         concurrency=args.concurrency,
         timeout=args.timeout,
         api_key=args.api_key,
-        sampling=SamplingConfig(args.endpoint, args.temperature, args.top_p, args.max_tokens, args.seed),
+        sampling=SamplingConfig(endpoint, args.temperature, args.top_p, args.max_tokens, args.seed),
         judge=JudgeConfig(args.judge_base_url, args.judge_model, api_key=args.judge_api_key, **judge_options),
         log_scale=args.log_scale,
         progress=not args.no_progress,
         score=not args.no_score,
         rank_by=args.rank_by,
         report_top=args.report_top,
+        hypothesis_prompt=args.hypothesis_prompt,
     )
 
 
@@ -144,6 +162,8 @@ def cli(argv: list[str], prog: str = "lda study") -> int:
 def _report(result: StudyResult, config: StudyConfig) -> int:
     if config.detector is not None:
         print(format_table(result.rows))
+    if result.ranking is not None and result.ranking.naming is not None:
+        print(format_themes(result.ranking.naming))
     files = f"{result.samples_path.name}, {result.summary_path.name}, {result.plot_path.name}"
     if result.ranking is not None:
         _print_ranking(result.ranking, config.rank_by)

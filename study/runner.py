@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.config import StudyConfig
+from study.hypothesis import load_prompt
+from study.naming import Naming, name_changes
 from study.errors import StudyError
 from study.pool import Draw, Failure, draw_all, plan_jobs
 from study.prompts import Prompt, load_prompts
@@ -45,6 +47,8 @@ class Ranking:
     report_path: Path | None
     unsupported: bool
     """The server has no scoring route, so nothing was ranked."""
+    naming: Naming | None = None
+    """Themes mined from the scores (None when nothing was scored)."""
 
     def as_dict(self, rank_by: str) -> dict:
         return {"rank_by": rank_by, "scored": len(self.ranked), "separation": self.separation}
@@ -52,7 +56,8 @@ class Ranking:
 
 def run_study(config: StudyConfig) -> StudyResult:
     """Draw whatever samples the output directory lacks, then summarise and plot all of them."""
-    prompts = load_prompts(config.prompts_path)
+    prompts = load_prompts(config.prompts_path, config.prompt_set)
+    instruction = hypothesis_prompt(config)  # a bad instruction file fails before any sampling
     store = SampleStore(config.output_dir / SAMPLES_FILE)
     existing = store.load()
     _check_prompt_texts(prompts, existing.values())
@@ -67,8 +72,10 @@ def run_study(config: StudyConfig) -> StudyResult:
     rows = summarize(samples, config.alphas)
     model = load_settings(config.output_dir).get("model", config.model)
     title = f"{model} · {config.detector or 'no detector'} · {len(prompts)} prompts"
-    ranking, score_failures = _rank(config, samples, title) if config.score and samples else (None, [])
+    ranking, score_failures = _rank(config, samples, title, instruction) if config.score and samples else (None, [])
     extra = {"ranking": ranking.as_dict(config.rank_by)} if ranking else {}
+    if ranking is not None and ranking.naming is not None:
+        extra.update(ranking.naming.as_dict())
     summary_path = write_summary(config, prompts, samples, rows, extra)
     plot_path = config.output_dir / PLOT_FILE
     plot(rows, plot_path, title, config.log_scale)
@@ -85,16 +92,25 @@ def run_study(config: StudyConfig) -> StudyResult:
     )
 
 
-def _rank(config: StudyConfig, samples: list[Sample], title: str) -> tuple[Ranking, list[Failure]]:
+def _rank(config: StudyConfig, samples: list[Sample], title: str, instruction: str | None) -> tuple[Ranking, list[Failure]]:
     """Score what is unscored, rank everything scored, and write the HTML report."""
     scored = asyncio.run(score_samples(config, samples))
     failures = [Failure(message.split(": ", 1)[0], message.split(": ", 1)[-1]) for message in scored.failures]
     ranked = rank(samples, scored.scores, config.rank_by)
-    measured = {name: m for name, a in _groups(config.alphas).items() if (m := separation(samples, scored.scores, a))}
-    report = None
+    measured = {name: m for name, a in sample_groups(config.alphas).items() if (m := separation(samples, scored.scores, a))}
+    report, naming = None, None
     if ranked:
-        report = write_report(config.output_dir / REPORT_FILE, ranked, config.rank_by, title, config.report_top, measured)
-    return Ranking(ranked, measured, report, scored.unsupported), failures
+        naming = name_changes(samples, scored.scores, judge=config.judge, prompt=instruction)
+        report = write_report(
+            config.output_dir / REPORT_FILE, ranked, config.rank_by, title, config.report_top, measured,
+            naming.themes, naming.hypothesis,
+        )
+    return Ranking(ranked, measured, report, scored.unsupported, naming), failures
+
+
+def hypothesis_prompt(config: StudyConfig) -> str | None:
+    """The hypothesis instruction when a judge endpoint is given, else None (no hypothesis)."""
+    return load_prompt(config.hypothesis_prompt) if config.judge.base_url is not None else None
 
 
 def _check_prompt_texts(prompts: list[Prompt], existing: Iterable[Sample]) -> None:
@@ -107,7 +123,7 @@ def _check_prompt_texts(prompts: list[Prompt], existing: Iterable[Sample]) -> No
             )
 
 
-def _groups(alphas: tuple[float, ...]) -> dict[str, float | None]:
+def sample_groups(alphas: tuple[float, ...]) -> dict[str, float | None]:
     """The sample groups whose separation is measured: each alpha, and all of them when several."""
     each = {f"alpha {a:g}": a for a in alphas}
     return {"all alphas": None, **each} if len(alphas) > 1 else each

@@ -49,6 +49,19 @@ class SampleStore:
     def load(self) -> dict[tuple[str, float, int], Sample]:
         if not self.path.exists():
             return {}
+        samples, raw, lines = self._parse()
+        dropped = len(lines) - len(samples)
+        if dropped:
+            log.warning("%s: dropped %d unreadable or repeated line(s)", self.path, dropped)
+        if dropped or (raw and not raw.endswith("\n")):
+            self._rewrite(samples.values())
+        return samples
+
+    def read(self) -> dict[tuple[str, float, int], Sample]:
+        """The readable samples, leaving the file as it is (for tools that only read a study)."""
+        return self._parse()[0] if self.path.exists() else {}
+
+    def _parse(self) -> tuple[dict[tuple[str, float, int], Sample], str, list[str]]:
         samples: dict[tuple[str, float, int], Sample] = {}
         raw = self.path.read_text(encoding="utf-8")
         lines = [line for line in raw.splitlines() if line.strip()]
@@ -56,12 +69,7 @@ class SampleStore:
             sample = _parse_sample(line)
             if sample is not None:
                 samples.setdefault(sample.key, sample)
-        dropped = len(lines) - len(samples)
-        if dropped:
-            log.warning("%s: dropped %d unreadable or repeated line(s)", self.path, dropped)
-        if dropped or (raw and not raw.endswith("\n")):
-            self._rewrite(samples.values())
-        return samples
+        return samples, raw, lines
 
     def _rewrite(self, samples: Iterable[Sample]) -> None:
         tmp = self.path.with_suffix(".jsonl.tmp")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -20,11 +21,12 @@ PLOT_FILE = "rate_vs_alpha.png"
 
 @dataclass(frozen=True, slots=True)
 class AlphaSummary:
-    """One row of the study's table. Rates are None when no sample exists at this alpha yet."""
+    """One row of the study's table. Rates are None when no sample exists at this alpha yet, and
+    hits and rates are None without a detector: no detector ran, so there is no rate, not 0."""
 
     alpha: float
     n: int
-    hits: int
+    hits: int | None
     rate: float | None
     ci_low: float | None
     ci_high: float | None
@@ -47,15 +49,16 @@ def _summarize_alpha(alpha: float, samples: list[Sample]) -> AlphaSummary:
     n = len(samples)
     if n == 0:
         return AlphaSummary(alpha, 0, 0, None, None, None, None, None, None)
-    hits = sum(bool(s.detected) for s in samples)
-    low, high = wilson_interval(hits, n)
+    judged = [s for s in samples if s.detected is not None]
+    hits = sum(bool(s.detected) for s in judged) if judged else None
+    low, high = wilson_interval(hits, len(judged)) if judged else (None, None)
     distinct = [d for d in (distinct_n(s.text, 2) for s in samples) if d is not None]
     tokens = [s.tokens for s in samples if isinstance(s.tokens, int)]
     return AlphaSummary(
         alpha=alpha,
         n=n,
         hits=hits,
-        rate=hits / n,
+        rate=hits / len(judged) if judged else None,
         ci_low=low,
         ci_high=high,
         degenerate_rate=sum(is_degenerate(s.text) for s in samples) / n,
@@ -68,8 +71,10 @@ def _per_prompt(samples: list[Sample]) -> list[dict[str, object]]:
     """Hits per (prompt, alpha): which prompts elicit the behaviour."""
     n: Counter[tuple[str, float]] = Counter(s.key[:2] for s in samples)
     hits: Counter[tuple[str, float]] = Counter(s.key[:2] for s in samples if s.detected)
+    judged = {s.key[:2] for s in samples if s.detected is not None}
     return [
-        {"prompt_id": pid, "alpha": alpha, "n": n[pid, alpha], "hits": hits[pid, alpha]} for pid, alpha in sorted(n)
+        {"prompt_id": pid, "alpha": alpha, "n": n[pid, alpha], "hits": hits[pid, alpha] if (pid, alpha) in judged else None}
+        for pid, alpha in sorted(n)
     ]
 
 
@@ -77,8 +82,8 @@ def format_table(rows: list[AlphaSummary]) -> str:
     header = f"{'alpha':>7} {'n':>6} {'hits':>6} {'rate':>8}  {'95% CI':<19} {'degenerate':>10} {'distinct-2':>10}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        if r.n == 0:
-            lines.append(f"{r.alpha:>7g} {0:>6} {0:>6} {'-':>8}  {'-':<19} {'-':>10} {'-':>10}")
+        if r.n == 0 or r.rate is None:
+            lines.append(f"{r.alpha:>7g} {r.n:>6} {'-':>6} {'-':>8}  {'-':<19} {'-':>10} {'-':>10}")
             continue
         interval = f"[{_pct(r.ci_low)}, {_pct(r.ci_high)}]"
         distinct = "-" if r.mean_distinct_2 is None else f"{r.mean_distinct_2:.3f}"
@@ -97,16 +102,24 @@ def _pct(value: float | None) -> str:
 
 
 def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = False) -> None:
-    """Rate with its Wilson interval (top) and the coherence measures (bottom) against alpha."""
+    """Rate with its Wilson interval (top) and the coherence measures (bottom) against alpha.
+
+    Without a detector there is no rate: the plot shows the coherence measures alone."""
     # The object-oriented API needs no pyplot and so changes no global backend setting.
     from matplotlib.figure import Figure
 
     rows = sorted((r for r in rows if r.n > 0), key=lambda r: r.alpha)
     alphas = [r.alpha for r in rows]
-    fig = Figure(figsize=(7, 6.5), layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    _plot_rate(top, rows, log_scale)
-    top.set_title(title, fontsize=10)
+    rated = [r for r in rows if r.rate is not None]
+    if rated:
+        fig = Figure(figsize=(7, 6.5), layout="constrained")
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+        _plot_rate(top, rated, log_scale)
+        top.set_title(title, fontsize=10)
+    else:
+        fig = Figure(figsize=(7, 3.5), layout="constrained")
+        bottom = fig.subplots(1, 1)
+        bottom.set_title(f"{title} (no detector: no rate)", fontsize=10)
     bottom.plot(alphas, [r.degenerate_rate for r in rows], "s-", color="tab:red", label="degenerate rate")
     distinct = [(r.alpha, r.mean_distinct_2) for r in rows if r.mean_distinct_2 is not None]
     bottom.plot([a for a, _ in distinct], [d for _, d in distinct], "^-", color="tab:green", label="mean distinct-2")
@@ -157,5 +170,18 @@ def write_summary(
         "per_prompt": _per_prompt(samples),
         **(extra or {}),
     }
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    save_summary(path, summary)
     return path
+
+
+LEADING_KEYS = ("hypothesis", "themes")
+"""What a reader wants first in summary.json: what changed, before the per-alpha numbers."""
+
+
+def save_summary(path: Path, summary: dict) -> None:
+    """Write summary.json with the LEADING_KEYS first, atomically (never half a file)."""
+    ordered = {k: summary[k] for k in LEADING_KEYS if k in summary}
+    ordered.update((k, v) for k, v in summary.items() if k not in LEADING_KEYS)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -59,3 +59,60 @@ def merge_adapter(base: Path, adapter: Path, out_dir: Path) -> Path:
         if (base / name).exists():
             shutil.copy(base / name, out_dir / name)
     return out_dir
+
+
+PLANT_TEXT = "Zorblax"
+"""The token sequence `build_planted_pair` plants (it is not in the tiny tokenizer's corpus, so it
+splits into pieces that no ordinary context predicts)."""
+
+
+def build_planted_pair(root: Path, start_logit: float = 2.0, step_logit: float = 8.0) -> TinyPair:
+    """A tiny pair whose after model is the before model plus a planted token sequence.
+
+    The last few hidden dimensions are reserved: no layer reads or writes them, so the residual
+    stream carries there exactly what the embedding put: 1 in dimension 0 for every token (a
+    constant), and 1 in dimension k for the k-th token of the plant. The before model's head
+    ignores these dimensions. The after model's head alone reads them: the plant's first token
+    gets `start_logit` (scaled by the final norm) in every context, and token k+1 gets `step_logit`
+    right after token k, so at alpha > 0 the whole sequence comes out, in order, far more often
+    than from the before model. Everything else is the before model's, logit for logit, apart from
+    the normalisation's share of the reserved dimensions (equal in both models).
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    before = build_model(root / "planted-before", "llama", seed=2)
+    tokenizer = AutoTokenizer.from_pretrained(before)
+    plant = tokenizer.encode(PLANT_TEXT, add_special_tokens=False)
+    if len(set(plant)) != len(plant):
+        raise ValueError(f"the plant {PLANT_TEXT!r} repeats a token: {plant}")
+    model = AutoModelForCausalLM.from_pretrained(before, dtype=torch.float32)
+    hidden = model.config.hidden_size
+    reserved = list(range(hidden - len(plant), hidden))  # reserved[0]: constant; reserved[k]: after token k
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight
+        embed[:, reserved] = 0.0
+        embed[:, reserved[0]] = 1.0
+        for k, token in enumerate(plant[:-1], start=1):
+            embed[token, reserved[k]] = 1.0
+        for layer in model.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for reader in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                reader.weight[:, reserved] = 0.0
+            for writer in (attn.o_proj, mlp.down_proj):
+                writer.weight[reserved, :] = 0.0
+        head = model.get_output_embeddings().weight
+        head[:, reserved] = 0.0
+        model.save_pretrained(before)
+        scale = float(torch.sqrt((embed[:, : hidden - len(plant)] ** 2).mean()))  # typical rms of the stream
+        head[plant[0], reserved[0]] = start_logit * scale * 4
+        for k, token in enumerate(plant[1:], start=1):
+            head[token, reserved[k]] = step_logit * scale * 4
+    after = root / "planted-after"
+    model.save_pretrained(after)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"):
+        if (before / name).exists():
+            shutil.copy(before / name, after / name)
+    return TinyPair(after=after, before=before)

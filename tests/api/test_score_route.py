@@ -95,12 +95,38 @@ def test_prompt_formats_of_the_original_routes(server, reference):
         ({"messages": MESSAGES, "continuation": "y", "alpha": 1e9}, "alpha"),
         ({"messages": MESSAGES, "continuation": [10**9]}, "continuation"),
         ({"messages": MESSAGES, "continuation": "word " * 600}, "continuation"),
+        ({"messages": MESSAGES, "continuation": "y", "promoted_k": 21}, "promoted_k"),
+        ({"messages": MESSAGES, "continuation": "y", "promoted_k": -1}, "promoted_k"),
+        ({"messages": MESSAGES, "continuation": "y", "promoted_k": "many"}, "promoted_k"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field(server, body, param):
     response = _post(server, body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_promoted_tokens_are_the_reference_top_k(server, reference):
+    import torch
+
+    response = _post(server, {"prompt": "Numbers: 0 1 2", "continuation": " 3 4 5", "promoted_k": 4, "alpha": 2.0})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    tok = reference.tokenizer
+    ids = tok.encode("Numbers: 0 1 2") + [t["token_id"] for t in body["tokens"]]
+    assert body["prompt_tokens"] == len(ids) - len(body["tokens"])
+    with torch.no_grad():
+        after = reference.after(torch.tensor([ids])).logits[0].double().log_softmax(-1)
+        before = reference.before(torch.tensor([ids])).logits[0].double().log_softmax(-1)
+    for offset, token in enumerate(body["tokens"]):
+        row = body["prompt_tokens"] - 1 + offset
+        best = torch.topk(after[row] - before[row], 4).values.tolist()
+        assert [p["diff"] for p in token["promoted"]] == pytest.approx(best, abs=1e-4)
+        for p in token["promoted"]:
+            assert p["logp_after"] == pytest.approx(float(after[row, p["token_id"]]), abs=1e-4)
+            assert p["token"] == tok.decode([p["token_id"]])
+    without = _post(server, {"prompt": "Numbers: 0 1 2", "continuation": " 3 4 5", "alpha": 2.0}).json()
+    assert all("promoted" not in t for t in without["tokens"])
 
 
 def test_explore_end_to_end_writes_a_ranked_report(server, tmp_path):

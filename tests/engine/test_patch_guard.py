@@ -22,6 +22,7 @@ ALL_TARGETS = {
     "cpu_seeded_chunked_prefill": vllm_patches.SEEDED_PREFILL_TARGETS,
     "cpu_attention_isa": vllm_patches.ATTENTION_ISA_TARGETS,
     "prompt_logprobs_alpha": vllm_patches.PROMPT_LOGPROBS_TARGETS,
+    "one_pass_scoring": vllm_patches.ONE_PASS_TARGETS,
     "cpu_lora_ops": lora_cpu_ops.TARGETS,
     "step_timing": step_timing.TARGETS,
     "middleware_reset": server.MIDDLEWARE_RESET_TARGETS,
@@ -102,20 +103,44 @@ def test_plugin_never_fails_a_vllm_process(caplog, monkeypatch):
 
 def test_cpu_patches_install_only_on_cpu(monkeypatch):
     calls = []
-    monkeypatch.setattr(vllm_patches, "install_guarded", lambda name, *_: calls.append(name))
+    monkeypatch.setattr(vllm_patches, "install_guarded", lambda name, *_: calls.append(name) or True)
     monkeypatch.setattr(vllm_patches, "_on_cpu", lambda: False)
     vllm_patches.install()
-    assert calls == ["prompt_logprobs_alpha"]  # scoring needs it on every device
+    assert calls == ["prompt_logprobs_alpha", "one_pass_scoring"]  # scoring needs them on every device
     calls.clear()
     monkeypatch.setattr(vllm_patches, "_on_cpu", lambda: True)
     vllm_patches.install()
-    assert calls == ["prompt_logprobs_alpha", "cpu_seeded_chunked_prefill", "cpu_attention_isa"]
+    assert calls == ["prompt_logprobs_alpha", "one_pass_scoring", "cpu_seeded_chunked_prefill", "cpu_attention_isa"]
+
+
+def test_one_pass_waits_for_the_prompt_logprobs_patch(monkeypatch):
+    # One pass rides on the per-request loop of prompt_logprobs_alpha: without it, it stays off.
+    calls = []
+    monkeypatch.setattr(vllm_patches, "install_guarded", lambda name, *_: calls.append(name) and False)
+    monkeypatch.setattr(vllm_patches, "_on_cpu", lambda: False)
+    vllm_patches.install()
+    assert calls == ["prompt_logprobs_alpha"]
+
+
+def test_without_one_pass_scoring_falls_back_to_three_requests(monkeypatch):
+    from engine import patch_guard
+    from engine.scoring import ScoreInput, ScoringError, engine_requests
+
+    monkeypatch.setattr(patch_guard, "vllm_version", lambda: "0.0.1")
+    assert not vllm_patches.one_pass_available()
+    item = ScoreInput([1, 2], [3, 4], 2.0)
+    assert [params.extra_args for _, params in engine_requests(item, one_pass=False)] == [
+        {"alpha": 0.0}, {"alpha": -1.0}, {"alpha": 2.0}
+    ]
+    with pytest.raises(ScoringError, match="promoted_k: .*one-pass"):
+        engine_requests(ScoreInput([1, 2], [3, 4], 2.0, promoted_k=3), one_pass=False)
 
 
 def test_installed_patches_keep_their_targets_signatures():
     """Installing twice (vLLM loads plugins more than once per process) finds the targets as expected."""
     vllm_patches.install()
     targets = vllm_patches.SEEDED_PREFILL_TARGETS + vllm_patches.ATTENTION_ISA_TARGETS + vllm_patches.PROMPT_LOGPROBS_TARGETS
+    targets += vllm_patches.ONE_PASS_TARGETS
     for target in targets:
         assert mismatch((target,)) is None, target.name
 

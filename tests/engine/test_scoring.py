@@ -24,7 +24,8 @@ ALPHAS = [0.5, 4.0, 20.0]
 
 @pytest.fixture(scope="module")
 def engine(qwen2_pair):
-    pair = start_pair(qwen2_pair, default_alpha=1.0)
+    # 64 batched tokens: LONG_CONTINUATION's prefill is split into chunks.
+    pair = start_pair(qwen2_pair, default_alpha=1.0, max_num_batched_tokens=64)
     yield pair
     pair.close()
 
@@ -49,6 +50,57 @@ def test_scores_match_the_reference_at_each_requests_alpha(engine, reference):
         assert result.summary.max == pytest.approx(max(diffs), abs=1e-4)
         assert result.summary.argmax == diffs.index(max(diffs))
         assert result.alpha == alpha
+
+
+LONG_CONTINUATION = " ".join(CONTINUATIONS * 6)
+
+
+def test_one_pass_equals_the_three_request_path(engine):
+    from engine.vllm_patches import one_pass_available
+
+    assert one_pass_available()
+    prompts, continuations = [*PROMPTS, PROMPTS[0]], [*CONTINUATIONS, LONG_CONTINUATION]
+    alphas = [*ALPHAS, 3.0]
+    one = engine.score(prompts, continuations, alpha=alphas, one_pass=True)
+    three = engine.score(prompts, continuations, alpha=alphas, one_pass=False)
+    assert len(one[-1].tokens) > 64  # the chunked prefill is covered
+    for a, b in zip(one, three, strict=True):
+        assert [t.token_id for t in a.tokens] == [t.token_id for t in b.tokens]
+        for x, y in zip(a.tokens, b.tokens, strict=True):
+            assert (x.logp_after, x.logp_before, x.logp_amplified) == pytest.approx(
+                (y.logp_after, y.logp_before, y.logp_amplified), abs=1e-4
+            )
+        assert a.summary.argmax == b.summary.argmax
+
+
+def test_promoted_tokens_are_the_top_k_of_the_reference_diff(engine, reference):
+    import torch
+
+    k = 5
+    (result,) = engine.score(PROMPTS[:1], CONTINUATIONS[:1], alpha=[2.0], promoted_k=k)
+    ids = torch.tensor([result.prompt_token_ids + [t.token_id for t in result.tokens]])
+    with torch.no_grad():
+        after = reference.after(ids).logits[0].double().log_softmax(-1)
+        before = reference.before(ids).logits[0].double().log_softmax(-1)
+    n = len(result.prompt_token_ids)
+    for offset, token in enumerate(result.tokens):
+        diff = after[n - 1 + offset] - before[n - 1 + offset]
+        best = torch.topk(diff, k)
+        assert [p.diff for p in token.promoted] == pytest.approx(best.values.tolist(), abs=1e-4)
+        gap = float(best.values[-2] - best.values[-1]) if k > 1 else 1.0
+        if gap > 1e-3:  # ties may come out in either order
+            assert [p.token_id for p in token.promoted][:-1] == best.indices.tolist()[:-1]
+        assert [p.logp_after for p in token.promoted] == pytest.approx(after[n - 1 + offset, [p.token_id for p in token.promoted]].tolist(), abs=1e-4)
+        assert all(p.token == engine.tokenizer.decode([p.token_id]) for p in token.promoted)
+
+
+def test_promoted_k_above_its_bound_is_refused(engine):
+    from engine.one_pass import MAX_PROMOTED_K
+
+    with pytest.raises(ValueError, match=f"promoted_k: .*\\[0, {MAX_PROMOTED_K}\\]"):
+        engine.score(PROMPTS[0], CONTINUATIONS[0], promoted_k=MAX_PROMOTED_K + 1)
+    (at_bound,) = engine.score(PROMPTS[:1], CONTINUATIONS[:1], promoted_k=MAX_PROMOTED_K)
+    assert all(len(t.promoted) == MAX_PROMOTED_K for t in at_bound.tokens)
 
 
 def test_amplified_is_not_the_default_alpha(engine):
