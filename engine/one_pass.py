@@ -91,8 +91,11 @@ def pack_columns(
     packed layout of the module doc, one row per position predicting `target_ids[row]`."""
     target = target_ids.to(torch.int64).unsqueeze(1)
     fixed = [logp.gather(1, target) for logp in (logp_amplified, logp_after, logp_before)]
-    ids, diffs, after_at = promoted_tokens(logp_after, logp_before, k, shared)
     rows = target.shape[0]
+    if k == 0:  # no full-vocabulary difference to rank
+        ranks = torch.full((rows,), PACKED_RANK, dtype=torch.int64, device=target.device)
+        return target.expand(rows, FIXED_COLUMNS).to(torch.int32), torch.cat(fixed, dim=1), ranks
+    ids, diffs, after_at = promoted_tokens(logp_after, logp_before, k, shared)
     pair_ids = ids.unsqueeze(2).expand(rows, ids.shape[1], 2).reshape(rows, -1)
     pair_values = torch.stack([diffs, after_at], dim=2).reshape(rows, -1)
     token_ids = torch.cat([target.expand(rows, FIXED_COLUMNS), pair_ids], dim=1).to(torch.int32)

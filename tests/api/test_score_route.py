@@ -129,6 +129,33 @@ def test_promoted_tokens_are_the_reference_top_k(server, reference):
     assert all("promoted" not in t for t in without["tokens"])
 
 
+def test_mine_corpus_builtin_end_to_end(server, tmp_path, capsys):
+    from study.corpus import CORPUS_FILE, SCORES_FILE, SUMMARY_FILE, cli
+
+    out = tmp_path / "corpus"
+    argv = ["--corpus", "builtin", "--base-url", server.base_url, "-o", str(out), "--builtin-per-prompt", "1",
+            "--max-tokens", "8", "--promoted-k", "3", "--min-logp-after", "-20", "--min-diff", "0", "--extend", "2",
+            "--no-progress"]
+    assert cli(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    corpus = [json.loads(line) for line in (out / CORPUS_FILE).read_text().splitlines()]
+    assert len(corpus) == 20 and all(c["answer"] for c in corpus)
+    scores = [json.loads(line) for line in (out / SCORES_FILE).read_text().splitlines()]
+    assert all(len(t["promoted"]) == 3 for s in scores for t in s["tokens"])
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["texts"] == 20 and summary["promoted_k"] == 3 and summary["themes"]
+    first = summary["themes"][0]
+    assert {"text", "variants", "samples", "samples_per_alpha", "mean_diff", "contexts"} <= set(first)
+    assert repr(first.get("phrase", first["text"])) in printed
+    # The theme's counts are the promoted tokens of the scores file.
+    keys = {s["key"] for s in scores for t in s["tokens"] for p in t["promoted"] if p["token"].strip().casefold() in first["variants"]}
+    assert len(keys) == first["samples"]
+    # A second run reuses the corpus it generated (same answers) rather than sampling again.
+    before = (out / CORPUS_FILE).read_text()
+    assert cli([*argv, "--extend", "0"]) == 0
+    assert (out / CORPUS_FILE).read_text() == before
+
+
 def test_explore_end_to_end_writes_a_ranked_report(server, tmp_path):
     from study.cli import cli
 

@@ -88,3 +88,12 @@ def test_importable_without_vllm():
 
     code = "import sys; sys.modules['vllm'] = None; import engine.one_pass; print('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "ok"
+
+
+def test_k_0_packs_the_three_values_only():
+    after, before = _logits()
+    logp_after, logp_before = pair_log_softmax(after, before)
+    targets = torch.tensor([0, 1, 2])
+    ids, values, ranks = pack_columns(logp_after, logp_after, logp_before, targets, 0, 36)
+    assert ids.shape == values.shape == (3, num_columns(0)) and ranks.tolist() == [PACKED_RANK] * 3
+    assert torch.equal(values[:, 2], logp_before[torch.arange(3), targets])

@@ -90,3 +90,13 @@ def test_promoted_themes_merge_prefixes_filter_by_logp_after_and_rank_by_texts()
     table = token_table(scored, PromotedConfig())
     assert table[0]["token"] == "zor" and table[0]["texts"] == 2
     json.dumps([public(t) for t in themes])  # JSON-ready
+
+
+def test_lda_mine_hands_corpus_arguments_to_this_module(tmp_path, capsys):
+    from study.mine import cli as mine_cli
+
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"\xff\xfe\x00")
+    assert mine_cli(["--corpus", str(path), "-o", str(tmp_path / "out")]) == 2
+    assert "lda mine --corpus: error: --corpus:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
