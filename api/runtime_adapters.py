@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -88,7 +89,12 @@ class RuntimeAdapters:
                        f"{self.max_loras}: unload one first", "lora_name")
 
     def check_adapter(self, name: str, path: str) -> AdapterSpec:
-        """The start-up checks (blocking: reads configs from disk); AdapterError names the problem."""
+        """The start-up checks (blocking: reads configs from disk); AdapterError names the problem.
+
+        Only folders on the server's disk: a hub id would have a client make the server download.
+        """
+        if not Path(path).expanduser().is_dir():
+            raise AdapterError(f"adapter {name!r}: lora_path {path!r} is not a folder on the server")
         spec = read_adapter(name, path)
         check_joins(spec, self.pair.after, self.pair.before, self.pair.max_lora_rank, lora_targets(self.pair.adapters))
         return spec

@@ -101,7 +101,9 @@ def default_name(model: str) -> str:
 def valid_lora_rank(configured: int) -> int:
     """`configured` if vLLM accepts it as `max_lora_rank`; AdapterError naming the accepted ranks."""
     if configured not in VLLM_LORA_RANKS:
-        raise AdapterError(f"max_lora_rank (LDA_MAX_LORA_RANK, --max-lora-rank) must be one of {VLLM_LORA_RANKS}; got {configured}")
+        raise AdapterError(
+            f"max_lora_rank must be one of {VLLM_LORA_RANKS}; got {configured} (LDA_MAX_LORA_RANK, --max-lora-rank)"
+        )
     return configured
 
 

@@ -71,15 +71,17 @@ class PairConfig:
 
     def describe(self) -> str:
         """One line for the start-up log: which models, and whether the base weights are shared."""
+        runtime = f"; runtime adapters allowed (max_loras {self.max_loras}, max_lora_rank {self.max_lora_rank})"
+        runtime = runtime if self.runtime_adapters else ""
         if not self.adapters:
-            return f"after={self.after} before={self.before}"
+            return f"after={self.after} before={self.before}{runtime}"
         names = ", ".join(f"{a.name} (rank {a.rank})" for a in self.adapters)
         sharing = (
             "the before stack shares the base weights (held once)"
             if self.shares_base
             else f"the before model is not the adapters' base, so nothing is shared (base {self.after})"
         )
-        return f"after = LoRA adapters {names} on {self.after}; before={self.before}; {sharing}"
+        return f"after = LoRA adapters {names} on {self.after}; before={self.before}; {sharing}{runtime}"
 
 
 RUNTIME_MIN_LORA_RANK = 16

@@ -180,7 +180,8 @@ def test_an_adapter_that_does_not_fit_is_a_400_naming_the_problem(server, models
         ({"lora_name": "x"}, "lora_path", "lora_path: Field required"),
         ({"lora_path": "/tmp"}, "lora_name", "lora_name: Field required"),
         ({"lora_name": " ", "lora_path": "/tmp"}, "lora_name", "lora_name must not be empty"),
-        ({"lora_name": "x", "lora_path": "/no/such/folder"}, "lora_path", "is not a PEFT adapter"),
+        ({"lora_name": "x", "lora_path": "/no/such/folder"}, "lora_path", "'/no/such/folder' is not a folder on the server"),
+        ({"lora_name": "x", "lora_path": "org/some-hub-adapter"}, "lora_path", "is not a folder on the server"),
         ([1, 2], None, "the body must be a JSON object"),
     ],
 )
