@@ -269,3 +269,23 @@ def test_a_request_in_flight_on_another_adapter_finishes_unaffected(server, mode
     assert during < tokens, "the stream had finished before the load: make it longer"
     streamed = [t for c in chunks for choice in c["choices"] for t in (choice.get("token_ids") or [])]
     assert streamed == alone
+
+
+def test_a_request_in_flight_on_the_adapter_being_unloaded_finishes_with_its_tokens(server, models):
+    tokens = 160
+    assert load(server, "two", models.good["two"]).status_code == 200
+    try:
+        alone = complete(server, "two", max_tokens=tokens)["choices"][0]["token_ids"]
+        chunks: list[dict] = []
+        started = threading.Event()
+        stream = threading.Thread(target=_stream, args=(server, "two", tokens, chunks, started))
+        stream.start()
+        assert started.wait(120)
+    finally:
+        unloaded = unload(server, "two")
+    during = len(chunks)
+    stream.join(300)
+    assert unloaded.status_code == 200 and during < tokens, "the stream had finished before the unload"
+    assert "two" not in model_ids(server)
+    streamed = [t for c in chunks for choice in c["choices"] for t in (choice.get("token_ids") or [])]
+    assert streamed == alone
