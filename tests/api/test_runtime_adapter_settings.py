@@ -117,4 +117,11 @@ def test_vllms_own_adapter_routes_are_replaced_by_ours_only_when_allowed(allowed
     replace_vllm_routes(app, allowed)
     mounted = {r.path: r.endpoint for r in app.router.routes if getattr(r, "path", None) in ADAPTER_PATHS}
     ours = {"/v1/load_lora_adapter": load_lora_adapter, "/v1/unload_lora_adapter": unload_lora_adapter}
-    assert mounted == (ours if allowed else {})
+    if allowed:
+        assert mounted == ours
+    else:
+        assert set(mounted) == set(ADAPTER_PATHS) and all(e.__name__ == "_refuse" for e in mounted.values())
+        from fastapi.testclient import TestClient
+
+        r = TestClient(app).post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "y"})
+        assert r.status_code == 404 and "--allow-runtime-adapters" in r.json()["error"]["message"]

@@ -284,4 +284,4 @@ def test_study_against_the_live_server(server, tmp_path):
 @pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/v1/unload_lora_adapter"])
 def test_runtime_adapter_routes_are_not_served_unless_allowed(server, pair, path):
     r = httpx.post(f"{server.base_url}{path}", json={"lora_name": "x", "lora_path": str(pair.after)}, timeout=60)
-    assert r.status_code == 404
+    assert r.status_code == 404 and "--allow-runtime-adapters" in r.json()["error"]["message"]
