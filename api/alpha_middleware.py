@@ -187,7 +187,8 @@ class AlphaMiddleware:
             return await self._openai(scope, receive, send, OPENAI_PATHS[path])
         if path in ORIGINAL_PATHS:
             return await self._counted(scope, receive, send, ORIGINAL_PATHS[path])
-        if path in OTHER_GENERATION_PATHS and self.adapters is not None:
+        # A pair started without adapters (runtime adapters only) runs the after model itself there.
+        if path in OTHER_GENERATION_PATHS and self.adapters is not None and self.adapters.has_default:
             message = (f"{path} is not served with LoRA adapters (it cannot pick one); use /v1/completions, "
                        "/v1/chat/completions or the original routes")
             return await _send_json(send, 404, openai_error(message, None, status=404))
