@@ -15,6 +15,8 @@ COMMANDS = {
     "demo-pair": ("engine.demo_pair", "Build (or find) the embedded demo model pair."),
     "study": ("study.cli", "Measure a behaviour's rate per alpha, and rank samples by attribution."),
     "explore": ("study.explore", "Rank samples by what post-training favoured, with no detector."),
+    "monitor": ("study.monitor", "Watch a behaviour appear over a training run's checkpoints."),
+    "demo-run": ("demo.training_run", "Train (or find) a demo LoRA training run with checkpoints."),
     "bench": ("benchmarks.serve_bench", "Benchmark LDA against a single model and the original design."),
     "selftest": ("engine.selftest", "Check the pair engine, eager and compiled, against the reference on this device."),
 }
