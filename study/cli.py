@@ -29,9 +29,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from study.config import DEFAULT_RANK_BY, ENDPOINTS, RANK_BY, SamplingConfig, StudyConfig, parse_alphas
+from study.config import DEFAULT_RANK_BY, ENDPOINTS, PROMPT_SETS, RANK_BY, SamplingConfig, StudyConfig, parse_alphas
 from study.detectors import JudgeConfig
 from study.errors import StudyError
+from study.prompts import default_endpoint
 from study.runner import Ranking, StudyResult, run_study
 from study.scoring import SCORES_FILE
 from study.store import SAMPLES_FILE, SampleStore
@@ -55,14 +56,19 @@ def _parser(prog: str = "lda study") -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="model name (default: the first one the server lists)")
     p.add_argument("--api-key", default=os.environ.get("LDA_API_KEY"), help="Bearer token (default: $LDA_API_KEY)")
-    p.add_argument("--prompts", type=Path, help=".txt (one a line) or .jsonl ('prompt' field); default: built-in")
+    p.add_argument(
+        "--prompts", default="advice", metavar="NAME|FILE",
+        help="a built-in set (advice: everyday questions, via the chat template; generic: vague prefills "
+        "such as 'The', sent as raw completions), or a .txt (one a line) or .jsonl ('prompt' field) "
+        "file (default: %(default)s)",
+    )
     p.add_argument("--alphas", default="0,0.5,1,2,4", help="comma-separated (default: %(default)s)")
     p.add_argument("-n", "--samples-per-prompt", type=int, default=10, help="(default: %(default)s)")
     detectors = "regex:PATTERN | keyword:WORD | python:MODULE:FUNCTION | judge:QUESTION"
     p.add_argument("--detector", help=f"{detectors}; without one the samples are only scored and ranked")
     p.add_argument("-o", "--output-dir", type=Path, required=True, help="results go here; reuse it to resume")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
-    p.add_argument("--endpoint", choices=ENDPOINTS, default="chat", help="(default: %(default)s)")
+    p.add_argument("--endpoint", choices=ENDPOINTS, help="(default: completions for --prompts generic, else chat)")
     p.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="(default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=256, help="(default: %(default)s)")
@@ -97,18 +103,21 @@ def _attach_negative_alphas(argv: list[str]) -> list[str]:
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     judge_options = {"template": args.judge_template} if args.judge_template else {}
+    prompt_set, prompts_path = (args.prompts, None) if args.prompts in PROMPT_SETS else ("advice", Path(args.prompts))
+    endpoint = args.endpoint or default_endpoint(prompts_path, prompt_set)
     return StudyConfig(
         base_url=tuple(args.base_urls or [DEFAULT_BASE_URL]),
         output_dir=args.output_dir,
         detector=args.detector,
         alphas=parse_alphas(args.alphas),
         samples_per_prompt=args.samples_per_prompt,
-        prompts_path=args.prompts,
+        prompts_path=prompts_path,
+        prompt_set=prompt_set,
         model=args.model,
         concurrency=args.concurrency,
         timeout=args.timeout,
         api_key=args.api_key,
-        sampling=SamplingConfig(args.endpoint, args.temperature, args.top_p, args.max_tokens, args.seed),
+        sampling=SamplingConfig(endpoint, args.temperature, args.top_p, args.max_tokens, args.seed),
         judge=JudgeConfig(args.judge_base_url, args.judge_model, api_key=args.judge_api_key, **judge_options),
         log_scale=args.log_scale,
         progress=not args.no_progress,

@@ -9,6 +9,10 @@ from pathlib import Path
 from study.detectors import JudgeConfig, parse_detector
 
 ENDPOINTS = ("chat", "completions")
+PROMPT_SETS = ("advice", "generic")
+"""The built-in prompt sets (study/prompts.py holds them); `--prompts` takes a name or a file."""
+RAW_PROMPT_SETS = ("generic",)
+"""Sets whose default endpoint is `completions`: vague prefills, the chat template bypassed."""
 MIN_ALPHA = -1.0
 RANK_BY = ("max", "sum", "mean")
 DEFAULT_RANK_BY = "mean"
@@ -59,6 +63,8 @@ class StudyConfig:
     samples_per_prompt: int = 10
     prompts_path: Path | None = None
     """A .txt file (one prompt a line) or .jsonl ({"prompt": ..., optional "id": ...}); None: built-in set."""
+    prompt_set: str = "advice"
+    """The built-in set sampled when prompts_path is None: advice or generic."""
     model: str | None = None
     """None takes the first model the server lists."""
     concurrency: int = 64
@@ -103,6 +109,8 @@ class StudyConfig:
             raise ValueError(f"timeout: must be > 0 seconds, got {self.timeout}")
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"output_dir: {self.output_dir} exists and is not a directory")
+        if self.prompt_set not in PROMPT_SETS:
+            raise ValueError(f"prompt_set: expected one of {', '.join(PROMPT_SETS)}, got {self.prompt_set!r}")
         if self.prompts_path is not None:
             validate_prompts_path(self.prompts_path)
         if self.detector is not None:

@@ -52,7 +52,7 @@ class Ranking:
 
 def run_study(config: StudyConfig) -> StudyResult:
     """Draw whatever samples the output directory lacks, then summarise and plot all of them."""
-    prompts = load_prompts(config.prompts_path)
+    prompts = load_prompts(config.prompts_path, config.prompt_set)
     store = SampleStore(config.output_dir / SAMPLES_FILE)
     existing = store.load()
     _check_prompt_texts(prompts, existing.values())
