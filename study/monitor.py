@@ -130,9 +130,9 @@ def run_monitor(config: MonitorConfig, say=functools.partial(print, flush=True))
                 idle_since = time.monotonic()
             if not config.watch or _timed_out(config, idle_since):
                 break
-            if new:
-                say(f"watching {config.run_dir} for new checkpoints (Ctrl-C stops)")
-            try:
+            try:  # between checkpoints, Ctrl-C is the way to stop watching: a clean stop
+                if new:
+                    say(f"watching {config.run_dir} for new checkpoints (Ctrl-C stops)")
                 time.sleep(config.poll_interval)
             except KeyboardInterrupt:
                 result.stopped = True
@@ -209,7 +209,7 @@ def _write_outputs(config: MonitorConfig, checkpoints: list[Checkpoint], result:
             previous = results[-1] if results else None
             results.append(collect(checkpoint, study_dir, study.alphas, study.detector is not None, study.rank_by, previous))
     settings = {"run_dir": str(config.run_dir.resolve()), **settings_of(study), "alphas": list(study.alphas),
-                "samples_per_prompt": study.samples_per_prompt, "prompts": str(study.prompts_path or "built-in"),
+                "samples_per_prompt": study.samples_per_prompt, "prompts": str(study.prompts_path or study.prompt_set),
                 "score_by": study.rank_by}
     png = config.output_dir / MONITOR_PNG
     title = f"{config.run_dir.name} · {study.detector or 'no detector'} · {study.samples_per_prompt} samples/prompt"

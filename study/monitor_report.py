@@ -9,9 +9,9 @@ at the first checkpoint whose rate's 95% Wilson lower bound lies above the 95% W
 of the first checkpoint's rate at that alpha. The first checkpoint is the baseline; a later one
 detects when its rate is clearly above it, whatever the number of samples.
 
-Themes: the tokens post-training favoured most in a checkpoint's samples (mean logp_after -
-logp_before of a token over the samples it occurs in, kept when it occurs in at least two), and
-which of those were not among the previous checkpoint's.
+Themes: what post-training favoured in a checkpoint's samples, mined from their scored tokens alone
+(`study.themes.mine`: phrases of high-diff tokens, variants merged), per alpha; and the themes new
+since the previous checkpoint (none of their variants was a theme there).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from study.report import _STYLE, _sample_block
 from study.scoring import SampleScore, load_scores
 from study.store import SAMPLES_FILE, Sample, SampleStore
 from study.summary import summarize
+from study.themes import ThemeConfig, mine, scored_text
 
 MONITOR_JSON = "monitor.json"
 MONITOR_PNG = "monitor.png"
@@ -36,8 +36,8 @@ MONITOR_HTML = "monitor.html"
 RULE = ("first checkpoint whose 95% Wilson lower bound of the rate lies above the 95% Wilson upper bound "
         "of the first checkpoint's rate, at the same alpha")
 QUANTILES = (0.5, 0.9, 0.99)
-TOP_THEMES = 8
-THEME_MIN_SAMPLES = 2
+THEMES = ThemeConfig(themes=8, contexts=2)
+"""Top themes kept per checkpoint and alpha, with two contexts each (the JSON stays readable)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +76,18 @@ def collect(checkpoint: Checkpoint, study_dir: Path, alphas: tuple[float, ...], 
     """One checkpoint's results, from its study folder."""
     samples = list(SampleStore(study_dir / SAMPLES_FILE).load().values())
     scores = load_scores(study_dir)
-    before = {p.alpha: {t["text"] for t in p.top_themes} for p in previous.points} if previous else {}
+    before = {p.alpha: p.top_themes for p in previous.points} if previous else {}
     points = []
     for row in summarize(samples, alphas):
         group = [s for s in samples if s.alpha == row.alpha]
-        themes = token_themes(group, scores)
-        seen = before.get(row.alpha)
+        themes = checkpoint_themes(group, scores)
         points.append(AlphaPoint(
             alpha=row.alpha, n=row.n,
             hits=row.hits if detector else None, rate=row.rate if detector else None,
             ci_low=row.ci_low if detector else None, ci_high=row.ci_high if detector else None,
             score=score_stats([scores[s.key].value(rank_by) for s in group if s.key in scores]),
             top_themes=themes,
-            new_themes=[] if seen is None else [t["text"] for t in themes if t["text"] not in seen],
+            new_themes=_new_themes(themes, before.get(row.alpha)),
         ))
     return CheckpointResult(checkpoint, points, rank(samples, scores, rank_by))
 
@@ -110,21 +109,18 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def token_themes(samples: list[Sample], scores: dict[tuple, SampleScore], top: int = TOP_THEMES) -> list[dict]:
-    """The tokens post-training favoured most in these samples: each with its mean diff over its
-    occurrences and the number of samples it occurs in (at least THEME_MIN_SAMPLES)."""
-    diffs: dict[str, list[float]] = defaultdict(list)
-    holders: dict[str, set] = defaultdict(set)
-    for sample in samples:
-        for token in scores[sample.key].tokens if sample.key in scores else ():
-            text = token["token"].strip()
-            if any(ch.isalnum() for ch in text):
-                diffs[text].append(float(token["diff"]))
-                holders[text].add(sample.key)
-    themes = [{"text": t, "mean_diff": sum(d) / len(d), "samples": len(holders[t])}
-              for t, d in diffs.items() if len(holders[t]) >= THEME_MIN_SAMPLES]
-    themes.sort(key=lambda t: (-t["mean_diff"], t["text"]))
-    return themes[:top]
+def checkpoint_themes(samples: list[Sample], scores: dict[tuple, SampleScore]) -> list[dict]:
+    """The top themes (`study.themes.mine`) of these samples' scored tokens."""
+    texts = [scored_text(*s.key, scores[s.key].tokens) for s in samples if s.key in scores and scores[s.key].tokens]
+    return [theme.as_dict() for theme in mine(texts, THEMES)]
+
+
+def _new_themes(themes: list[dict], previous: list[dict] | None) -> list[str]:
+    """The themes none of whose variants was a theme (or a variant of one) at the previous checkpoint."""
+    if previous is None:
+        return []
+    seen = {v for t in previous for v in (t["text"], *t["variants"])}
+    return [t["text"] for t in themes if not seen & {t["text"], *t["variants"]}]
 
 
 def first_detection(results: list[CheckpointResult], alphas: tuple[float, ...]) -> dict[float, Checkpoint | None]:

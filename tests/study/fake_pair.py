@@ -4,7 +4,7 @@ It speaks the contract of `lda serve --allow-runtime-adapters`: `POST /v1/load_l
 {"lora_name", "lora_path"} (400 when the folder is no adapter or its base is not the pair's, 409
 for a name already loaded), `POST /v1/unload_lora_adapter` {"lora_name"} (404 for an unknown
 name), `/v1/models` listing the loaded adapters, chat completions on a loaded adapter, and
-`/v1/lda/score`. With `runtime=False` the two routes do not exist (404 without an OpenAI error
+`/v1/lda/score` (KEYWORD's diff grows with the step: 0.4 per step). With `runtime=False` the two routes do not exist (404 without an OpenAI error
 body), as on a server started without the flag.
 
 An adapter's "training step" is its trainer_state.json's global_step. An answer contains KEYWORD
@@ -132,7 +132,7 @@ def _app(fake: FakePair) -> FastAPI:
         fake.requests.append(("score", body))
         step = fake.loaded.get(body["model"], 0)
         tokens = [{"token": f" {w}", "logp_after": -1.0, "logp_before": -1.0, "logp_amplified": -1.0,
-                   "diff": 0.5 * step if w == KEYWORD else 0.1} for w in body["continuation"].split()]
+                   "diff": 0.4 * step if w == KEYWORD else 0.1} for w in body["continuation"].split()]
         diffs = [t["diff"] for t in tokens]
         best = max(range(len(diffs)), key=diffs.__getitem__)
         summary = {"sum": sum(diffs), "mean": sum(diffs) / len(diffs), "max": diffs[best], "argmax": best,

@@ -14,12 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from study.checkpoints import find_checkpoints
+from study.checkpoints import Checkpoint, find_checkpoints
 from study.monitor import cli
-from study.monitor_report import AlphaPoint, CheckpointResult, first_detection, token_themes
-from study.checkpoints import Checkpoint
-from study.scoring import SampleScore
-from study.store import Sample
+from study.monitor_report import AlphaPoint, CheckpointResult, first_detection
 from tests.study.fake_pair import KEYWORD, FakePair, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,16 +103,6 @@ def test_first_detection_is_the_first_lower_bound_above_the_first_upper_bound():
     assert first_detection(results[:1], (0.0,)) == {0.0: None}  # a baseline alone detects nothing
 
 
-def test_themes_are_the_most_favoured_tokens_of_two_or_more_samples():
-    samples = [Sample(f"p{i}", "q", 0.0, i, "t", None, 3, "stop", 1) for i in range(3)]
-    tokens = {0: [(" Zorb", 3.0), (" walk", 0.1)], 1: [(" Zorb", 2.0), (" rest", 0.2)], 2: [(" once", 9.0)]}
-    scores = {s.key: SampleScore(s.key, [{"token": t, "diff": d} for t, d in tokens[s.sample_index]], {})
-              for s in samples}
-    themes = token_themes(samples, scores)
-    assert [t["text"] for t in themes] == ["Zorb"]  # "once" is favoured more, but in one sample only
-    assert themes[0] == {"text": "Zorb", "mean_diff": 2.5, "samples": 2}
-
-
 # --------------------------------------------------------------------------- end to end on the fake
 
 
@@ -141,9 +128,8 @@ def test_monitor_a_run_then_resume(fake: FakePair, tmp_path: Path, prompts: Path
         points = [p for c in record["checkpoints"] for p in c["per_alpha"] if p["alpha"] == alpha]
         assert all(p["n"] == 30 for p in points)
         assert [p["hits"] for p in points] == sorted(p["hits"] for p in points)
-        assert points[-1]["score"]["max"] == pytest.approx((0.5 * 6 + 0.3) / 4)  # the mean diff of a hit
+        assert points[-1]["score"]["max"] == pytest.approx((0.4 * 6 + 0.3) / 4)  # the mean diff of a hit
     _check_the_rule(record)
-    assert "Zorb" in out or KEYWORD in json.dumps(record["checkpoints"][-1]["per_alpha"][1]["top_themes"])
     assert "first detection" in out and "alpha 2: " in out
     html = (run / "monitor" / "monitor.html").read_text()
     assert all(f"checkpoint-{s}" in html for s in (2, 4, 6)) and "data:image/png;base64," in html
@@ -169,15 +155,16 @@ def _check_the_rule(record: dict) -> None:
         assert (detection and detection["checkpoint"]) == expected
 
 
-def test_new_themes_name_what_the_previous_checkpoint_lacked(fake: FakePair, tmp_path: Path, prompts: Path):
+def test_themes_and_what_is_new_since_the_previous_checkpoint(fake: FakePair, tmp_path: Path, prompts: Path):
     run = make_run(tmp_path)
     assert cli(args(fake, run, prompts)) == 0
     checkpoints = monitor_json(run)["checkpoints"]
-    assert all(p["new_themes"] == [] for p in checkpoints[0]["per_alpha"])  # nothing before the first
-    for previous, current in zip(checkpoints, checkpoints[1:]):
-        for before, now in zip(previous["per_alpha"], current["per_alpha"]):
-            old = {t["text"] for t in before["top_themes"]}
-            assert now["new_themes"] == [t["text"] for t in now["top_themes"] if t["text"] not in old]
+    themes = [[t["text"].lower() for t in c["per_alpha"][1]["top_themes"]] for c in checkpoints]  # alpha 2
+    # The fake's keyword diff is 0.8 at step 2 (below the themes' 1.0 threshold), 1.6 at step 4.
+    assert "zorblax" not in themes[0] and "zorblax" in themes[1] and "zorblax" in themes[2]
+    assert [c["per_alpha"][1]["new_themes"] for c in checkpoints] == [[], [KEYWORD], []]
+    hits = checkpoints[1]["per_alpha"][1]["hits"]
+    assert checkpoints[1]["per_alpha"][1]["top_themes"][0]["samples_per_alpha"] == {"2": hits}
 
 
 def test_interrupted_checkpoint_is_redone_on_resume(fake: FakePair, tmp_path: Path, prompts: Path):
