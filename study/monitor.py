@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -42,7 +41,6 @@ from study.runtime_adapters import CheckpointRefused, RuntimeAdapters, served_pa
 from study.settings import settings_of
 from study.store import SAMPLES_FILE
 
-log = logging.getLogger(__name__)
 
 DONE_FILE = "checkpoint.json"
 """Written into a checkpoint's study folder once all its samples are drawn: a re-run skips it."""
