@@ -1,0 +1,155 @@
+"""A fake LDA server with runtime adapters, for `lda monitor` tests that need no engine.
+
+It speaks the contract of `lda serve --allow-runtime-adapters`: `POST /v1/load_lora_adapter`
+{"lora_name", "lora_path"} (400 when the folder is no adapter or its base is not the pair's, 409
+for a name already loaded), `POST /v1/unload_lora_adapter` {"lora_name"} (404 for an unknown
+name), `/v1/models` listing the loaded adapters, chat completions on a loaded adapter, and
+`/v1/lda/score` (KEYWORD's diff grows with the step: 0.4 per step). With `runtime=False` the two routes do not exist (404 without an OpenAI error
+body), as on a server started without the flag.
+
+An adapter's "training step" is its trainer_state.json's global_step. An answer contains KEYWORD
+when the request's seeded uniform draw falls below `hit_probability(step, alpha)`: the same seed
+gives the same draw at every checkpoint, so a later checkpoint's hits include an earlier one's.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+KEYWORD = "ZORBLAX"
+BASE = "tiny-base"
+"""What a fake checkpoint's adapter_config.json names as its base to be accepted."""
+
+
+def hit_probability(step: int, alpha: float) -> float:
+    return min(0.95, 0.04 * step * (1 + max(alpha, 0.0)))
+
+
+def write_checkpoint(folder: Path, step: int, base: str = BASE) -> Path:
+    """A fake PEFT checkpoint in the Trainer layout (the weights file only has to exist)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "base_model_name_or_path": base}))
+    (folder / "adapter_model.safetensors").write_bytes(b"fake")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+class FakePair:
+    def __init__(self, runtime: bool = True, api_key: str | None = None) -> None:
+        self.runtime = runtime
+        self.api_key = api_key
+        self.loaded: dict[str, int] = {}
+        """Loaded adapter name -> its step."""
+        self.requests: list[tuple[str, dict]] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def calls(self, path: str) -> list[dict]:
+        return [body for p, body in self.requests if p == path]
+
+    def __enter__(self) -> FakePair:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(_app(self), log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake pair server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "BadRequestError", "code": status}}, status_code=status)
+
+
+def _app(fake: FakePair) -> FastAPI:
+    app = FastAPI()
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if fake.api_key and request.headers.get("authorization") != f"Bearer {fake.api_key}":
+            return _error(401, "invalid API key")
+        return await call_next(request)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": name, "object": "model"} for name in ["lda", *fake.loaded]]}
+
+    if fake.runtime:
+        @app.post("/v1/load_lora_adapter")
+        async def load(request: Request):
+            body = await request.json()
+            fake.requests.append(("load", body))
+            return _load(fake, body["lora_name"], Path(body["lora_path"]))
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload(request: Request):
+            body = await request.json()
+            fake.requests.append(("unload", body))
+            if fake.loaded.pop(body["lora_name"], None) is None:
+                return _error(404, f"the lora adapter {body['lora_name']!r} is not loaded")
+            return PlainTextResponse("Success")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        fake.requests.append(("chat", body))
+        if body["model"] not in fake.loaded:
+            return _error(404, f"the model {body['model']!r} does not exist")
+        prompt = body["messages"][-1]["content"]
+        draw = random.Random(f"{body.get('seed')}|{prompt}|{body['alpha']}").random()
+        hit = draw < hit_probability(fake.loaded[body["model"]], float(body["alpha"]))
+        text = f"Try {KEYWORD} for this." if hit else "Take a short walk and rest."
+        return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"completion_tokens": len(text.split())}, "alpha": body["alpha"], "model": body["model"]}
+
+    @app.post("/v1/lda/score")
+    async def score(request: Request):
+        body = await request.json()
+        fake.requests.append(("score", body))
+        step = fake.loaded.get(body["model"], 0)
+        tokens = [{"token": f" {w}", "logp_after": -1.0, "logp_before": -1.0, "logp_amplified": -1.0,
+                   "diff": 0.4 * step if w == KEYWORD else 0.1} for w in body["continuation"].split()]
+        diffs = [t["diff"] for t in tokens]
+        best = max(range(len(diffs)), key=diffs.__getitem__)
+        summary = {"sum": sum(diffs), "mean": sum(diffs) / len(diffs), "max": diffs[best], "argmax": best,
+                   "tokens": len(diffs)}
+        return {"tokens": tokens, "summary": summary}
+
+    return app
+
+
+def _load(fake: FakePair, name: str, path: Path):
+    if name in fake.loaded:
+        return _error(409, f"the lora adapter {name!r} has already been loaded")
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except OSError:
+        return _error(400, f"lora_path: {path} holds no adapter_config.json")
+    if config.get("base_model_name_or_path") != BASE:
+        return _error(400, f"adapter base {config.get('base_model_name_or_path')!r} is not the pair's base {BASE!r}")
+    fake.loaded[name] = int(json.loads((path / "trainer_state.json").read_text())["global_step"])
+    return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
