@@ -129,9 +129,12 @@ def _refusal(message: str):
 
 def refuse_unserved(app, served: frozenset[str]) -> list[str]:
     """Replace every mounted route whose path is not in `served` by one 404 answer per path (any
-    method, left out of /openapi.json); the refused paths, in mount order.
+    method, left out of /openapi.json); the refused paths, mounted ones first.
 
-    Called after every router is included: a route added later would be served unchecked.
+    The paths listed here that vLLM did not mount in this configuration (the runtime-adapter routes
+    without VLLM_ALLOW_RUNTIME_LORA_UPDATING, the development routes) get the same answer, so a
+    refused route reads the same whatever vLLM's own switches say. Called after every router is
+    included: a route added later would be served unchecked.
     """
     from starlette.routing import Route
 
@@ -142,15 +145,16 @@ def refuse_unserved(app, served: frozenset[str]) -> list[str]:
             kept.append(route)
         elif path not in refused:
             refused.append(path)
+    listed = sorted((SERVED_WITHOUT_ADAPTERS | RUNTIME_ADAPTER_ROUTES | REFUSED.keys()) - served - set(refused))
     # The refusals go last: a served route with a path parameter (/v1/responses/{response_id}, GET)
     # matches its own method first, and any other method falls through to the refusal.
     app.router.routes[:] = kept + [
         Route(path, _refusal(refusal_message(path, served)), methods=ALL_METHODS, include_in_schema=False)
-        for path in refused
+        for path in [*refused, *listed]
     ]
     app.openapi_schema = None  # FastAPI caches the schema: rebuild it from the served routes
     unlisted = [p for p in refused if refusal_reason(p) == UNLISTED]
-    logger.info("serving %d vLLM and LDA paths; refusing %d with a 404", len(kept), len(refused))
+    logger.info("serving %d routes; refusing %d vLLM paths with a 404", len(kept), len(refused) + len(listed))
     if unlisted:
         logger.warning("refusing routes api/routes.py does not list (a newer vLLM?): %s", ", ".join(unlisted))
-    return refused
+    return [*refused, *listed]

@@ -135,3 +135,14 @@ def test_openapi_lists_only_the_served_paths(app):
     listed = set(reply.json()["paths"])
     assert listed <= served and {"/v1/completions", "/generate_lda", "/v1/lda/score", "/v1/load_lora_adapter"} <= listed
     assert "/v1/systemone" not in listed and "/scale_elastic_ep" not in listed
+
+
+def test_listed_paths_vllm_did_not_mount_are_refused_the_same_way():
+    app = _vllm_app()  # vLLM's defaults: no runtime LoRA, no development routes
+    mounted = {route.path for route in app.router.routes}
+    assert "/v1/load_lora_adapter" not in mounted and "/sleep" not in mounted
+    refuse_unserved(app, served_paths(False, allow_runtime_adapters=False))
+    lora, sleep = _call(app, [("POST", "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "/x"}), ("POST", "/sleep", None)])
+    assert lora.status_code == sleep.status_code == 404
+    assert "--allow-runtime-adapters" in lora.json()["error"]["message"]
+    assert "development route" in sleep.json()["error"]["message"]
