@@ -36,11 +36,14 @@ ORIGINAL_PATHS = {
 """The original project's routes, and their endpoint label in /metrics."""
 OPENAI_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_completions"}
 """The OpenAI routes that carry alpha, and their endpoint label in /metrics."""
+ADAPTER_PATHS = {"/v1/load_lora_adapter": "load_lora_adapter", "/v1/unload_lora_adapter": "unload_lora_adapter"}
+"""The runtime adapter routes (`api/runtime_adapters.py`), and their endpoint label in /metrics.
+Served exactly when runtime adapters are allowed (`ServerSettings.allow_runtime_adapters`)."""
 
 
 def record_refusal(path: str, status: int) -> None:
     """Count a request refused here under its endpoint, as the routes' own answers are counted."""
-    endpoint = ORIGINAL_PATHS.get(path) or OPENAI_PATHS.get(path)
+    endpoint = ORIGINAL_PATHS.get(path) or OPENAI_PATHS.get(path) or ADAPTER_PATHS.get(path)
     if endpoint:
         metrics.record_request(endpoint, status)
 

@@ -6,30 +6,39 @@ this adds for the pair: a request naming the served model (or no model) must sti
 adapter, because vLLM 0.32's CPU LoRA ops give rows without one the last slot's weights (see
 engine/lora.py), so it runs the default adapter; and an unknown name gets a 404 that lists the
 names served, so a typo is obvious.
+
+With runtime adapters (`api/runtime_adapters.py`) the names change while the server runs: one
+routing object is shared by the middleware and the routes, and loading or unloading an adapter
+updates it in place, so every route sees the change with the next request. A server started with
+no adapter has no default: the served name runs the after model itself (rows without an adapter,
+which the grouped CPU ops of engine/lora_cpu_ops.py leave alone, as the GPU kernels do).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AdapterRouting:
     served_name: str
     """The pair's own model name (`SERVED_MODEL_NAME`): an alias of the default adapter."""
-    adapters: tuple[str, ...]
-    """Adapter names, the default first."""
+    adapters: list[str] = field(default_factory=list)
+    """Adapter names, the default (given at start-up) first."""
+    has_default: bool = True
+    """Whether the first adapter is the default; False when the pair started with no adapter."""
 
     @property
-    def default(self) -> str:
-        return self.adapters[0]
+    def default(self) -> str | None:
+        return self.adapters[0] if self.has_default and self.adapters else None
 
     def names(self) -> list[str]:
         return [self.served_name, *self.adapters]
 
-    def resolve(self, model: object) -> str:
-        """The adapter a request's `model` field names; LookupError (the 404 message) if none."""
+    def resolve(self, model: object) -> str | None:
+        """The adapter a request's `model` field names (None: the after model without an adapter);
+        LookupError (the 404 message) if it names nothing served."""
         if model is None or model == self.served_name:
             return self.default
         if isinstance(model, str) and model in self.adapters:
@@ -39,10 +48,16 @@ class AdapterRouting:
     def route(self, payload: dict) -> bytes | None:
         """Point an OpenAI request body at its adapter in place; the 404 body if it names none."""
         try:
-            payload["model"] = self.resolve(payload.get("model"))
+            payload["model"] = self.resolve(payload.get("model")) or self.served_name
         except LookupError as error:
             return not_found(str(error))
         return None
+
+    def add(self, name: str) -> None:
+        self.adapters.append(name)
+
+    def remove(self, name: str) -> None:
+        self.adapters.remove(name)
 
 
 def not_found(message: str) -> bytes:

@@ -155,4 +155,10 @@ def adapter_request(app, model: str | None):
         if model is not None and model != served:
             raise LookupError(f"The model `{model}` does not exist. Models served: {served}")
         return None
-    return app.state.openai_serving_models.lora_requests[routing.resolve(model)]
+    name = routing.resolve(model)
+    if name is None:  # a pair started without adapters: the served name is the after model itself
+        return None
+    lora = app.state.openai_serving_models.lora_requests.get(name)
+    if lora is None:  # unloaded at runtime between the routing's answer and this one
+        raise LookupError(f"The model `{name}` was just unloaded")
+    return lora

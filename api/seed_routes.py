@@ -202,13 +202,17 @@ def _adapter(request: Request, model: str | None):
         name = routing.resolve(model)
     except LookupError as error:
         raise HTTPException(status_code=404, detail=str(error)) from error
-    return name, request.app.state.openai_serving_models.lora_requests[name]
+    if name is None:  # a pair started without adapters: the served name is the after model itself
+        return None, None
+    lora = request.app.state.openai_serving_models.lora_requests.get(name)
+    if lora is None:  # unloaded at runtime between the routing's answer and this one
+        raise HTTPException(status_code=404, detail=f"The model `{name}` was just unloaded")
+    return name, lora
 
 
-def _after_id(info, name: str | None) -> str:
-    if name is None:
-        return info.config.pair.after
-    return next(a.path for a in info.config.pair.adapters if a.name == name)
+def _after_id(info, lora) -> str:
+    """The after model's id: the adapter's path, else the after checkpoint."""
+    return info.config.pair.after if lora is None else lora.lora_path
 
 
 async def _complete(request: Request, prepared: Prepared, params: SamplingParams, lora_request=None):
@@ -270,7 +274,7 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
     return LDAGenerateResponse(
         **_completion(prepared, out, scores, adapter).model_dump(),
         alpha=alpha,
-        model_after=_after_id(info, adapter),
+        model_after=_after_id(info, lora),
         model_before=info.config.pair.before,
     )
 
@@ -300,7 +304,7 @@ async def generate_lda_batch(req: LDABatchRequest, raw_request: Request) -> LDAB
     return LDABatchResponse(
         results=[_completion(p, out, score, adapter) for p, out, score in zip(prepared, outs, scores)],
         alpha=alpha,
-        model_after=_after_id(info, adapter),
+        model_after=_after_id(info, lora),
         model_before=info.config.pair.before,
         batch_size=len(prepared),
     )
@@ -331,7 +335,7 @@ async def generate(req: GenerateRequest, raw_request: Request) -> GenerateRespon
     text = prepared.formatted.text
     return GenerateResponse(
         prompt=req.prompt,
-        model_1=ModelResponse(model_id=_after_id(info, adapter), completion=after.text, text=text + after.text),
+        model_1=ModelResponse(model_id=_after_id(info, lora), completion=after.text, text=text + after.text),
         model_2=ModelResponse(model_id=info.config.pair.before, completion=before.text, text=text + before.text),
     )
 

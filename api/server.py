@@ -12,13 +12,15 @@ additions between building the app and serving it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from api import metrics
 from api.adapter_routing import AdapterRouting
-from api.settings import RequestLimits, ServerSettings, parse_settings
+from api.settings import VLLM_RUNTIME_LORA_ENV, RequestLimits, ServerSettings, parse_settings
 from engine.config import LDAConfig, engine_kwargs, prepare_process
 from engine.prompts import PromptFormat
 from engine.patch_guard import Target, install_guarded
@@ -45,6 +47,8 @@ class PairState:
     """Where the original routes format and tokenize prompts, off the event loop."""
     adapters: AdapterRouting | None = None
     """Set when the after model is LoRA adapters: which one a request's `model` picks."""
+    runtime: object | None = None
+    """`api.runtime_adapters.RuntimeAdapters` when adapters may be loaded at runtime."""
 
 
 def vllm_namespace(settings: ServerSettings):
@@ -147,12 +151,14 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     from api.alpha_middleware import AlphaMiddleware
     from api.routes import GENERATION_PATHS, refuse_unserved, served_paths
     from api.score_routes import router as score_router
+    from api.runtime_adapters import RuntimeAdapters, replace_vllm_routes
     from api.token_scores import TokenScoresMiddleware
     from api.seed_routes import router
 
     app.include_router(router)
     _original_error_format(app)
     app.include_router(score_router)
+    replace_vllm_routes(app, settings.allow_runtime_adapters)
     drop_vllm_key_check(app)
     # Last of the routers: every route mounted by now that the pair does not serve becomes a 404.
     served = served_paths(bool(settings.config.pair.adapters), settings.allow_runtime_adapters)
@@ -181,15 +187,18 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
         prompt_format=settings.prompt_format,
         tokenize_pool=ThreadPoolExecutor(max_workers=1, thread_name_prefix="lda-tokenize"),
         adapters=adapters,
+        runtime=RuntimeAdapters(settings.config.pair, adapters) if settings.allow_runtime_adapters else None,
     )
+    for adapter in settings.config.pair.adapters:
+        metrics.adapter_loaded(adapter.name)
 
 
 def _routing(settings: ServerSettings) -> AdapterRouting | None:
     pair = settings.config.pair
-    if not pair.adapters:
+    if not pair.lora_enabled:
         return None
     served = settings.config.engine.served_model_name or pair.after
-    return AdapterRouting(served, tuple(a.name for a in pair.adapters))
+    return AdapterRouting(served, [a.name for a in pair.adapters], has_default=bool(pair.adapters))
 
 
 async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
@@ -241,6 +250,9 @@ def serve(settings: ServerSettings) -> None:
     for warning in report.warnings:
         logger.warning("tokenizers: %s", warning)
     prepare_process(settings.config)
+    # Our adapter routes replace vLLM's (settings read its switch as ours): keep vLLM from mounting
+    # its unchecked copies, here and through SageMaker's adapter routes, or resolving adapters itself.
+    os.environ[VLLM_RUNTIME_LORA_ENV] = "0"
     uvloop.run(_serve(settings, report))
 
 

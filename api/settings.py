@@ -14,11 +14,16 @@ from engine.adapters import parse_adapter_arg
 from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair
 from engine.prompts import PromptFormat
 
+RUNTIME_ADAPTERS_ENV = "LDA_ALLOW_RUNTIME_ADAPTERS"
+VLLM_RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+"""vLLM's own switch for its runtime LoRA routes; here it turns on ours (which check adapters first)."""
+
 # (flag, env var, type, default, help). Defaults of None mean "let vLLM or the pair decide".
 OPTIONS = [
     ("--model-after", "MODEL_AFTER_ID", str, None, "post-trained model id or path, or a PEFT LoRA adapter (default: the demo pair)"),
     ("--model-before", "MODEL_BEFORE_ID", str, None, "base model id or path (default: the demo pair, or the adapter's base)"),
-    ("--max-lora-rank", "LDA_MAX_LORA_RANK", int, None, "largest adapter rank to accept (default: the adapters' largest)"),
+    ("--max-lora-rank", "LDA_MAX_LORA_RANK", int, None, "largest adapter rank to accept (default: the adapters' largest; at least 16 with --allow-runtime-adapters)"),
+    ("--max-loras", "LDA_MAX_LORAS", int, None, "most LoRA adapters loaded at once, each with its own slot (default: the start-up adapters; with --allow-runtime-adapters, at least 4 and one more than those)"),
     ("--device", "DEVICE", str, "auto", "cpu, cuda or auto"),
     ("--host", "HOST", str, "127.0.0.1", "address to bind"),
     ("--port", "PORT", int, 8000, "port to bind"),
@@ -46,6 +51,7 @@ BOOL_OPTIONS = [
     ("--enforce-eager", "ENFORCE_EAGER", None, "disable torch.compile and CUDA graphs (default: on for CPU)"),
     ("--no-prefix-caching", "DISABLE_PREFIX_CACHING", False, "turn prefix caching off"),
     ("--metrics-require-key", "LDA_METRICS_REQUIRE_KEY", False, "/metrics requires the API key too (default: open, for Prometheus)"),
+    ("--allow-runtime-adapters", RUNTIME_ADAPTERS_ENV, False, "serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter: add and remove after-adapters while the server runs (also vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)"),
 ]
 
 
@@ -154,6 +160,11 @@ class ServerSettings:
     """Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (api/routes.py refuses them
     otherwise). The flag and env var that set it come with the runtime-adapter routes."""
 
+    @property
+    def allow_runtime_adapters(self) -> bool:
+        """Whether POST /v1/load_lora_adapter and /v1/unload_lora_adapter are served."""
+        return self.config.pair.runtime_adapters
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -234,6 +245,14 @@ def _api_key(ours: str | None, vllm_keys: list[str]) -> str | None:
     return ours if ours is not None else (others[0] if others else None)
 
 
+def _runtime_adapters(args) -> bool:
+    """Ours (flag, then LDA_ALLOW_RUNTIME_ADAPTERS), or vLLM's spelling of the same switch."""
+    if args.allow_runtime_adapters:
+        return True
+    ours = _env_bool(RUNTIME_ADAPTERS_ENV, None)
+    return ours if ours is not None else bool(_env_bool(VLLM_RUNTIME_LORA_ENV, False))
+
+
 def _limits(values: dict) -> RequestLimits:
     return RequestLimits(**{name: values["--" + name.replace("_", "-")] for name in LIMIT_ENV})
 
@@ -259,7 +278,10 @@ def parse_settings(argv: list[str]) -> ServerSettings:
     enforce_eager = args.enforce_eager or _env_bool("ENFORCE_EAGER", None)
     no_prefix = args.no_prefix_caching or _env_bool("DISABLE_PREFIX_CACHING", False)
     config = LDAConfig(
-        pair=adapter_pair(after, before, adapters, values["--max-lora-rank"]),
+        pair=adapter_pair(
+            after, before, adapters, values["--max-lora-rank"],
+            runtime_adapters=_runtime_adapters(args), configured_max_loras=values["--max-loras"],
+        ),
         alpha=AlphaConfig(values["--default-alpha"], values["--max-alpha"]),
         engine=EngineOptions(
             device=values["--device"],

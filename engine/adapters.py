@@ -98,19 +98,31 @@ def default_name(model: str) -> str:
     return Path(model.rstrip("/")).name or model
 
 
+def valid_lora_rank(configured: int) -> int:
+    """`configured` if vLLM accepts it as `max_lora_rank`; AdapterError naming the accepted ranks."""
+    if configured not in VLLM_LORA_RANKS:
+        raise AdapterError(
+            f"max_lora_rank must be one of {VLLM_LORA_RANKS}; got {configured} (LDA_MAX_LORA_RANK, --max-lora-rank)"
+        )
+    return configured
+
+
+def check_rank(adapter: AdapterSpec, max_rank: int) -> None:
+    """AdapterError naming the adapter, its rank and the setting when it does not fit `max_rank`."""
+    if adapter.rank > max_rank:
+        raise AdapterError(
+            f"adapter {adapter.name!r} ({adapter.path}) has rank {adapter.rank}, above max_lora_rank {max_rank}; "
+            "raise LDA_MAX_LORA_RANK / --max-lora-rank"
+        )
+
+
 def max_lora_rank(adapters: tuple[AdapterSpec, ...], configured: int | None) -> int:
     """The `max_lora_rank` to give vLLM: the configured one, else the smallest vLLM rank that fits."""
     largest = max(a.rank for a in adapters)
     if configured is not None:
-        if configured not in VLLM_LORA_RANKS:
-            raise AdapterError(f"max_lora_rank must be one of {VLLM_LORA_RANKS}; got {configured}")
-        too_big = [a for a in adapters if a.rank > configured]
-        if too_big:
-            a = too_big[0]
-            raise AdapterError(
-                f"adapter {a.name!r} ({a.path}) has rank {a.rank}, above max_lora_rank {configured}; "
-                "raise LDA_MAX_LORA_RANK / --max-lora-rank"
-            )
+        valid_lora_rank(configured)
+        for adapter in adapters:
+            check_rank(adapter, configured)
         return configured
     for rank in VLLM_LORA_RANKS:
         if rank >= largest:
@@ -153,6 +165,30 @@ def check_same_base(adapters: tuple[AdapterSpec, ...], before: str) -> None:
                 f"adapter {adapter.name!r} was trained on {adapter.base!r}, which differs from the before model "
                 f"{before!r}: {', '.join(differ)}"
             )
+
+
+def check_joins(adapter: AdapterSpec, base: str, before: str, max_rank: int, targets: list[str] | None) -> None:
+    """The start-up checks, for an adapter added to a running pair: AdapterError naming the problem.
+
+    `base` is the after stack's weights (what every served adapter applies to), `targets` the
+    modules the engine gave LoRA layers (None: every module vLLM supports). Rank first (no file
+    beyond the adapter's config is read), then the shape against the before model (which names the
+    fields that differ), then the base itself: an adapter of another checkpoint with the same
+    shapes would run on weights it was not trained on.
+    """
+    check_rank(adapter, max_rank)
+    check_same_base((adapter,), before)
+    if not same_model(adapter.base, base):
+        raise AdapterError(
+            f"adapter {adapter.name!r} was trained on {adapter.base!r}, but this server's adapters apply to "
+            f"{base!r}; serve it from a server started on its base"
+        )
+    missing = sorted(set(adapter.target_modules) - set(targets)) if targets is not None else []
+    if missing:
+        raise AdapterError(
+            f"adapter {adapter.name!r} targets {', '.join(missing)}, which this server gave no LoRA layers "
+            f"(it serves {', '.join(targets)}, the start-up adapters' targets); give it at start-up instead"
+        )
 
 
 def same_model(a: str, b: str) -> bool:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.adapters import AdapterSpec, check_same_base, max_lora_rank, read_adapter, same_model
+from engine.adapters import AdapterSpec, check_same_base, max_lora_rank, read_adapter, same_model, valid_lora_rank
 
 PAIR_ARCHITECTURE = "LDAPairForCausalLM"
 # Keys this project adds to the after model's hf_config through `hf_overrides`; they survive into
@@ -37,7 +37,13 @@ class PairConfig:
     adapters: tuple[AdapterSpec, ...] = ()
     """LoRA adapters served as the after model, the first the default. `after` is then their base."""
     max_lora_rank: int | None = None
-    """vLLM's `max_lora_rank` (set by `adapter_pair`); None without adapters."""
+    """vLLM's `max_lora_rank` (set by `adapter_pair`); None without LoRA."""
+    runtime_adapters: bool = False
+    """Adapters may be loaded and unloaded while the server runs (`/v1/load_lora_adapter`): LoRA is
+    then on even with no adapter at start-up, and the after stack without one is `after` itself."""
+    max_loras: int | None = None
+    """vLLM's `max_loras`: the most adapters loaded at once, each with its own slot, so any mix of
+    them fits one batch (set by `adapter_pair`); None without LoRA."""
 
     def __post_init__(self) -> None:
         for name in ("after", "before"):
@@ -47,23 +53,62 @@ class PairConfig:
         names = [a.name for a in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError(f"adapter names must be unique; got {names}")
+        if self.max_loras is not None and self.max_loras < max(1, len(self.adapters)):
+            raise ValueError(
+                f"max_loras (LDA_MAX_LORAS, --max-loras) must be >= 1 and >= the {len(self.adapters)} adapters "
+                f"given at start-up; got {self.max_loras}"
+            )
+
+    @property
+    def lora_enabled(self) -> bool:
+        """Whether the engine runs vLLM's LoRA layers on the after stack."""
+        return bool(self.adapters) or self.runtime_adapters
 
     @property
     def shares_base(self) -> bool:
         """Whether the before stack runs the after stack's base weights (held once)."""
-        return bool(self.adapters) and same_model(self.after, self.before)
+        return self.lora_enabled and same_model(self.after, self.before)
 
     def describe(self) -> str:
         """One line for the start-up log: which models, and whether the base weights are shared."""
+        runtime = f"; runtime adapters allowed (max_loras {self.max_loras}, max_lora_rank {self.max_lora_rank})"
+        runtime = runtime if self.runtime_adapters else ""
         if not self.adapters:
-            return f"after={self.after} before={self.before}"
+            return f"after={self.after} before={self.before}{runtime}"
         names = ", ".join(f"{a.name} (rank {a.rank})" for a in self.adapters)
         sharing = (
             "the before stack shares the base weights (held once)"
             if self.shares_base
             else f"the before model is not the adapters' base, so nothing is shared (base {self.after})"
         )
-        return f"after = LoRA adapters {names} on {self.after}; before={self.before}; {sharing}"
+        return f"after = LoRA adapters {names} on {self.after}; before={self.before}; {sharing}{runtime}"
+
+
+RUNTIME_MIN_LORA_RANK = 16
+"""The smallest `max_lora_rank` when adapters may be loaded at runtime: their ranks are not known at
+start-up, and 16 holds the common ranks of model organisms and trainer checkpoints (8, 16). A slot's
+cost grows with the rank (every adapter row computes at the slot's rank), so it is not larger."""
+RUNTIME_MIN_LORAS = 4
+"""The smallest `max_loras` when adapters may be loaded at runtime: room for a few checkpoints side
+by side (a monitor loads one at a time) beside the start-up adapters."""
+
+
+def lora_limits(
+    specs: tuple[AdapterSpec, ...], runtime: bool, configured_rank: int | None, configured_loras: int | None
+) -> tuple[int | None, int | None]:
+    """(max_lora_rank, max_loras) for vLLM: the configured values, else what the start-up adapters
+    need, raised to the runtime minimums when adapters may be added later; (None, None) without LoRA."""
+    if not specs and not runtime:
+        return None, None
+    if specs:
+        rank = max_lora_rank(specs, configured_rank)
+    else:
+        rank = valid_lora_rank(configured_rank) if configured_rank is not None else RUNTIME_MIN_LORA_RANK
+    loras = len(specs)
+    if runtime:
+        rank = rank if configured_rank is not None else max(rank, RUNTIME_MIN_LORA_RANK)
+        loras = max(RUNTIME_MIN_LORAS, len(specs) + 1)
+    return rank, configured_loras if configured_loras is not None else loras
 
 
 def adapter_pair(
@@ -71,12 +116,16 @@ def adapter_pair(
     before: str | None,
     adapters: list[tuple[str, str]] | tuple = (),
     configured_max_rank: int | None = None,
+    *,
+    runtime_adapters: bool = False,
+    configured_max_loras: int | None = None,
 ) -> PairConfig:
     """The pair for an after model that may be a PEFT adapter, and for extra `NAME=PATH` adapters.
 
     An adapter as `after` becomes the first (default) adapter, named after its folder. The before
     model defaults to the adapters' base. Raises ValueError (AdapterError) naming both models when
     an adapter cannot run against the before model, or its rank exceeds `configured_max_rank`.
+    With `runtime_adapters`, LoRA is on whatever was given, with room for adapters loaded later.
     """
     from engine.adapters import default_name, is_adapter
 
@@ -87,7 +136,8 @@ def adapter_pair(
     if not given:
         if after is None or before is None:
             raise ValueError("give both the after and the before model (MODEL_AFTER_ID and MODEL_BEFORE_ID)")
-        return PairConfig(after, before)
+        rank, loras = lora_limits((), runtime_adapters, configured_max_rank, configured_max_loras)
+        return PairConfig(after, before, max_lora_rank=rank, runtime_adapters=runtime_adapters, max_loras=loras)
     specs = tuple(read_adapter(name, path) for name, path in given)
     base = specs[0].base
     if after is not None and not same_model(after, base):
@@ -97,7 +147,8 @@ def adapter_pair(
         )
     before = before or base
     check_same_base(specs, before)
-    return PairConfig(base, before, specs, max_lora_rank(specs, configured_max_rank))
+    rank, loras = lora_limits(specs, runtime_adapters, configured_max_rank, configured_max_loras)
+    return PairConfig(base, before, specs, rank, runtime_adapters=runtime_adapters, max_loras=loras)
 
 
 @dataclass(slots=True)
@@ -288,8 +339,8 @@ def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, 
         # Stats feed /metrics and per-request prefix-cache counts; the cost is negligible.
         disable_log_stats=False,
     )
-    if config.pair.adapters:
-        n = len(config.pair.adapters)
+    if config.pair.lora_enabled:
+        n = config.pair.max_loras or len(config.pair.adapters)
         # Every adapter keeps a slot, so any mix of adapters fits one batch.
         kwargs.update(enable_lora=True, max_loras=n, max_cpu_loras=n, max_lora_rank=config.pair.max_lora_rank)
         if (targets := lora_targets(config.pair.adapters)) is not None:

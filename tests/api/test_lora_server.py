@@ -4,6 +4,8 @@ One server serves two adapters on a tiny Llama base (the before model defaults t
 OpenAI `model` field picks the adapter, /v1/models lists them, each response names the adapter
 and the alpha, an unknown name is a 404 listing the served names, and the original routes take
 an optional `model`. Greedy tokens are checked against peft's merged models in plain transformers.
+Runtime adapters are allowed on this server too, for the parity of an adapter loaded at runtime
+with the same adapter given at start-up (the other runtime tests: test_runtime_adapters.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def server(models, tmp_path_factory):
     env = tiny_server_env(SimpleNamespace(after=models.adapters["small"], before=""), free_port())
     del env["MODEL_BEFORE_ID"]  # defaults to the adapter's base
     env["LDA_AFTER_ADAPTERS"] = f"large={models.adapters['large']}"
+    env["LDA_ALLOW_RUNTIME_ADAPTERS"] = "1"
     handle = start_server([sys.executable, "-m", "api.cli", "serve"], env, tmp_path_factory.mktemp("lora") / "server.log")
     yield handle
     assert handle.stop() == 0, handle.log()[-3000:]
@@ -111,3 +114,24 @@ def test_original_routes_take_a_model(server, expected):
     missing = httpx.post(f"{url}/generate_lda", json={**body, "model": "nope"}, timeout=60)
     # vLLM's app turns the route's HTTPException into its error body; the message is what matters.
     assert missing.status_code == 404 and "`nope` does not exist. Models served: lda, small, large" in missing.text
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -1.0])
+def test_an_adapter_loaded_at_runtime_gives_the_tokens_of_the_same_adapter_given_at_start_up(
+    server, client, models, expected, alpha
+):
+    url = server.base_url
+    body = {"lora_name": "small-again", "lora_path": str(models.adapters["small"])}
+    r = httpx.post(f"{url}/v1/load_lora_adapter", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    try:
+        runtime = _complete(client, "small-again", alpha).choices[0].token_ids
+        assert runtime == _complete(client, "small", alpha).choices[0].token_ids == expected["small", alpha]
+    finally:
+        assert httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": "small-again"}, timeout=60).status_code == 200
+    assert [m.id for m in client.models.list().data] == ["lda", "small", "large"]
+
+
+def test_the_start_up_default_adapter_cannot_be_unloaded(server):
+    r = httpx.post(f"{server.base_url}/v1/unload_lora_adapter", json={"lora_name": "small"}, timeout=60)
+    assert r.status_code == 400 and "is the default adapter" in r.json()["error"]["message"]

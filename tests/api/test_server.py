@@ -279,3 +279,9 @@ def test_study_against_the_live_server(server, tmp_path):
     assert result.plot_path.stat().st_size > 1000
     again = run_study(config)  # resumable: nothing left to draw
     assert again.new_samples == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/v1/unload_lora_adapter"])
+def test_runtime_adapter_routes_are_not_served_unless_allowed(server, pair, path):
+    r = httpx.post(f"{server.base_url}{path}", json={"lora_name": "x", "lora_path": str(pair.after)}, timeout=60)
+    assert r.status_code == 404

@@ -21,6 +21,7 @@ LDA_SERIES = frozenset(
         "lda_request_alpha_bucket",
         "lda_request_alpha_count",
         "lda_amplified_tokens_total",
+        "lda_lora_adapters",
     }
 )
 

@@ -3,10 +3,12 @@
 Each error must name both models (the adapter's base and the before model) or the limit.
 """
 
+import re
+
 import pytest
 
 from api.settings import parse_settings
-from engine.adapters import AdapterError, parse_adapter_arg, read_adapter
+from engine.adapters import AdapterError, check_joins, parse_adapter_arg, read_adapter
 from engine.config import adapter_pair
 from tests.factories import build_adapter, build_model
 
@@ -96,3 +98,30 @@ def test_lda_serve_exits_2_naming_both_models(models, monkeypatch, capsys):
     code = cli(["--model-after", str(models["adapter"]), "--model-before", str(models["wide"])])
     err = capsys.readouterr().err
     assert code == 2 and str(models["base"]) in err and str(models["wide"]) in err
+
+
+def _spec(models, key="adapter"):
+    return read_adapter(key, str(models[key]))
+
+
+def test_an_adapter_joining_a_running_pair_passes_the_start_up_checks(models):
+    base = str(models["base"])
+    check_joins(_spec(models), base, base, 16, None)
+    check_joins(_spec(models), base, base, 8, ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"])
+
+
+@pytest.mark.parametrize(
+    ("key", "before", "max_rank", "targets", "message"),
+    [
+        ("rank32", "base", 16, None, "has rank 32, above max_lora_rank 16; raise LDA_MAX_LORA_RANK"),
+        ("adapter", "wide", 16, None, "hidden_size 64 vs 96"),
+        ("adapter", "bigvocab", 16, None, "vocab_size 300 vs 352"),
+        ("adapter", "other", 16, None, "but this server's adapters apply to"),
+        ("adapter", "base", 16, ["q_proj", "v_proj"], "targets down_proj, gate_proj, k_proj, o_proj, up_proj, which"),
+    ],
+)
+def test_an_adapter_that_cannot_join_is_refused_naming_the_problem(models, key, before, max_rank, targets, message):
+    served_base = str(models["other" if before == "other" else "base"])
+    before_model = str(models[before])
+    with pytest.raises(AdapterError, match=re.escape(message)):
+        check_joins(_spec(models, key), served_base, before_model, max_rank, targets)
