@@ -156,13 +156,10 @@ class ServerSettings:
     limits: RequestLimits = field(default_factory=RequestLimits)
     prompt_format: PromptFormat = PromptFormat.CHAT
     """Format of the original routes' prompts when a request names none."""
-    allow_runtime_adapters: bool = False
-    """Serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter (api/routes.py refuses them
-    otherwise). The flag and env var that set it come with the runtime-adapter routes."""
-
     @property
     def allow_runtime_adapters(self) -> bool:
-        """Whether POST /v1/load_lora_adapter and /v1/unload_lora_adapter are served."""
+        """Whether POST /v1/load_lora_adapter and /v1/unload_lora_adapter are served (api/routes.py
+        refuses them otherwise)."""
         return self.config.pair.runtime_adapters
 
 

@@ -1,8 +1,10 @@
 """The served routes on a real `lda serve` (tiny Llama pair): the refused ones answer an OpenAI 404,
 LDA_MAX_TOKENS holds on every route that generates, and schemathesis fuzzes every served route.
 
-One server for the module, with small limits (LDA_MAX_TOKENS=8 among them) so the fuzz's
-generation requests stay short and the limits themselves get fuzzed. The fuzz runs last: it checks
+One server for the module, with runtime adapters allowed (so the fuzz reaches the adapter routes
+too) and small limits (LDA_MAX_TOKENS=8 among them) so the fuzz's generation requests stay short
+and the limits themselves get fuzzed. Refusals with start-up adapters and without runtime adapters
+are checked on the servers of test_lora_server.py and test_server.py. The fuzz runs last: it checks
 `not_a_server_error` on every operation of /openapi.json, prints how many cases it ran, and the
 server must still be healthy after.
 """
@@ -17,7 +19,7 @@ import sys
 import httpx
 import pytest
 
-from api.routes import GENERATION_PATHS, SERVED, SERVED_WITHOUT_ADAPTERS
+from api.routes import GENERATION_PATHS, RUNTIME_ADAPTER_ROUTES, SERVED, SERVED_WITHOUT_ADAPTERS
 from tests.factories import build_pair
 from tests.servers import start_lda_server
 
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 8
 LIMITS = dict(LDA_MAX_TOKENS=str(MAX_TOKENS), LDA_MAX_N="4", LDA_MAX_BATCH_PROMPTS="4", LDA_MAX_PROMPT_CHARS="2000")
+RUNTIME = dict(LDA_ALLOW_RUNTIME_ADAPTERS="1")
 FUZZ_EXAMPLES = 15
 """Cases per operation and phase: about 2 minutes over the served routes on 2 shared cores."""
 FUZZ_TIMEOUT_S = 420
@@ -33,7 +36,7 @@ FUZZ_TIMEOUT_S = 420
 @pytest.fixture(scope="module")
 def server(models_root, tmp_path_factory):
     pair = build_pair(models_root / "routes", "llama")
-    handle = start_lda_server(pair, tmp_path_factory.mktemp("routes") / "server.log", **LIMITS)
+    handle = start_lda_server(pair, tmp_path_factory.mktemp("routes") / "server.log", **LIMITS, **RUNTIME)
     yield handle
     code = handle.stop()
     assert code == 0, f"SIGTERM should shut down cleanly, got {code}:\n{handle.log()[-3000:]}"
@@ -53,7 +56,7 @@ def http(server):
         ("POST", "/scale_elastic_ep", {"new_data_parallel_size": 2}, "operator route"),
         ("POST", "/is_scaling_elastic_ep", None, "operator route"),
         ("GET", "/kv_event_sources", None, "operator route"),
-        ("POST", "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "/nowhere"}, "--allow-runtime-adapters"),
+        ("POST", "/adapters", {"name": "a", "src": "/nowhere"}, "/v1/load_lora_adapter"),
         ("POST", "/inference/v1/generate", {"token_ids": [1, 2], "sampling_params": {}}, "scale-out"),
     ],
 )
@@ -70,8 +73,13 @@ def test_refused_routes_answer_an_openai_404_naming_the_served_ones(http, method
 def test_openapi_lists_exactly_the_served_paths(http):
     listed = set(http.get("/openapi.json").json()["paths"])
     # The docs pages and /metrics' mount are not operations; everything else served is listed.
-    expected = (SERVED | SERVED_WITHOUT_ADAPTERS) - {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    expected = (SERVED | SERVED_WITHOUT_ADAPTERS | RUNTIME_ADAPTER_ROUTES) - {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
     assert listed == expected
+
+
+def test_the_runtime_adapter_routes_are_served_when_allowed(http, tmp_path):
+    reply = http.post("/v1/load_lora_adapter", json={"lora_name": "a", "lora_path": str(tmp_path / "no-such-adapter")})
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == 400, reply.text
 
 
 CHAT = {"model": "lda", "messages": [{"role": "user", "content": "Tell me about the weather."}]}
