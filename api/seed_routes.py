@@ -38,7 +38,9 @@ class SamplingFields(BaseModel):
     do_sample: bool = Field(True, description="False decodes greedily")
     temperature: float = Field(0.8, ge=0.0, le=10.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    # Bounded: an integer past 64 bits cannot reach the engine core (a 500 found by fuzzing), and
+    # any top_k at or above the vocabulary size means all of it.
+    top_k: int = Field(0, ge=0, le=2**31 - 1, description="0 disables top-k; at or above the vocabulary size, all of it")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Makes sampling reproducible")
     apply_chat_template: bool = Field(True, description="False sends the prompt as it is, whatever the format")
     system_prompt: str | None = None

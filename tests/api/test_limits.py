@@ -121,3 +121,12 @@ def test_prompt_over_the_context_names_it():
     with pytest.raises(HTTPException) as error:
         _prepare(_info(RecordingTokenizer()), ["ok", "x" * 10])
     assert "prompts[1]: prompt (10 tokens) + max_new_tokens (5) exceeds the model's context length (12)" in error.value.detail
+
+
+def test_original_routes_bound_top_k_before_the_engine():
+    # Found by the fuzz: a top_k past 64 bits reached the engine client and came back a 500.
+    from pydantic import ValidationError
+
+    LDABatchRequest(prompts=["p"], top_k=2**31 - 1)
+    with pytest.raises(ValidationError, match="top_k"):
+        LDABatchRequest(prompts=["p"], top_k=1057219800636502048768000)
