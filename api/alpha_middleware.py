@@ -69,6 +69,11 @@ def check_limits(payload: dict, limits: RequestLimits) -> None:
     for name in TOKEN_FIELDS:
         if message := limits.too_many_tokens(name, payload.get(name)):
             raise LimitError(message, name)
+    for name, value in payload.items():
+        # vLLM's request models leave some integers unbounded (top_k); one past 64 bits cannot be
+        # sent to the engine core, and vLLM answered it with a 500 (found by fuzzing).
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise LimitError(f"{name} is {value}; it must fit in a signed 64-bit integer", name)
     prompt = payload.get("prompt")
     # A list of strings or of token-id lists is a batch; a flat list of ints is one tokenized prompt.
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) and len(prompt) > limits.max_batch_prompts:

@@ -38,6 +38,13 @@ def test_more_tokens_than_the_limit_names_the_field_and_limit(name):
     check_limits({name: 10**9}, RequestLimits())  # no limit set: the context length decides, in vLLM
 
 
+@pytest.mark.parametrize("name", ["top_k", "seed", "min_tokens"])
+def test_an_integer_past_64_bits_is_refused_naming_the_field(name):
+    with pytest.raises(LimitError, match=f"{name} is 1057219800636502048768000; it must fit in a signed 64-bit integer"):
+        check_limits({name: 1057219800636502048768000}, RequestLimits())
+    check_limits({name: 2**63 - 1}, RequestLimits())
+
+
 @pytest.mark.parametrize(
     "payload", [{"n": 4}, {"n": True}, {"n": "many"}, {"prompt": [1] * 50}, {"prompt": ["a"] * 3}, {},
                 {"max_tokens": "many"}, {"max_tokens": True}, {"max_tokens": None}],

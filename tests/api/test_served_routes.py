@@ -141,11 +141,17 @@ def test_original_routes_refuse_more_than_max_tokens(http, path, body):
         assert default.json()["tokens_generated"] <= MAX_TOKENS
 
 
-def test_original_routes_refuse_a_top_k_past_64_bits(http):
-    # The fuzz's one finding: this body was a 500 (the engine client cannot send the integer).
-    reply = http.post("/generate_lda", json={"prompt": "hi", "top_k": 1057219800636502048768000, "max_new_tokens": 2})
+HUGE = 1057219800636502048768000
+
+
+def test_a_top_k_past_64_bits_is_a_4xx_naming_it(http):
+    # The fuzz's finding: these bodies were 500s (the engine client cannot send the integer).
+    reply = http.post("/generate_lda", json={"prompt": "hi", "top_k": HUGE, "max_new_tokens": 2})
     assert reply.status_code == 422 and "top_k" in reply.text
     assert http.post("/generate_lda", json={"prompt": "hi", "top_k": 2**31 - 1, "max_new_tokens": 2}).status_code == 200
+    for path, body in (("/v1/completions", GENERATION_BODIES["/v1/completions"][0]), ("/v1/responses", GENERATION_BODIES["/v1/responses"][0])):
+        reply = http.post(path, json={**body, "top_k": HUGE, "max_tokens": 2})
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "top_k", reply.text
 
 
 def test_fuzz_every_served_route_finds_no_server_error(server, tmp_path, capsys):
