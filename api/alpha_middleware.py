@@ -51,8 +51,14 @@ def resolve_alpha(payload: dict, policy: AlphaConfig) -> float:
     return policy.default_alpha
 
 
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+"""How vLLM's generation routes spell the length a request asks for (chat and completions, chat's
+newer name, /v1/responses)."""
+
+
 def check_limits(payload: dict, limits: RequestLimits) -> None:
-    """LimitError naming the field and the setting when `n`, `best_of` or a prompt list is too big.
+    """LimitError naming the field and the setting when `n`, `best_of`, a prompt list or the number of
+    tokens asked for is too big.
 
     Only sizes are checked; values of the wrong type are left to vLLM's own validation.
     """
@@ -60,6 +66,14 @@ def check_limits(payload: dict, limits: RequestLimits) -> None:
         value = payload.get(name)
         if isinstance(value, int) and not isinstance(value, bool) and value > limits.max_n:
             raise LimitError(f"{name} is {value}; the limit is {LIMIT_ENV['max_n']}={limits.max_n}", name)
+    for name in TOKEN_FIELDS:
+        if message := limits.too_many_tokens(name, payload.get(name)):
+            raise LimitError(message, name)
+    for name, value in payload.items():
+        # vLLM's request models leave some integers unbounded (top_k); one past 64 bits cannot be
+        # sent to the engine core, and vLLM answered it with a 500 (found by fuzzing).
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise LimitError(f"{name} is {value}; it must fit in a signed 64-bit integer", name)
     prompt = payload.get("prompt")
     # A list of strings or of token-id lists is a batch; a flat list of ints is one tokenized prompt.
     if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) and len(prompt) > limits.max_batch_prompts:
@@ -165,21 +179,17 @@ class _ResponseRewriter:
         return b"\n".join(out) + (b"\n" if lines else b"")
 
 
-OTHER_GENERATION_PATHS = frozenset({
-    "/v1/chat/completions/batch", "/v1/responses", "/v1/messages", "/cohere/v2/chat", "/generative_scoring",
-    "/inference/v1/generate", "/invocations",
-})
-"""vLLM 0.32's other routes that generate text. They read no top-level `alpha` and are not routed
-to an adapter: with LoRA adapters served, a request there without one would run the after stack
-as the bare base, so LDA would amplify nothing, silently. The server refuses them then."""
-
-
 class AlphaMiddleware:
-    def __init__(self, app, policy: AlphaConfig, limits: RequestLimits | None = None, adapters: AdapterRouting | None = None):
+    def __init__(
+        self, app, policy: AlphaConfig, limits: RequestLimits | None = None, adapters: AdapterRouting | None = None,
+        other_generation_paths: frozenset[str] = frozenset(),
+    ):
         self.app = app
         self.policy = policy
         self.limits = limits or RequestLimits()
         self.adapters = adapters
+        self.other_generation_paths = other_generation_paths
+        """Served vLLM routes that generate without alpha (api/routes.py): only the limits apply."""
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path") if scope["type"] == "http" else None
@@ -187,12 +197,23 @@ class AlphaMiddleware:
             return await self._openai(scope, receive, send, OPENAI_PATHS[path])
         if path in ORIGINAL_PATHS:
             return await self._counted(scope, receive, send, ORIGINAL_PATHS[path])
-        # A pair started without adapters (runtime adapters only) runs the after model itself there.
-        if path in OTHER_GENERATION_PATHS and self.adapters is not None and self.adapters.has_default:
-            message = (f"{path} is not served with LoRA adapters (it cannot pick one); use /v1/completions, "
-                       "/v1/chat/completions or the original routes")
-            return await _send_json(send, 404, openai_error(message, None, status=404))
+        if path in self.other_generation_paths and scope["method"] == "POST":
+            return await self._limited(scope, receive, send)
         return await self.app(scope, receive, send)
+
+    async def _limited(self, scope, receive, send):
+        """The request limits on a generation route that carries no alpha; the body goes on as sent."""
+        body = await _read_body(receive)
+        try:
+            payload = json.loads(body) if body else None
+        except ValueError:
+            payload = None  # vLLM answers malformed JSON with its own 400
+        if isinstance(payload, dict):
+            try:
+                check_limits(payload, self.limits)
+            except LimitError as error:
+                return await _send_json(send, 400, openai_error(str(error), error.param))
+        return await self.app(scope, replay_body(body, receive), send)
 
     async def _counted(self, scope, receive, send, endpoint: str):
         status = 500

@@ -38,7 +38,9 @@ class SamplingFields(BaseModel):
     do_sample: bool = Field(True, description="False decodes greedily")
     temperature: float = Field(0.8, ge=0.0, le=10.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    # Bounded: an integer past 64 bits cannot reach the engine core (a 500 found by fuzzing), and
+    # any top_k at or above the vocabulary size means all of it.
+    top_k: int = Field(0, ge=0, le=2**31 - 1, description="0 disables top-k; at or above the vocabulary size, all of it")
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Makes sampling reproducible")
     apply_chat_template: bool = Field(True, description="False sends the prompt as it is, whatever the format")
     system_prompt: str | None = None
@@ -134,6 +136,19 @@ def _alpha(info, req: AlphaField) -> float:
         return info.config.alpha.default_alpha if req.alpha is None else validate_alpha(req.alpha, info.config.alpha.max_alpha)
     except AlphaError as error:
         raise _bad_request(str(error)) from error
+
+
+def _max_new_tokens(info, req: GenerateRequest | LDABatchRequest) -> int:
+    """The request's max_new_tokens within LDA_MAX_TOKENS: 400 naming the limit when it asks for
+    more; the default (80) lowered to the limit when the request gives none."""
+    limits = info.limits
+    if limits.max_tokens is None:
+        return req.max_new_tokens
+    if "max_new_tokens" not in req.model_fields_set:
+        return min(req.max_new_tokens, limits.max_tokens)
+    if message := limits.too_many_tokens("max_new_tokens", req.max_new_tokens):
+        raise _bad_request(message)
+    return req.max_new_tokens
 
 
 def _prepare(info, names: list[str], prompts: list[str], req: SamplingFields, max_new_tokens: int) -> list[Prepared]:
@@ -253,8 +268,9 @@ async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGene
     info = raw_request.app.state.lda
     alpha = _alpha(info, req)
     adapter, lora = _adapter(raw_request, req.model)
-    [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, req.max_new_tokens)
-    out = await _complete(raw_request, prepared, _params(req, req.max_new_tokens, alpha, req.seed), lora)
+    max_new_tokens = _max_new_tokens(info, req)
+    [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, max_new_tokens)
+    out = await _complete(raw_request, prepared, _params(req, max_new_tokens, alpha, req.seed), lora)
     metrics.record_generation(alpha, len(out.token_ids))
     scores = await _token_scores(raw_request, prepared, out.token_ids, alpha, lora) if req.lda_token_scores else None
     return LDAGenerateResponse(
@@ -275,9 +291,10 @@ async def generate_lda_batch(req: LDABatchRequest, raw_request: Request) -> LDAB
     alpha = _alpha(info, req)
     adapter, lora = _adapter(raw_request, req.model)
     names = [f"prompts[{i}]" for i in range(len(req.prompts))]
-    prepared = await _prepare_off_loop(info, names, req.prompts, req, req.max_new_tokens)
+    max_new_tokens = _max_new_tokens(info, req)
+    prepared = await _prepare_off_loop(info, names, req.prompts, req, max_new_tokens)
     # Prompt i gets seed + i, so repeated prompts give different samples (as LDAModelPair does).
-    params = [_params(req, req.max_new_tokens, alpha, None if req.seed is None else req.seed + i) for i in range(len(prepared))]
+    params = [_params(req, max_new_tokens, alpha, None if req.seed is None else req.seed + i) for i in range(len(prepared))]
     outs = await _complete_all(raw_request, prepared, params, lora)
     for out in outs:
         metrics.record_generation(alpha, len(out.token_ids))
@@ -311,8 +328,9 @@ async def _token_scores(request: Request, prepared: Prepared, token_ids, alpha: 
 async def generate(req: GenerateRequest, raw_request: Request) -> GenerateResponse:
     info = raw_request.app.state.lda
     adapter, lora = _adapter(raw_request, req.model)
-    [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, req.max_new_tokens)
-    params = [_params(req, req.max_new_tokens, alpha, req.seed) for alpha in (0.0, -1.0)]
+    max_new_tokens = _max_new_tokens(info, req)
+    [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, max_new_tokens)
+    params = [_params(req, max_new_tokens, alpha, req.seed) for alpha in (0.0, -1.0)]
     after, before = await _complete_all(raw_request, [prepared, prepared], params, lora)
     metrics.record_generation(0.0, len(after.token_ids))
     metrics.record_generation(-1.0, len(before.token_ids))

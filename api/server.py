@@ -66,10 +66,24 @@ def vllm_namespace(settings: ServerSettings):
         from vllm.entrypoints.openai.models.protocol import LoRAModulePath
 
         args.lora_modules = [LoRAModulePath(a.name, a.path) for a in settings.config.pair.adapters]
+    args.override_generation_config = capped_generation_config(args.override_generation_config, settings.limits.max_tokens)
     args.host, args.port = settings.host, settings.port
     args.api_key = None  # the key is ours (settings.access); vLLM's would guard /v1 only
     validate_parsed_serve_args(args)
     return args
+
+
+def capped_generation_config(override: dict | None, max_tokens: int | None) -> dict | None:
+    """vLLM's `--override-generation-config` with its default length capped at LDA_MAX_TOKENS.
+
+    A request that asks no length then gets LDA_MAX_TOKENS (or less, to fit the context): vLLM's own
+    default of max_tokens, as `--override-generation-config '{"max_new_tokens": N}'` sets it. A
+    smaller default given after `--` stays.
+    """
+    if max_tokens is None:
+        return override
+    given = (override or {}).get("max_new_tokens")
+    return {**(override or {}), "max_new_tokens": max_tokens if given is None else min(given, max_tokens)}
 
 
 def _original_error_format(app) -> None:
@@ -133,8 +147,9 @@ def add_outer_middlewares(app, middlewares: list[tuple[type, dict]]) -> bool:
 
 
 def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
-    from api.access import APIKeyMiddleware, BodyLimitMiddleware
+    from api.access import OPENAI_PATHS, APIKeyMiddleware, BodyLimitMiddleware
     from api.alpha_middleware import AlphaMiddleware
+    from api.routes import GENERATION_PATHS, refuse_unserved, served_paths
     from api.score_routes import router as score_router
     from api.runtime_adapters import RuntimeAdapters, replace_vllm_routes
     from api.token_scores import TokenScoresMiddleware
@@ -145,12 +160,18 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     app.include_router(score_router)
     replace_vllm_routes(app, settings.allow_runtime_adapters)
     drop_vllm_key_check(app)
+    # Last of the routers: every route mounted by now that the pair does not serve becomes a 404.
+    served = served_paths(bool(settings.config.pair.adapters), settings.allow_runtime_adapters)
+    refuse_unserved(app, served)
     adapters = _routing(settings)
     # The last added is outermost: the key check sees every request first, then the body limit,
     # then alpha, then the token scores (inside alpha, so they see its validated alpha in vllm_xargs).
     installed = add_outer_middlewares(app, [
         (TokenScoresMiddleware, dict(default_alpha=settings.config.alpha.default_alpha)),
-        (AlphaMiddleware, dict(policy=settings.config.alpha, limits=settings.limits, adapters=adapters)),
+        (AlphaMiddleware, dict(
+            policy=settings.config.alpha, limits=settings.limits, adapters=adapters,
+            other_generation_paths=(GENERATION_PATHS & served) - OPENAI_PATHS.keys(),
+        )),
         (BodyLimitMiddleware, dict(max_body_bytes=settings.limits.max_body_bytes)),
         (APIKeyMiddleware, dict(access=settings.access)),
     ])

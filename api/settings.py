@@ -45,6 +45,7 @@ OPTIONS = [
     ("--max-prompt-chars", "LDA_MAX_PROMPT_CHARS", int, 100_000, "longest prompt, system_prompt, continuation or message on the original and score routes, in characters"),
     ("--max-body-bytes", "LDA_MAX_BODY_BYTES", int, 16 * 2**20, "largest request body, in bytes"),
     ("--max-n", "LDA_MAX_N", int, 128, "largest n or best_of of an OpenAI request"),
+    ("--max-tokens", "LDA_MAX_TOKENS", int, None, "most tokens one request may ask to generate (max_tokens, max_completion_tokens, max_output_tokens, max_new_tokens), and the default of a request that asks none (default: the context length)"),
 ]
 BOOL_OPTIONS = [
     ("--enforce-eager", "ENFORCE_EAGER", None, "disable torch.compile and CUDA graphs (default: on for CPU)"),
@@ -105,12 +106,24 @@ class RequestLimits:
     """Bytes of a request body, checked before it is read whole."""
     max_n: int = 128
     """`n` and `best_of` of an OpenAI request."""
+    max_tokens: int | None = None
+    """Tokens one request may ask to generate, on every route that generates; also the default of a
+    request that asks none. None: the context length (what vLLM allows on its own)."""
 
     def __post_init__(self) -> None:
         for name, env in LIMIT_ENV.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if name == "max_tokens" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{env} must be an integer >= 1; got {value!r}")
+
+    def too_many_tokens(self, name: str, value: object) -> str | None:
+        """The error for a requested token count above `max_tokens`, or None (also for a value that
+        is not an integer: its type is the route's own validation to refuse, in its own words)."""
+        if self.max_tokens is None or not isinstance(value, int) or isinstance(value, bool) or value <= self.max_tokens:
+            return None
+        return f"{name} is {value}; the limit is {LIMIT_ENV['max_tokens']}={self.max_tokens}"
 
     def too_many_chars(self, texts: dict[str, str | None]) -> tuple[str, str] | None:
         """(field, error) for the first named text above `max_prompt_chars`, or None. Checked
@@ -127,6 +140,7 @@ LIMIT_ENV = {
     "max_prompt_chars": "LDA_MAX_PROMPT_CHARS",
     "max_body_bytes": "LDA_MAX_BODY_BYTES",
     "max_n": "LDA_MAX_N",
+    "max_tokens": "LDA_MAX_TOKENS",
 }
 """Each limit's setting, named in the errors that enforce it."""
 
@@ -142,10 +156,10 @@ class ServerSettings:
     limits: RequestLimits = field(default_factory=RequestLimits)
     prompt_format: PromptFormat = PromptFormat.CHAT
     """Format of the original routes' prompts when a request names none."""
-
     @property
     def allow_runtime_adapters(self) -> bool:
-        """Whether POST /v1/load_lora_adapter and /v1/unload_lora_adapter are served."""
+        """Whether POST /v1/load_lora_adapter and /v1/unload_lora_adapter are served (api/routes.py
+        refuses them otherwise)."""
         return self.config.pair.runtime_adapters
 
 

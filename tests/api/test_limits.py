@@ -12,11 +12,11 @@ import pytest
 from fastapi import HTTPException
 
 from api.alpha_middleware import LimitError, check_limits
-from api.seed_routes import LDABatchRequest, _prepare_off_loop
+from api.seed_routes import LDABatchRequest, _max_new_tokens, _prepare_off_loop
 from api.settings import RequestLimits
 from engine.prompts import PromptFormat
 
-LIMITS = RequestLimits(max_batch_prompts=3, max_n=4)
+LIMITS = RequestLimits(max_batch_prompts=3, max_n=4, max_tokens=10)
 
 
 @pytest.mark.parametrize(
@@ -29,9 +29,50 @@ def test_openai_sizes_over_the_limit_name_the_field(payload, param):
     assert error.value.param == param and ("LDA_MAX_N=4" in str(error.value) or "LDA_MAX_BATCH_PROMPTS=3" in str(error.value))
 
 
-@pytest.mark.parametrize("payload", [{"n": 4}, {"n": True}, {"n": "many"}, {"prompt": [1] * 50}, {"prompt": ["a"] * 3}, {}])
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens", "max_output_tokens"])
+def test_more_tokens_than_the_limit_names_the_field_and_limit(name):
+    with pytest.raises(LimitError) as error:
+        check_limits({name: 11}, LIMITS)
+    assert error.value.param == name and str(error.value) == f"{name} is 11; the limit is LDA_MAX_TOKENS=10"
+    check_limits({name: 10}, LIMITS)
+    check_limits({name: 10**9}, RequestLimits())  # no limit set: the context length decides, in vLLM
+
+
+@pytest.mark.parametrize("name", ["top_k", "seed", "min_tokens"])
+def test_an_integer_past_64_bits_is_refused_naming_the_field(name):
+    with pytest.raises(LimitError, match=f"{name} is 1057219800636502048768000; it must fit in a signed 64-bit integer"):
+        check_limits({name: 1057219800636502048768000}, RequestLimits())
+    check_limits({name: 2**63 - 1}, RequestLimits())
+
+
+@pytest.mark.parametrize(
+    "payload", [{"n": 4}, {"n": True}, {"n": "many"}, {"prompt": [1] * 50}, {"prompt": ["a"] * 3}, {},
+                {"max_tokens": "many"}, {"max_tokens": True}, {"max_tokens": None}],
+)
 def test_within_limits_or_for_vllm_to_judge(payload):
     check_limits(payload, LIMITS)  # wrong types are vLLM's to refuse, in its own words
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 2.5, "8"])
+def test_max_tokens_setting_must_be_a_positive_integer(value):
+    with pytest.raises(ValueError, match="LDA_MAX_TOKENS must be an integer >= 1"):
+        RequestLimits(max_tokens=value)
+
+
+@pytest.mark.parametrize(
+    "fields, limit, expected",
+    [({}, None, 80), ({}, 50, 50), ({}, 100, 80), ({"max_new_tokens": 50}, 50, 50), ({"max_new_tokens": 300}, None, 300)],
+)
+def test_original_routes_length_within_the_limit(fields, limit, expected):
+    info = SimpleNamespace(limits=RequestLimits(max_tokens=limit))
+    assert _max_new_tokens(info, LDABatchRequest(prompts=["p"], **fields)) == expected
+
+
+def test_original_routes_asking_more_than_the_limit_is_a_400_naming_it():
+    info = SimpleNamespace(limits=RequestLimits(max_tokens=50))
+    with pytest.raises(HTTPException) as error:
+        _max_new_tokens(info, LDABatchRequest(prompts=["p"], max_new_tokens=51))
+    assert error.value.status_code == 400 and error.value.detail == "max_new_tokens is 51; the limit is LDA_MAX_TOKENS=50"
 
 
 class RecordingTokenizer:
@@ -87,3 +128,12 @@ def test_prompt_over_the_context_names_it():
     with pytest.raises(HTTPException) as error:
         _prepare(_info(RecordingTokenizer()), ["ok", "x" * 10])
     assert "prompts[1]: prompt (10 tokens) + max_new_tokens (5) exceeds the model's context length (12)" in error.value.detail
+
+
+def test_original_routes_bound_top_k_before_the_engine():
+    # Found by the fuzz: a top_k past 64 bits reached the engine client and came back a 500.
+    from pydantic import ValidationError
+
+    LDABatchRequest(prompts=["p"], top_k=2**31 - 1)
+    with pytest.raises(ValidationError, match="top_k"):
+        LDABatchRequest(prompts=["p"], top_k=1057219800636502048768000)

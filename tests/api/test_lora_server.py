@@ -94,11 +94,20 @@ def test_unknown_adapter_is_an_openai_404_listing_the_names(server):
     assert "nope" in error["message"] and "lda, small, large" in error["message"]
 
 
-@pytest.mark.parametrize("path", ["/v1/responses", "/v1/chat/completions/batch", "/invocations"])
+@pytest.mark.parametrize("path", ["/v1/responses", "/v1/chat/completions/batch", "/invocations", "/v1/messages"])
 def test_generation_routes_that_cannot_pick_an_adapter_are_refused(server, path):
     # Without an adapter the after stack would be the bare base: LDA would amplify nothing, silently.
     r = httpx.post(f"{server.base_url}{path}", json={"model": "lda", "input": "hi"}, timeout=60)
     assert r.status_code == 404 and "not served with LoRA adapters" in r.json()["error"]["message"]
+    served = r.json()["error"]["message"].split("Served routes: ")[1].split(", ")
+    assert "/v1/completions" in served and path not in served
+
+
+@pytest.mark.parametrize("path", ["/v1/systemone", "/scale_elastic_ep"])
+def test_unserved_vllm_routes_are_refused_with_adapters_too(server, path):
+    r = httpx.post(f"{server.base_url}{path}", json={}, timeout=60)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "NotFoundError"
+    assert "/v1/completions" in r.json()["error"]["message"].split("Served routes: ")[1]
 
 
 def test_original_routes_take_a_model(server, expected):

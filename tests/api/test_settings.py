@@ -35,7 +35,7 @@ PAIR = ["--model-after", "a", "--model-before", "b"]
 
 def _clean_env(monkeypatch):
     for name in ("LDA_API_KEY", "VLLM_API_KEY", "LDA_METRICS_REQUIRE_KEY", "LDA_PROMPT_FORMAT", "LDA_MAX_BATCH_PROMPTS",
-                 "LDA_MAX_PROMPT_CHARS", "LDA_MAX_BODY_BYTES", "LDA_MAX_N"):
+                 "LDA_MAX_PROMPT_CHARS", "LDA_MAX_BODY_BYTES", "LDA_MAX_N", "LDA_MAX_TOKENS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -45,6 +45,29 @@ def test_defaults_are_open_chat_and_bounded(monkeypatch):
     assert s.access.api_key is None and not s.access.metrics_require_key
     assert s.prompt_format.value == "chat"
     assert (s.limits.max_batch_prompts, s.limits.max_prompt_chars, s.limits.max_body_bytes, s.limits.max_n) == (256, 100_000, 16 * 2**20, 128)
+    assert s.limits.max_tokens is None  # the context length, as vLLM allows on its own
+    assert not s.allow_runtime_adapters
+
+
+def test_max_tokens_from_env_or_flag(monkeypatch):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("LDA_MAX_TOKENS", "64")
+    assert parse_settings(PAIR).limits.max_tokens == 64
+    assert parse_settings([*PAIR, "--max-tokens", "7"]).limits.max_tokens == 7
+
+
+@pytest.mark.parametrize(
+    "given, limit, expected",
+    [
+        ({}, None, {}),
+        (None, 64, {"max_new_tokens": 64}),
+        ({"temperature": 0.5}, 64, {"temperature": 0.5, "max_new_tokens": 64}),
+        ({"max_new_tokens": 10}, 64, {"max_new_tokens": 10}),  # a smaller default given to vLLM stays
+        ({"max_new_tokens": 100}, 64, {"max_new_tokens": 64}),
+    ],
+)
+def test_max_tokens_also_caps_vllms_default_length(given, limit, expected):
+    assert server.capped_generation_config(given, limit) == expected
 
 
 def test_env_and_flags_set_key_format_and_limits(monkeypatch):
@@ -86,6 +109,8 @@ def test_vllm_api_key_env_becomes_the_one_key(monkeypatch):
         ([], {"LDA_MAX_BATCH_PROMPTS": "0"}, "LDA_MAX_BATCH_PROMPTS must be an integer >= 1"),
         ([], {"LDA_MAX_BODY_BYTES": "lots"}, "LDA_MAX_BODY_BYTES must be of type int"),
         (["--max-n", "0"], {}, "LDA_MAX_N must be an integer >= 1"),
+        (["--max-tokens", "0"], {}, "LDA_MAX_TOKENS must be an integer >= 1"),
+        ([], {"LDA_MAX_TOKENS": "many"}, "LDA_MAX_TOKENS must be of type int"),
     ],
 )
 def test_bad_access_and_limit_settings_exit_2_naming_them(monkeypatch, capsys, argv, env, message):
