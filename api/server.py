@@ -31,6 +31,17 @@ class ServeError(RuntimeError):
     """The server cannot serve as configured; `lda serve` prints it and exits 2."""
 
 
+class EngineDied(RuntimeError):
+    """The engine core stopped under a running server; `lda serve` exits 1 so a supervisor restarts it."""
+
+
+ENGINE_DIED_EXIT = 1
+ENGINE_DIED_HELP = (
+    "the engine core process died (killed, or out of memory); requests in flight were answered with an "
+    "error and the server stopped: restart it (a supervisor does this on the non-zero exit)"
+)
+
+
 @dataclass(slots=True)
 class PairState:
     """What the LDA routes need, kept on `app.state.lda`."""
@@ -205,10 +216,15 @@ async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
             h11_max_incomplete_event_size=args.h11_max_incomplete_event_size,
             h11_max_header_count=args.h11_max_header_count,
         )
+        # vLLM's watchdog stops the HTTP server when the engine core dies; a clean exit code then
+        # would tell a supervisor the stop was asked for.
+        died = engine_client.errored
     try:
         await shutdown_task
     finally:
         sock.close()
+    if died:
+        raise EngineDied(ENGINE_DIED_HELP)
 
 
 def serve(settings: ServerSettings) -> None:
@@ -219,7 +235,10 @@ def serve(settings: ServerSettings) -> None:
     report = check_pair(settings.config.pair.after, settings.config.pair.before)
     for warning in report.warnings:
         logger.warning("tokenizers: %s", warning)
-    prepare_process(settings.config)
+    try:
+        prepare_process(settings.config)
+    except ValueError as error:  # e.g. fewer cores than parallel ranks
+        raise ServeError(str(error)) from None
     uvloop.run(_serve(settings, report))
 
 
@@ -235,6 +254,9 @@ def cli(argv: list[str]) -> int:
     except (ModelLoadError, TokenizerMismatchError, ServeError) as error:
         print(f"lda serve: {error}", file=sys.stderr)
         return 2
+    except EngineDied as error:
+        print(f"lda serve: {error}", file=sys.stderr)
+        return ENGINE_DIED_EXIT
     except KeyboardInterrupt:
         return 0
     return 0
