@@ -149,6 +149,10 @@ PIPELINE_REFUSAL = (
     "throughput with data parallel (--data-parallel-size)"
 )
 """Why pipeline_parallel_size must be 1, and what to use instead: one line at start."""
+RAY_ON_CPU_REFUSAL = (
+    "distributed_executor_backend=ray needs GPUs: vLLM 0.32's CPU platform has no Ray device key "
+    "(vllm/v1/executor/ray_utils.py refuses it deep in the engine start); on CPU leave the backend unset (mp)"
+)
 BINDING_VARS = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
 
 
@@ -387,5 +391,7 @@ def prepare_process(config: LDAConfig) -> None:
     LIMITS.max_alpha = config.alpha.max_alpha
     opts = config.engine
     user_bound = any(name in os.environ for name in BINDING_VARS)
+    if opts.resolved_device() == "cpu" and opts.distributed_executor_backend == "ray":
+        raise ValueError(RAY_ON_CPU_REFUSAL)
     if opts.resolved_device() == "cpu" and opts.cpu_bind == "all" and not user_bound:
         os.environ.update(cpu_binding_env(ranks=opts.local_ranks))

@@ -104,3 +104,10 @@ def test_pipeline_refusal_says_what_to_use_instead(capsys):
     assert server.cli([*PAIR, "--", "--pipeline-parallel-size", "2"]) == 2
     err = capsys.readouterr().err
     assert "tensor parallel (--tensor-parallel-size" in err and "data parallel (--data-parallel-size)" in err
+
+
+def test_the_ray_backend_on_cpu_is_refused_at_start(monkeypatch, capsys):
+    monkeypatch.setattr(server, "check_pair", lambda after, before: type("Report", (), {"warnings": []})())
+    assert server.cli([*PAIR, "--device", "cpu", "--distributed-executor-backend", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lda serve: distributed_executor_backend=ray needs GPUs") and "Traceback" not in err
