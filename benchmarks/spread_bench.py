@@ -113,6 +113,7 @@ def server_env(config: SpreadConfig, port: int, data_parallel: int = 1) -> dict[
         DTYPE=config.dtype, KV_CACHE_MEMORY_GB=str(config.kv_cache_gb), MAX_MODEL_LEN=str(config.max_model_len),
         MAX_NUM_SEQS=str(config.concurrency), SERVED_MODEL_NAME=SERVED_NAME, DATA_PARALLEL_SIZE=str(data_parallel),
         HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+        VLLM_HOST_IP="127.0.0.1",  # loopback only: vLLM's processes advertise this address to each other
     )
     return env
 

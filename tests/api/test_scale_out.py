@@ -38,7 +38,8 @@ UNHEALTHY_WITHIN_S = 10.0
 
 
 def _start(pair, log_path: Path, args: list[str], **extra: str) -> ServerProcess:
-    env = tiny_server_env(pair, free_port(), **extra)
+    # Loopback only: vLLM's processes would otherwise advertise the host's address to each other.
+    env = tiny_server_env(pair, free_port(), VLLM_HOST_IP="127.0.0.1", **extra)
     for name in BINDING_VARS:  # the defaults are under test: no binding given by hand
         env.pop(name, None)
     env.pop("LDA_CPU_BIND", None)
