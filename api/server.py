@@ -182,6 +182,28 @@ def _routing(settings: ServerSettings) -> AdapterRouting | None:
     return AdapterRouting(served, tuple(a.name for a in pair.adapters))
 
 
+class ShutdownTracker:
+    """Whether the engine was asked to stop, to tell a requested shutdown from an engine death.
+
+    vLLM's watchdog stops the HTTP server when the engine core dies, and `serve_http` returns as
+    it does after SIGTERM; the engine client reads `errored` either way, since a stopped engine
+    counts as dead. Only a requested shutdown goes through `engine_client.shutdown` before the
+    HTTP server stops (vLLM's launcher calls it from its signal handler), so this wraps that one
+    method of this one client: a clean exit code after an engine death would tell a supervisor
+    the stop was asked for.
+    """
+
+    def __init__(self, engine_client) -> None:
+        self.asked = False
+        shutdown = engine_client.shutdown
+
+        def asked_shutdown(*args, **kwargs):
+            self.asked = True
+            return shutdown(*args, **kwargs)
+
+        engine_client.shutdown = asked_shutdown
+
+
 async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
     from vllm import envs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -197,6 +219,7 @@ async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
     signal.signal(signal.SIGTERM, _interrupt_init)
     listen_address, sock = setup_server(args, reuse_port=False)
     async with build_async_engine_client(args) as engine_client:
+        stop = ShutdownTracker(engine_client)
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
         install(app, engine_client, settings, report)
@@ -216,9 +239,7 @@ async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
             h11_max_incomplete_event_size=args.h11_max_incomplete_event_size,
             h11_max_header_count=args.h11_max_header_count,
         )
-        # vLLM's watchdog stops the HTTP server when the engine core dies; a clean exit code then
-        # would tell a supervisor the stop was asked for.
-        died = engine_client.errored
+        died = engine_client.errored and not stop.asked
     try:
         await shutdown_task
     finally:
