@@ -163,23 +163,23 @@ def halves(cores: set[int]) -> tuple[set[int], set[int]]:
 
 @contextlib.contextmanager
 def running(config: SpreadConfig, setup: str, log_dir: Path) -> Iterator[list[str]]:
-    """Start the setup's servers (one at a time: a start is not measured), yield their base URLs."""
+    """Start the setup's servers (together: a start is not measured), yield their base URLs."""
     if setup == "two":
         plans = [(1, cores) for cores in halves(os.sched_getaffinity(0))]
     else:
         plans = [(2 if setup == "dp2" else 1, None)]
-    started: list[subprocess.Popen] = []
-    urls = []
+    started: list[tuple[subprocess.Popen, str, Path]] = []
     try:
         for i, (data_parallel, cores) in enumerate(plans):
             port = _free_port()
             log_path = log_dir / f"{setup}-{i}.log"
-            started.append(_start(server_env(config, port, data_parallel), cores, log_path))
-            urls.append(f"http://127.0.0.1:{port}")
-            _wait_healthy(started[-1], urls[-1], log_path, config.start_timeout_s)
-        yield urls
+            process = _start(server_env(config, port, data_parallel), cores, log_path)
+            started.append((process, f"http://127.0.0.1:{port}", log_path))
+        for process, url, log_path in started:
+            _wait_healthy(process, url, log_path, config.start_timeout_s)
+        yield [url for _, url, _ in started]
     finally:
-        for process in started:
+        for process, _, _ in started:
             _stop(process)
 
 
@@ -195,11 +195,12 @@ def _prompts_file(config: SpreadConfig, directory: Path) -> Path:
     return path
 
 
-def study_config(config: SpreadConfig, urls: list[str], out: Path, prompts: Path, samples_per_prompt: int):
+def study_config(config: SpreadConfig, urls: list[str], out: Path, prompts: Path, samples_per_prompt: int,
+                 alphas: tuple[float, ...] | None = None):
     from study.config import SamplingConfig, StudyConfig
 
     return StudyConfig(
-        base_url=tuple(urls), output_dir=out, detector="keyword:zorblax", alphas=config.alphas,
+        base_url=tuple(urls), output_dir=out, detector="keyword:zorblax", alphas=alphas or config.alphas,
         samples_per_prompt=samples_per_prompt, prompts_path=prompts, concurrency=config.concurrency,
         sampling=SamplingConfig(max_tokens=config.max_tokens, seed=11), progress=False, score=False,
     )
@@ -211,7 +212,7 @@ def measure(config: SpreadConfig, setup: str, urls: list[str], round_: int, scra
     from study.store import SampleStore
 
     prompts = _prompts_file(config, scratch)
-    run_study(study_config(config, urls, scratch / f"warm-{setup}-{round_}", prompts, 1))
+    run_study(study_config(config, urls, scratch / f"warm-{setup}-{round_}", prompts, 1, config.alphas[:1]))
     out = scratch / f"{setup}-{round_}"
     start = time.perf_counter()
     result = run_study(study_config(config, urls, out, prompts, config.samples_per_prompt))
