@@ -124,7 +124,8 @@ setup_ray() {
         head)
             log "LDA_RAY_START=head: starting a Ray head on port ${port}"
             ray start --head --port="$port" --disable-usage-stats
-            export RAY_ADDRESS="${RAY_ADDRESS:-127.0.0.1:${port}}"
+            # "auto": the cluster started on this machine, whatever address its head bound.
+            export RAY_ADDRESS="${RAY_ADDRESS:-auto}"
             export DISTRIBUTED_EXECUTOR_BACKEND="${DISTRIBUTED_EXECUTOR_BACKEND:-ray}"
             ;;
         worker)

@@ -53,7 +53,7 @@ def test_head_starts_ray_then_serves_on_it(fakes):
     assert result.returncode == 0, result.stderr
     assert calls == [
         "ray start --head --port=6390 --disable-usage-stats | RAY_ADDRESS= DISTRIBUTED_EXECUTOR_BACKEND=",
-        "lda serve | RAY_ADDRESS=127.0.0.1:6390 DISTRIBUTED_EXECUTOR_BACKEND=ray",
+        "lda serve | RAY_ADDRESS=auto DISTRIBUTED_EXECUTOR_BACKEND=ray",
     ]
 
 
