@@ -33,6 +33,17 @@ class ServeError(RuntimeError):
     """The server cannot serve as configured; `lda serve` prints it and exits 2."""
 
 
+class EngineDied(RuntimeError):
+    """The engine core stopped under a running server; `lda serve` exits 1 so a supervisor restarts it."""
+
+
+ENGINE_DIED_EXIT = 1
+ENGINE_DIED_HELP = (
+    "the engine core process died (killed, or out of memory); requests in flight were answered with an "
+    "error and the server stopped: restart it (a supervisor does this on the non-zero exit)"
+)
+
+
 @dataclass(slots=True)
 class PairState:
     """What the LDA routes need, kept on `app.state.lda`."""
@@ -201,6 +212,28 @@ def _routing(settings: ServerSettings) -> AdapterRouting | None:
     return AdapterRouting(served, [a.name for a in pair.adapters], has_default=bool(pair.adapters))
 
 
+class ShutdownTracker:
+    """Whether the engine was asked to stop, to tell a requested shutdown from an engine death.
+
+    vLLM's watchdog stops the HTTP server when the engine core dies, and `serve_http` returns as
+    it does after SIGTERM; the engine client reads `errored` either way, since a stopped engine
+    counts as dead. Only a requested shutdown goes through `engine_client.shutdown` before the
+    HTTP server stops (vLLM's launcher calls it from its signal handler), so this wraps that one
+    method of this one client: a clean exit code after an engine death would tell a supervisor
+    the stop was asked for.
+    """
+
+    def __init__(self, engine_client) -> None:
+        self.asked = False
+        shutdown = engine_client.shutdown
+
+        def asked_shutdown(*args, **kwargs):
+            self.asked = True
+            return shutdown(*args, **kwargs)
+
+        engine_client.shutdown = asked_shutdown
+
+
 async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
     from vllm import envs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -216,6 +249,7 @@ async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
     signal.signal(signal.SIGTERM, _interrupt_init)
     listen_address, sock = setup_server(args, reuse_port=False)
     async with build_async_engine_client(args) as engine_client:
+        stop = ShutdownTracker(engine_client)
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
         install(app, engine_client, settings, report)
@@ -235,10 +269,13 @@ async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
             h11_max_incomplete_event_size=args.h11_max_incomplete_event_size,
             h11_max_header_count=args.h11_max_header_count,
         )
+        died = engine_client.errored and not stop.asked
     try:
         await shutdown_task
     finally:
         sock.close()
+    if died:
+        raise EngineDied(ENGINE_DIED_HELP)
 
 
 def serve(settings: ServerSettings) -> None:
@@ -249,7 +286,10 @@ def serve(settings: ServerSettings) -> None:
     report = check_pair(settings.config.pair.after, settings.config.pair.before)
     for warning in report.warnings:
         logger.warning("tokenizers: %s", warning)
-    prepare_process(settings.config)
+    try:
+        prepare_process(settings.config)
+    except ValueError as error:  # e.g. fewer cores than parallel ranks
+        raise ServeError(str(error)) from None
     # Our adapter routes replace vLLM's (settings read its switch as ours): keep vLLM from mounting
     # its unchecked copies, here and through SageMaker's adapter routes, or resolving adapters itself.
     os.environ[VLLM_RUNTIME_LORA_ENV] = "0"
@@ -268,6 +308,9 @@ def cli(argv: list[str]) -> int:
     except (ModelLoadError, TokenizerMismatchError, ServeError) as error:
         print(f"lda serve: {error}", file=sys.stderr)
         return 2
+    except EngineDied as error:
+        print(f"lda serve: {error}", file=sys.stderr)
+        return ENGINE_DIED_EXIT
     except KeyboardInterrupt:
         return 0
     return 0

@@ -35,6 +35,10 @@ OPTIONS = [
     ("--max-num-batched-tokens", "MAX_NUM_BATCHED_TOKENS", int, None, "token budget of one step"),
     ("--kv-cache-memory-gb", "KV_CACHE_MEMORY_GB", float, None, "KV-cache size in GiB (CPU default 2)"),
     ("--tensor-parallel-size", "TENSOR_PARALLEL_SIZE", int, 1, "GPUs (or CPU ranks) per model"),
+    ("--data-parallel-size", "DATA_PARALLEL_SIZE", int, 1, "engines, each a full copy of the pair, sharing the requests"),
+    ("--data-parallel-size-local", "DATA_PARALLEL_SIZE_LOCAL", int, None, "of those engines, how many run on this node (default: all)"),
+    ("--pipeline-parallel-size", "PIPELINE_PARALLEL_SIZE", int, 1, "must be 1: the pair refuses pipeline parallel (use tensor parallel)"),
+    ("--distributed-executor-backend", "DISTRIBUTED_EXECUTOR_BACKEND", str, None, "mp or ray (several nodes; RAY_ADDRESS names the cluster)"),
     ("--gpu-memory-utilization", "GPU_MEMORY_UTILIZATION", float, 0.9, "fraction of GPU memory vLLM may use"),
     ("--dtype", "DTYPE", str, "auto", "weights and activations dtype"),
     ("--seed", "SEED", int, 0, "engine seed"),
@@ -193,6 +197,50 @@ def _adapter_args(args) -> list[tuple[str, str]]:
     return [parse_adapter_arg(v) for v in given]
 
 
+PARALLEL_FLAGS = {
+    "--tensor-parallel-size": "--tensor-parallel-size", "-tp": "--tensor-parallel-size",
+    "--data-parallel-size": "--data-parallel-size", "-dp": "--data-parallel-size",
+    "--data-parallel-size-local": "--data-parallel-size-local", "-dpl": "--data-parallel-size-local",
+    "--pipeline-parallel-size": "--pipeline-parallel-size", "-pp": "--pipeline-parallel-size",
+    "--distributed-executor-backend": "--distributed-executor-backend",
+}
+"""vLLM's spellings of the parallel options, by the flag of ours they set. Given after `--` they
+would reach vLLM behind the pair's back: the CPU binding is derived from them before vLLM starts."""
+
+
+def _lift_parallel_args(vllm_args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The parallel options given after `--` (by our flag names), apart from the other vLLM flags."""
+    lifted, rest, i = {}, [], 0
+    while i < len(vllm_args):
+        name, eq, value = vllm_args[i].partition("=")
+        if name not in PARALLEL_FLAGS:
+            rest.append(vllm_args[i])
+        elif eq:
+            lifted[PARALLEL_FLAGS[name]] = value
+        elif i + 1 < len(vllm_args):
+            i += 1
+            lifted[PARALLEL_FLAGS[name]] = vllm_args[i]
+        else:
+            raise ValueError(f"{name} after `--` needs a value")
+        i += 1
+    return lifted, rest
+
+
+def _merge_parallel(args, values: dict, lifted: dict[str, str]) -> None:
+    """vLLM's spelling of a parallel option (after `--`) counts as our flag: it beats the
+    environment, and a different value given both ways is refused rather than one silently lost."""
+    kinds = {flag: kind for flag, _, kind, _, _ in OPTIONS}
+    for flag, text in lifted.items():
+        try:
+            value = kinds[flag](text)
+        except ValueError:
+            raise ValueError(f"{flag} must be of type {kinds[flag].__name__}; got {text!r}") from None
+        ours = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if ours is not None and ours != value:
+            raise ValueError(f"{flag} is given twice with different values ({ours} and {value} after `--`)")
+        values[flag] = value
+
+
 def _value(args, flag: str, env: str, kind, default):
     given = getattr(args, flag.lstrip("-").replace("-", "_"))
     return given if given is not None else _env_value(env, kind, default)
@@ -260,6 +308,8 @@ def parse_settings(argv: list[str]) -> ServerSettings:
     args = build_parser().parse_args(ours)
     values = {flag: _value(args, flag, env, kind, default) for flag, env, kind, default, _ in OPTIONS}
     vllm_keys, vllm_args = _split_vllm_api_key(vllm_args)
+    lifted, vllm_args = _lift_parallel_args(vllm_args)
+    _merge_parallel(args, values, lifted)
     access = AccessSettings(
         api_key=_api_key(values["--api-key"], vllm_keys),
         metrics_require_key=bool(args.metrics_require_key or _env_bool("LDA_METRICS_REQUIRE_KEY", False)),
@@ -290,6 +340,10 @@ def parse_settings(argv: list[str]) -> ServerSettings:
             kv_cache_memory_gb=values["--kv-cache-memory-gb"],
             gpu_memory_utilization=values["--gpu-memory-utilization"],
             tensor_parallel_size=values["--tensor-parallel-size"],
+            data_parallel_size=values["--data-parallel-size"],
+            data_parallel_size_local=values["--data-parallel-size-local"],
+            pipeline_parallel_size=values["--pipeline-parallel-size"],
+            distributed_executor_backend=values["--distributed-executor-backend"],
             enforce_eager=enforce_eager,
             seed=values["--seed"],
             served_model_name=values["--served-model-name"],

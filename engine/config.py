@@ -195,6 +195,18 @@ def cpu_dtype(dtype: str) -> str:
 
 
 CPU_BINDS = ("all", "vllm")
+EXECUTOR_BACKENDS = (None, "mp", "ray")
+PIPELINE_REFUSAL = (
+    "the pair model does not support pipeline parallel (vLLM needs its SupportsPP interface, which would "
+    "have to carry both models' hidden states between stages); split a pair too big for one device with "
+    "tensor parallel (--tensor-parallel-size, across nodes with the Ray backend), and add engines for "
+    "throughput with data parallel (--data-parallel-size)"
+)
+"""Why pipeline_parallel_size must be 1, and what to use instead: one line at start."""
+RAY_ON_CPU_REFUSAL = (
+    "distributed_executor_backend=ray needs GPUs: vLLM 0.32's CPU platform has no Ray device key "
+    "(vllm/v1/executor/ray_utils.py refuses it deep in the engine start); on CPU leave the backend unset (mp)"
+)
 BINDING_VARS = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
 
 
@@ -210,17 +222,33 @@ def _id_ranges(ids: list[int]) -> str:
     return ",".join(parts)
 
 
-def cpu_binding_env(cores: set[int] | None = None) -> dict[str, str]:
-    """The CPU worker's binding for `cpu_bind="all"`: its OpenMP threads on every core this process
-    may use (`cores`, default its affinity), none reserved for the API server and engine core.
+def cpu_binding_env(cores: set[int] | None = None, ranks: int = 1) -> dict[str, str]:
+    """The CPU workers' binding for `cpu_bind="all"`: the cores this process may use (`cores`,
+    default its affinity) split evenly over the `ranks` local workers, none reserved for the API
+    server and engine core.
 
     vLLM's default reserves one core per rank for those processes; on a 2-core machine that leaves
     the model one core. Both cores for the worker served 1.07x, 1.39x and 1.56x the output tokens/s
     of vLLM's binding at concurrency 1, 16 and 64 (`lda bench --servers lda,lda-bind-vllm`,
     interleaved rounds, docs/performance/serving.md); the front-end processes mostly wait on the worker.
+
+    With tensor, pipeline or data parallel, vLLM wants one core list per local rank, separated by
+    `|`, in its rank order (data, pipeline, tensor; each data-parallel engine takes its slice): one
+    list for several ranks fails at start. Each rank gets `len(cores) // ranks` cores; the
+    remainder stays unbound, for the front-end processes. Raises ValueError when there are fewer
+    cores than ranks (a rank without a core cannot run).
     """
     ids = sorted(os.sched_getaffinity(0) if cores is None else cores)
-    return {"VLLM_CPU_OMP_THREADS_BIND": _id_ranges(ids), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1; got {ranks}")
+    if len(ids) < ranks:
+        raise ValueError(
+            f"{ranks} CPU ranks (tensor x pipeline x data parallel size) need at least {ranks} cores; this "
+            f"process may use {len(ids)} ({_id_ranges(ids)}): lower the parallel sizes"
+        )
+    per_rank = len(ids) // ranks
+    lists = [_id_ranges(ids[r * per_rank : (r + 1) * per_rank]) for r in range(ranks)]
+    return {"VLLM_CPU_OMP_THREADS_BIND": "|".join(lists), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
 def _gpu_available() -> bool:
@@ -249,6 +277,16 @@ class EngineOptions:
     """KV-cache size in GiB. Required in practice on CPU (default there: 2 GiB)."""
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    """Engines, each with a full copy of the pair, that share the requests (vLLM's internal load
+    balancing); the server only (`vllm.LLM` serves one engine)."""
+    data_parallel_size_local: int | None = None
+    """Of those engines, how many run on this node (multi-node data parallel); None: all."""
+    pipeline_parallel_size: int = 1
+    """Must be 1: the pair model does not implement vLLM's `SupportsPP` (see PIPELINE_REFUSAL)."""
+    distributed_executor_backend: str | None = None
+    """vLLM's executor for the ranks: None (vLLM decides: processes on one node), "mp" or "ray"
+    (ranks on several nodes of a Ray cluster; `RAY_ADDRESS` names it)."""
     enforce_eager: bool | None = None
     """None: eager on CPU (compiling costs minutes there and decodes no faster), compiled on GPU."""
     seed: int = 0
@@ -274,8 +312,24 @@ class EngineOptions:
             raise ValueError(f"kv_cache_memory_gb must be > 0; got {self.kv_cache_memory_gb}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1]; got {self.gpu_memory_utilization}")
-        if self.tensor_parallel_size < 1:
-            raise ValueError(f"tensor_parallel_size must be >= 1; got {self.tensor_parallel_size}")
+        for name in ("tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        local = self.data_parallel_size_local
+        if local is not None and not 0 <= local <= self.data_parallel_size:
+            raise ValueError(f"data_parallel_size_local must be in 0..data_parallel_size={self.data_parallel_size}; got {local}")
+        if self.pipeline_parallel_size != 1:
+            raise ValueError(f"pipeline_parallel_size={self.pipeline_parallel_size}: {PIPELINE_REFUSAL}")
+        if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
+            raise ValueError(
+                f"distributed_executor_backend must be one of mp, ray; got {self.distributed_executor_backend!r}"
+            )
+
+    @property
+    def local_ranks(self) -> int:
+        """Worker processes on this node: tensor x pipeline x this node's data-parallel engines."""
+        local = self.data_parallel_size if self.data_parallel_size_local is None else self.data_parallel_size_local
+        return self.tensor_parallel_size * self.pipeline_parallel_size * max(local, 1)
 
     def resolved_device(self) -> str:
         if self.device == "auto":
@@ -351,6 +405,7 @@ def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, 
         kwargs.update(enable_lora=True, max_loras=n, max_cpu_loras=n, max_lora_rank=config.pair.max_lora_rank)
         if (targets := lora_targets(config.pair.adapters)) is not None:
             kwargs["lora_target_modules"] = targets
+    kwargs.update(parallel_kwargs(opts))
     if opts.max_model_len is not None:
         kwargs["max_model_len"] = opts.max_model_len
     if opts.max_num_batched_tokens is not None:
@@ -366,13 +421,26 @@ def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, 
     return kwargs
 
 
+def parallel_kwargs(opts: EngineOptions) -> dict[str, Any]:
+    """The data-parallel and executor options, only where they differ from vLLM's defaults (so that
+    `vllm.LLM`, which takes no data parallel, sees none)."""
+    kwargs: dict[str, Any] = {}
+    if opts.data_parallel_size != 1:
+        kwargs["data_parallel_size"] = opts.data_parallel_size
+    if opts.data_parallel_size_local is not None:
+        kwargs["data_parallel_size_local"] = opts.data_parallel_size_local
+    if opts.distributed_executor_backend is not None:
+        kwargs["distributed_executor_backend"] = opts.distributed_executor_backend
+    return kwargs
+
+
 def prepare_process(config: LDAConfig) -> None:
     """Process-wide settings our entry points need before an engine starts.
 
     The pair's per-request alpha rides on the V1 model runner's logits-processor hooks; vLLM 0.32
     picks Model Runner V2 on GPUs, whose hooks differ, so we select V1 (the model refuses V2).
-    On CPU with one rank, the worker gets every core (`cpu_binding_env`) unless the user set
-    vLLM's binding variables.
+    On CPU, the workers get every core, split over the local ranks (`cpu_binding_env`), unless the
+    user set vLLM's binding variables; fewer cores than ranks raises ValueError.
     """
     from engine.alpha import LIMITS
 
@@ -380,5 +448,7 @@ def prepare_process(config: LDAConfig) -> None:
     LIMITS.max_alpha = config.alpha.max_alpha
     opts = config.engine
     user_bound = any(name in os.environ for name in BINDING_VARS)
-    if opts.resolved_device() == "cpu" and opts.cpu_bind == "all" and opts.tensor_parallel_size == 1 and not user_bound:
-        os.environ.update(cpu_binding_env())
+    if opts.resolved_device() == "cpu" and opts.distributed_executor_backend == "ray":
+        raise ValueError(RAY_ON_CPU_REFUSAL)
+    if opts.resolved_device() == "cpu" and opts.cpu_bind == "all" and not user_bound:
+        os.environ.update(cpu_binding_env(ranks=opts.local_ranks))

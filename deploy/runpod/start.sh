@@ -11,6 +11,10 @@
 # - Warns when the server would listen on every interface without an API key (LDA_API_KEY).
 # - When PUBLIC_KEY is set (RunPod puts the account's SSH keys there), also starts sshd for the
 #   user running this script; sshd runs unprivileged, so its config and host keys live in ~/.ssh.
+# - LDA_RAY_START=head starts a Ray head on this node (port RAY_PORT, default 6379) before the
+#   server, whose ranks then run on the cluster (DISTRIBUTED_EXECUTOR_BACKEND=ray unless set);
+#   LDA_RAY_START=worker joins the cluster at RAY_ADDRESS (host:port) and runs no server, lending this
+#   node's GPUs to the head's server (docs/deploy/scale-out.md).
 # - Forwards SIGTERM/SIGINT to the server and exits with the server's exit code, so stopping the
 #   pod shuts vLLM down cleanly instead of killing it mid-request.
 set -euo pipefail
@@ -22,6 +26,7 @@ SSHD_DIR="${HOME}/.ssh/sshd"
 
 server_pid=""
 sshd_pid=""
+ray_command=()
 
 log() {
     printf 'start.sh: %s\n' "$*" >&2
@@ -108,6 +113,34 @@ run_selftest() {
         exit "$status"
     fi
     log "lda selftest passed"
+}
+
+# LDA_RAY_START: the node's part in a Ray cluster. Sets the command to run (a worker's is `ray start
+# --block`, which holds the node in the cluster until stopped) or starts the head before the server.
+setup_ray() {
+    local role="${LDA_RAY_START:-}" port="${RAY_PORT:-6379}"
+    case "$role" in
+        "") return 0 ;;
+        head)
+            log "LDA_RAY_START=head: starting a Ray head on port ${port}"
+            ray start --head --port="$port" --disable-usage-stats
+            # "auto": the cluster started on this machine, whatever address its head bound.
+            export RAY_ADDRESS="${RAY_ADDRESS:-auto}"
+            export DISTRIBUTED_EXECUTOR_BACKEND="${DISTRIBUTED_EXECUTOR_BACKEND:-ray}"
+            ;;
+        worker)
+            if [[ -z "${RAY_ADDRESS:-}" ]]; then
+                log "ERROR: LDA_RAY_START=worker needs RAY_ADDRESS, the head's host:port (e.g. 10.0.0.1:6379)"
+                exit 2
+            fi
+            log "LDA_RAY_START=worker: joining the Ray cluster at ${RAY_ADDRESS}; no server on this node"
+            ray_command=(ray start --address="$RAY_ADDRESS" --block --disable-usage-stats)
+            ;;
+        *)
+            log "ERROR: LDA_RAY_START must be head or worker; got '${role}'"
+            exit 2
+            ;;
+    esac
 }
 
 start_sshd() {
@@ -200,7 +233,10 @@ main() {
         start_sshd
     fi
 
-    if [[ $# -eq 0 ]]; then
+    setup_ray
+    if [[ ${#ray_command[@]} -gt 0 ]]; then
+        set -- "${ray_command[@]}"
+    elif [[ $# -eq 0 ]]; then
         set -- lda serve
     fi
     if [[ "${LDA_SELFTEST:-0}" == 1 ]]; then
