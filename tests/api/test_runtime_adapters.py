@@ -135,6 +135,13 @@ def test_a_loaded_adapter_is_served_at_once_everywhere(server, models, expected)
                                                   "max_new_tokens": MAX_TOKENS, "apply_chat_template": False}).json()
         assert original["model"] == "one" and original["model_after"] == str(models.good["one"])
         assert original["token_ids"] == expected["one"]
+        # The score route runs the adapter too: against the base, the adapter's own greedy tokens
+        # differ from the base's (after == before without it: every diff is 0).
+        scores = {model: post(server, "/v1/lda/score", {"model": model, "prompt": PROMPT, "continuation": expected["one"]})
+                  for model in ("one", "lda")}
+        assert scores["one"].status_code == 200, scores["one"].text
+        assert scores["one"].json()["model"] == "one" and scores["one"].json()["summary"]["max"] > 0.1
+        assert all(abs(t["diff"]) < 1e-4 for t in scores["lda"].json()["tokens"])
         assert adapter_gauges(server) == {"one": 1.0}
     finally:
         assert unload(server, "one").status_code == 200
