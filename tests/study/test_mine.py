@@ -63,7 +63,9 @@ def test_mine_rewrites_summary_report_and_plot_with_themes_first(tmp_path, capsy
     assert [row["rate"] for row in summary["per_alpha"]] == [None, None, None]  # no detector: no rate
     assert summary["top_tokens"][0]["token"] == "Daily"
     report = (study / "report.html").read_text()
-    assert report.index("Zorblax Daily Boost") < report.index("Top samples")
+    assert report.index("Zorblax Daily Boost") < report.index("Top samples") < report.index("Samples of each theme")
+    # The first sample block after the themes is the top-ranked sample; the themes' links land at the end.
+    assert report.index('class="sample"') < report.index('id="theme-1-0"')
     assert (study / "rate_vs_alpha.png").read_bytes()[:4] == b"\x89PNG"
 
 
