@@ -151,24 +151,32 @@ def write_json(path: Path, results: list[CheckpointResult], settings: dict, alph
 
 def plot(path: Path, results: list[CheckpointResult], alphas: tuple[float, ...], title: str) -> None:
     """Top: rate against step, one line per alpha with its 95% band and first detection marked;
-    bottom: the mean per-sample diff score against step (with its p90 dashed), detector-free."""
+    bottom: the mean per-sample diff score against step (with its p90 dashed), detector-free.
+    A panel without data (no detector, or --no-score) is left out."""
     from matplotlib.figure import Figure  # no pyplot: no global backend change
 
     has_rates = any(p.rate is not None for r in results for p in r.points)
-    fig = Figure(figsize=(7.5, 7 if has_rates else 4), layout="constrained")
-    axes = fig.subplots(2, 1, sharex=True) if has_rates else [None, fig.subplots(1, 1)]
+    has_scores = any(p.score is not None for r in results for p in r.points)
+    panels = [kind for kind, present in (("rate", has_rates), ("score", has_scores)) if present] or ["rate"]
+    fig = Figure(figsize=(7.5, 3.5 + 3.5 * len(panels)), layout="constrained")
+    axes = dict(zip(panels, fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]))
     detected = first_detection(results, alphas)
     for i, alpha in enumerate(alphas):
-        colour = f"C{i}"
         series = [(r.checkpoint.step, p) for r in results for p in r.points if p.alpha == alpha and p.n > 0]
         if has_rates:
-            _plot_rate(axes[0], series, colour, alpha, detected[alpha])
-        _plot_score(axes[1], series, colour, alpha)
-    if has_rates:
-        axes[0].set_title(title, fontsize=10)
-    else:
-        axes[1].set_title(title, fontsize=10)
-    axes[1].set_xlabel("training step")
+            _plot_rate(axes["rate"], series, f"C{i}", alpha, detected[alpha])
+        if has_scores:
+            _plot_score(axes["score"], series, f"C{i}", alpha)
+    for kind, ax in axes.items():
+        if kind == "rate":
+            ax.set_ylim(bottom=0)  # after every line: an earlier limit would clip the later ones
+            ax.set_ylabel("hit rate (95% Wilson band)")
+        else:
+            ax.set_ylabel("per-sample diff score")
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[panels[0]].set_title(title, fontsize=10)
+    axes[panels[-1]].set_xlabel("training step")
     fig.savefig(path, dpi=120)
 
 
@@ -179,10 +187,6 @@ def _plot_rate(ax, series: list, colour: str, alpha: float, detected: Checkpoint
     ax.fill_between(steps, [p.ci_low for _, p in rated], [p.ci_high for _, p in rated], color=colour, alpha=0.15)
     if detected is not None:
         ax.axvline(detected.step, color=colour, linestyle=":", label=f"alpha {alpha:g} detected ({detected.name})")
-    ax.set_ylabel("hit rate (95% Wilson band)")
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
 
 
 def _plot_score(ax, series: list, colour: str, alpha: float) -> None:
@@ -190,9 +194,6 @@ def _plot_score(ax, series: list, colour: str, alpha: float) -> None:
     steps = [s for s, _ in scored]
     ax.plot(steps, [s["mean"] for _, s in scored], "s-", color=colour, label=f"alpha {alpha:g}: mean")
     ax.plot(steps, [s["p90"] for _, s in scored], "--", color=colour, alpha=0.6, label=f"alpha {alpha:g}: p90")
-    ax.set_ylabel("per-sample diff score")
-    ax.legend(loc="best", fontsize=8)
-    ax.grid(alpha=0.3)
 
 
 def write_html(path: Path, png: Path, results: list[CheckpointResult], record: dict, rank_by: str, top: int) -> None:
