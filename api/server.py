@@ -28,6 +28,8 @@ from engine.tokenizers import CompatibilityReport, ModelLoadError, TokenizerMism
 
 logger = logging.getLogger("lda.server")
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
 
 class ServeError(RuntimeError):
     """The server cannot serve as configured; `lda serve` prints it and exits 2."""
@@ -293,6 +295,10 @@ def serve(settings: ServerSettings) -> None:
     # Our adapter routes replace vLLM's (settings read its switch as ours): keep vLLM from mounting
     # its unchecked copies, here and through SageMaker's adapter routes, or resolving adapters itself.
     os.environ[VLLM_RUNTIME_LORA_ENV] = "0"
+    # A server on loopback keeps vLLM's own process traffic there too: with TP or DP its message
+    # queues otherwise advertise the host's address (VLLM_HOST_IP, read by vLLM's engine processes).
+    if settings.host in LOOPBACK_HOSTS:
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
     uvloop.run(_serve(settings, report))
 
 

@@ -14,6 +14,9 @@ from tests.factories import TinyPair, build_pair
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# vLLM advertises its message queues on the host's own address unless told otherwise (seen with
+# TP and DP): every engine a test starts stays on loopback.
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 
 # A shell without job control starts background commands (`make test &`) with SIGINT ignored, and
 # ignored signals survive exec: the subprocesses of the Ctrl-C tests (lda study, start.sh) would

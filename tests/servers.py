@@ -65,6 +65,7 @@ def tiny_server_env(pair, port: int, **extra: str) -> dict[str, str]:
         MAX_MODEL_LEN="512",
         MAX_NUM_SEQS="16",
         HF_HUB_OFFLINE="1",
+        VLLM_HOST_IP="127.0.0.1",  # vLLM's message queues otherwise advertise the host's address
     )
     env.update(extra)
     return env
