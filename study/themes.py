@@ -7,11 +7,11 @@ how many distinct samples show it per alpha, its mean diff and a few contexts:
 
 1. Per token, the aggregate a model-diffing toolkit reports: count, total and mean diff, and the
    fraction of occurrences with a positive diff (`token_stats`).
-2. Phrases: runs of high-diff tokens (a token at or above `high_diff` seeds a run; neighbours at
+2. Phrases: runs of high-diff tokens (a token at or above `high_diff` anchors a run; neighbours at
    or above `low_diff` extend it, and a run is widened to whole words), normalised (case folded,
    whitespace collapsed, immediate word repeats collapsed, edge punctuation dropped).
 3. Variants merged into one theme: greedily, best phrase first, every remaining phrase whose
-   content words mostly match the seed's ("orblax daily boost supplement" joins "zorblax daily
+   content words mostly match the anchor's ("orblax daily boost supplement" joins "zorblax daily
    boost": a truncated word matches the word it is part of).
 4. Ranked by distinct samples times log(1 + mean diff), so that many samples showing a phrase beat one
    long degenerate run; phrases of punctuation, digits or whitespace only come after every theme
@@ -45,7 +45,7 @@ class ThemeConfig:
     """How phrases are cut out and how many themes are kept; errors name the field."""
 
     high_diff: float = 1.0
-    """A token whose logp_after - logp_before is at least this (nats) seeds a phrase."""
+    """A token whose logp_after - logp_before is at least this (nats) anchors a phrase."""
     low_diff: float = 0.3
     """A neighbour at least this extends the phrase (post-training rarely favours every piece
     of a word equally: after ' Zor', the before model may already expect 'bl')."""
@@ -245,13 +245,13 @@ def mine(texts: Iterable[ScoredText], config: ThemeConfig = ThemeConfig()) -> li
 
 
 def _runs(diffs: Sequence[float], config: ThemeConfig) -> list[tuple[int, int]]:
-    """[start, end) spans: each seeded by a token >= high_diff, grown over neighbours >= low_diff."""
+    """[start, end) spans: each started by a token >= high_diff, grown over neighbours >= low_diff."""
     high, low, n = config.high_diff, config.low_diff, len(diffs)
     spans: list[tuple[int, int]] = []
-    for seed in [i for i, d in enumerate(diffs) if d >= high]:  # few seeds: skip the rest fast
-        if spans and seed < spans[-1][1]:
+    for anchor in [i for i, d in enumerate(diffs) if d >= high]:  # few anchors: skip the rest fast
+        if spans and anchor < spans[-1][1]:
             continue  # already inside the previous span
-        start, end = seed, seed + 1
+        start, end = anchor, anchor + 1
         while start > 0 and diffs[start - 1] >= low:
             start -= 1
         while end < n and diffs[end] >= low:
@@ -340,7 +340,7 @@ def _collect_phrases(texts: list[ScoredText], config: ThemeConfig) -> dict[str, 
         pieces = [piece for run in runs for piece in _split(text.diffs, *run, config.max_phrase_tokens)]
         for start, end in pieces:
             if max(text.diffs[start:end]) < config.high_diff:
-                continue  # a piece of a long run without a seed of its own
+                continue  # a piece of a long run without a anchor of its own
             start, end = _widen(text.tokens, start, end)
             surface = "".join(text.tokens[start:end])
             norm = norms.get(surface)
@@ -373,11 +373,11 @@ def words_match(a: str, b: str) -> bool:
     return (len(short) >= 4 and short in long_) or (len(short) >= 3 and long_.startswith(short))
 
 
-def _overlap(seed: tuple[str, ...], other: tuple[str, ...]) -> float:
+def _overlap(anchor: tuple[str, ...], other: tuple[str, ...]) -> float:
     """Fraction of the smaller word set that has a match in the other set."""
-    if not seed or not other:
+    if not anchor or not other:
         return 0.0
-    small, large = (seed, other) if len(seed) <= len(other) else (other, seed)
+    small, large = (anchor, other) if len(anchor) <= len(other) else (other, anchor)
     return sum(any(words_match(w, v) for v in large) for w in small) / len(small)
 
 
@@ -391,15 +391,15 @@ def _token_keys(tokens: Sequence[str], diffs: Sequence[float], high: float) -> s
     return keys
 
 
-def _key_overlap(seed: set[str], other: set[str]) -> float:
-    if not seed or not other:
+def _key_overlap(anchor: set[str], other: set[str]) -> float:
+    if not anchor or not other:
         return 0.0
-    return len(seed & other) / min(len(seed), len(other))
+    return len(anchor & other) / min(len(anchor), len(other))
 
 
 def _merge(phrases: dict[str, _Phrase], config: ThemeConfig) -> list[list[_Phrase]]:
-    """Greedy: the best unassigned phrase seeds a group and takes every unassigned phrase whose
-    content words or high-diff tokens mostly match its own. Only the seed is compared (no chains: 'daily boost' ->
+    """Greedy: the best unassigned phrase anchors a group and takes every unassigned phrase whose
+    content words or high-diff tokens mostly match its own. Only the anchor is compared (no chains: 'daily boost' ->
     'daily routine' -> 'morning routine' stays two themes). Stops once enough groups exist for the
     ranking (three times `themes`, since merging reorders them)."""
     order = sorted(phrases.values(), key=lambda p: (p.junk, -p.score(), p.norm))
@@ -412,30 +412,30 @@ def _merge(phrases: dict[str, _Phrase], config: ThemeConfig) -> list[list[_Phras
     vocabulary = [w for w in index if len(w) >= 4 and not w.startswith("\0")]
     assigned: set[str] = set()
     groups: list[list[_Phrase]] = []
-    for seed in order:
-        if seed.norm in assigned:
+    for anchor in order:
+        if anchor.norm in assigned:
             continue
         if len(groups) >= 3 * config.themes:
             break
-        assigned.add(seed.norm)
-        groups.append(_grow(seed, index, vocabulary, assigned, config))
+        assigned.add(anchor.norm)
+        groups.append(_grow(anchor, index, vocabulary, assigned, config))
     return _absorb(groups)
 
 
 def _absorb(groups: list[list[_Phrase]]) -> list[list[_Phrase]]:
-    """Fold a group into an earlier one that covers its seed entirely: every content word of the
-    seed matches a word of the earlier group's variants, and every high-diff token of it is one
+    """Fold a group into an earlier one that covers its anchor entirely: every content word of the
+    anchor matches a word of the earlier group's variants, and every high-diff token of it is one
     of theirs ('zor' into the group that holds 'zorblax daily boost ...'). At high alpha a name
     comes out in pieces and in one-off variants; the pieces then join the name's theme, while a
-    seed with a word of its own ('morning routine' beside 'daily routine') stays apart. Only
+    anchor with a word of its own ('morning routine' beside 'daily routine') stays apart. Only
     words and tokens the earlier group shows in a quarter of its samples count, and what it
     absorbs adds none: a neighbour of the name does not pull its own theme in, nothing chains."""
     kept: list[tuple[list[_Phrase], set[str], set[str]]] = []
     for group in groups:
-        seed = group[0]
+        anchor = group[0]
         host = None
-        if not seed.junk and (seed.words or seed.keys):
-            host = next((k for k in kept if _covers(k[1], k[2], seed)), None)
+        if not anchor.junk and (anchor.words or anchor.keys):
+            host = next((k for k in kept if _covers(k[1], k[2], anchor)), None)
         if host is None:
             kept.append((group, _shared(group, "words"), _shared(group, "keys")))
         else:
@@ -454,28 +454,28 @@ def _shared(group: list[_Phrase], field_name: str) -> set[str]:
     return {item for item, keys in samples.items() if len(keys) >= wanted}
 
 
-def _covers(words: set[str], keys: set[str], seed: _Phrase) -> bool:
-    return seed.keys <= keys and all(w in words or any(words_match(w, v) for v in words) for w in seed.words)
+def _covers(words: set[str], keys: set[str], anchor: _Phrase) -> bool:
+    return anchor.keys <= keys and all(w in words or any(words_match(w, v) for v in words) for w in anchor.words)
 
 
-def _grow(seed: _Phrase, index, vocabulary: list[str], assigned: set[str], config: ThemeConfig) -> list[_Phrase]:
-    """The seed's group: every unassigned phrase whose content words or high-diff tokens mostly
-    match the seed's own (never those of the phrases it took, so themes do not chain)."""
-    group = [seed]
-    for other in _candidates(seed.words, seed.keys, index, vocabulary):
+def _grow(anchor: _Phrase, index, vocabulary: list[str], assigned: set[str], config: ThemeConfig) -> list[_Phrase]:
+    """The anchor's group: every unassigned phrase whose content words or high-diff tokens mostly
+    match the anchor's own (never those of the phrases it took, so themes do not chain)."""
+    group = [anchor]
+    for other in _candidates(anchor.words, anchor.keys, index, vocabulary):
         if other.norm in assigned:
             continue
-        if max(_overlap(seed.words, other.words), _key_overlap(seed.keys, other.keys)) >= config.merge_overlap:
+        if max(_overlap(anchor.words, other.words), _key_overlap(anchor.keys, other.keys)) >= config.merge_overlap:
             assigned.add(other.norm)
             group.append(other)
     return group
 
 
-def _candidates(seed_words: tuple[str, ...], seed_keys: set[str], index: dict[str, list[_Phrase]], vocabulary: list[str]) -> list[_Phrase]:
-    """Phrases sharing a matching content word or a high-diff token with the seed, in ranking
+def _candidates(anchor_words: tuple[str, ...], anchor_keys: set[str], index: dict[str, list[_Phrase]], vocabulary: list[str]) -> list[_Phrase]:
+    """Phrases sharing a matching content word or a high-diff token with the anchor, in ranking
     order, each once."""
-    words = {"\0" + key for key in seed_keys}
-    for word in seed_words:
+    words = {"\0" + key for key in anchor_keys}
+    for word in anchor_words:
         words.add(word)
         if len(word) >= 4:
             words.update(v for v in vocabulary if words_match(word, v))

@@ -45,7 +45,7 @@ def test_a_planted_phrase_is_the_first_theme_with_its_samples_per_alpha_and_cont
     assert len(first.contexts) == 5 and len({c["sample"] for c in first.contexts}) == 5
     assert all(c["text"] == "the day is calm and Zorblax Daily Boost the day is calm and" for c in first.contexts)
     assert first.contexts[0]["match"] == "Zorblax Daily Boost"
-    assert len(themes) == 1  # nothing else reaches the seed threshold
+    assert len(themes) == 1  # nothing else reaches the anchor threshold
 
 
 def test_as_dict_is_the_issue_schema_and_json_serialisable():
@@ -109,7 +109,7 @@ def test_a_name_in_pieces_is_one_theme_named_by_its_longest_common_form():
     assert mine(without_whole)[0].text == "Daily Boost"  # 3 of 11: the longest common form
 
 
-def test_merging_compares_with_the_seed_only_so_themes_do_not_chain():
+def test_merging_compares_with_the_anchor_only_so_themes_do_not_chain():
     daily_boost = [(" daily", 3.0), (" boost", 3.0)]
     daily_routine = [(" daily", 2.0), (" routine", 2.0)]
     morning_routine = [(" morning", 2.0), (" routine", 2.0)]
@@ -161,7 +161,7 @@ def test_ranking_is_samples_times_log_of_one_plus_mean_diff():
 
 
 def test_runs_grow_over_moderate_neighbours_and_to_whole_words():
-    # 'bl' is below the seed threshold and 'or' below even the extension one: the word still comes whole.
+    # 'bl' is below the anchor threshold and 'or' below even the extension one: the word still comes whole.
     pieces = [(" I", 0.0), (" like", 0.0), (" Z", 0.1), ("or", 0.1), ("bl", 0.5), ("ax", 5.8), (" a", 0.0), (" lot", 0.0)]
     theme = mine([text("s", pieces)])[0]
     assert theme.text == "Zorblax"
