@@ -1,7 +1,8 @@
 """The research workflow: sample a running LDA server, judge or score every answer, report.
 
 `lda study` measures how often a behaviour shows per alpha (with a detector); `lda explore` ranks
-samples by how much post-training favoured their tokens (no detector needed). One module per job:
+samples by how much post-training favoured their tokens and names what changed (no detector
+needed); `lda mine` names it again from a finished study's files. One module per job:
 
     config     typed, validated settings          prompts    the prompts sampled
     client     HTTP calls to the server(s)        pool       concurrent jobs, resumable
@@ -10,4 +11,6 @@ samples by how much post-training favoured their tokens (no detector needed). On
     detectors  hit or miss for one answer         scoring    per-token attribution from the server
     ranking    order samples by their scores      report     the self-contained HTML report
     runner     run_study, the whole workflow      cli        `lda study` / `lda explore`
+    themes     phrases -> themes (pure functions)  naming     a study's scores -> themes, tokens
+    hypothesis the optional LLM reading of themes  mine       `lda mine STUDY_DIR`
 """

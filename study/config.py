@@ -138,7 +138,7 @@ def validate_alphas(alphas: tuple[float, ...]) -> None:
 
 def validate_prompts_path(path: Path) -> None:
     if path.suffix not in (".txt", ".jsonl"):
-        raise ValueError(f"prompts_path: expected a .txt or .jsonl file, got {path}")
+        raise ValueError(f"prompts_path: expected a built-in set ({', '.join(PROMPT_SETS)}) or a .txt or .jsonl file, got {path}")
     if not path.is_file():
         raise ValueError(f"prompts_path: no such file: {path}")
 

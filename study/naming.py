@@ -39,8 +39,16 @@ class Naming:
 
 
 def scored_texts(samples: Iterable[Sample], scores: Mapping[Key, SampleScore]) -> list[ScoredText]:
-    """The scored samples as `themes.mine` takes them, in the samples' order."""
-    return [scored_text(*s.key, scores[s.key].tokens) for s in samples if s.key in scores]
+    """The scored samples as `themes.mine` takes them, in the samples' order; ValueError naming the
+    sample when a line of scores.jsonl lacks a token's text or diff."""
+    texts = []
+    for sample in samples:
+        if sample.key in scores:
+            try:
+                texts.append(scored_text(*sample.key, scores[sample.key].tokens))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"scores: the scores of {sample.key} have a malformed token record ({exc!r})") from None
+    return texts
 
 
 def name_changes(

@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from study.config import PROMPT_SETS as PROMPT_SET_NAMES
 from study.config import RAW_PROMPT_SETS, validate_prompts_path
 
 BUILTIN_PROMPTS: tuple[tuple[str, str], ...] = (

@@ -101,7 +101,7 @@ def _separation_table(separation: dict[str, dict[str, dict]]) -> str:
 
 
 def _themes_section(themes: list[Theme], ranked: list[Ranked], rank_by: str, hypothesis: str | None) -> str:
-    """The themes, best first, each with links to its samples (shown below it, theme outlined)."""
+    """The themes, best first, each with links to its samples (shown at the end, theme outlined)."""
     if not themes:
         return ""
     by_key = {sample_key(*item.sample.key): item for item in ranked}
@@ -118,7 +118,16 @@ def _themes_section(themes: list[Theme], ranked: list[Ranked], rank_by: str, hyp
             f'<div class="meta">{theme.samples} samples ({per_alpha}) &middot; mean diff {theme.mean_diff:+.2f} nats'
             f" &middot; variants: {variants}</div><div>samples: {links or 'none scored'}</div></div>"
         )
-    parts.append("<h2>Samples of each theme</h2>")
+    return "".join(parts)
+
+
+def _theme_samples(themes: list[Theme], ranked: list[Ranked], rank_by: str) -> str:
+    """Each theme's context samples, whole, the theme's tokens outlined: the themes' links land
+    here, at the end, so that the top-ranked samples still come right after the themes."""
+    if not themes:
+        return ""
+    by_key = {sample_key(*item.sample.key): item for item in ranked}
+    parts = ["<h2>Samples of each theme</h2>"]
     for number, theme in enumerate(themes, start=1):
         keys = [c["sample"] for c in theme.contexts if c["sample"] in by_key]
         for i, key in enumerate(keys):
@@ -148,7 +157,7 @@ def write_report(
         f"<p>{len(ranked)} scored samples, ranked by the {rank_by} of logp_after - logp_before per token; "
         f"the top {min(top, len(ranked))} are shown. Token colour: red = post-training made it likelier, "
         f"blue = less likely (saturates at {SATURATION:g} nats). Hover a token for its values.</p>"
-        f"{_separation_table(separation)}{blocks}"
+        f"{_separation_table(separation)}{blocks}{_theme_samples(themes or [], ranked, rank_by)}"
     )
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from study.summary import plot, summarize
 from study.themes import mine
 from study.naming import scored_texts
 from study.scoring import SampleScore
-from tests.benchmarks.fake_openai import FakeServer
+from tests.benchmarks.fake_openai import JUDGE_MODEL, FakeServer
 
 PLANT = [(" Z", 2.3), ("or", 5.3), ("bl", 0.5), ("ax", 5.8), (" Daily", 9.6), (" Boost", 7.2)]
 FILLER = [(" Take", 0.1), (" a", 0.0), (" walk", -0.2), (".", 0.0)]
@@ -62,8 +63,18 @@ def test_mine_rewrites_summary_report_and_plot_with_themes_first(tmp_path, capsy
     assert [row["rate"] for row in summary["per_alpha"]] == [None, None, None]  # no detector: no rate
     assert summary["top_tokens"][0]["token"] == "Daily"
     report = (study / "report.html").read_text()
-    assert report.index("Zorblax Daily Boost") < report.index("Top samples")
+    assert report.index("Zorblax Daily Boost") < report.index("Top samples") < report.index("Samples of each theme")
+    # The first sample block after the themes is the top-ranked sample; the themes' links land at the end.
+    assert report.index('class="sample"') < report.index('id="theme-1-0"')
     assert (study / "rate_vs_alpha.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _break_scores(root: Path) -> Path:
+    lines = (root / "scores.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    del record["tokens"][0]["diff"]
+    (root / "scores.jsonl").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    return root
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -84,6 +95,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
         (write_study, ["--judge-base-url", "ftp://x"], "judge_base_url"),
         (write_study, ["--judge-base-url", "http://127.0.0.1:9", "--hypothesis-prompt", "/no/such.txt"], "hypothesis_prompt: cannot read"),
         (write_study, ["--top", "x"], "invalid int value"),
+        (lambda root: _break_scores(write_study(root)), [], "have a malformed token record"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, make, args, message):
@@ -99,8 +111,19 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, make, args, mess
     assert (_snapshot(study) if study.exists() else None) == before
 
 
-@pytest.mark.skipif(importlib.util.find_spec("study.corpus") is not None, reason="the corpus mode is installed")
-def test_corpus_without_the_corpus_mode_is_a_clear_error(tmp_path, capsys):
+def test_corpus_is_handed_to_the_corpus_mode(tmp_path, capsys):
+    args = ["--corpus", str(tmp_path / "x.pdf"), "-o", str(tmp_path / "out")]
+    assert mine_cli(args) == 2
+    err = capsys.readouterr().err
+    if importlib.util.find_spec("study.corpus") is None:
+        assert "--corpus: the corpus mode is not installed" in err
+    else:  # study.corpus parsed the arguments: its own message names the file
+        assert "x.pdf must be a .txt or .jsonl file" in err
+    assert not (tmp_path / "out").exists() and "Traceback" not in err
+
+
+def test_corpus_without_the_corpus_mode_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "study.corpus", None)  # import study.corpus now fails
     assert mine_cli(["--corpus", str(tmp_path / "x.jsonl")]) == 2
     assert "--corpus: the corpus mode is not installed" in capsys.readouterr().err
 
@@ -162,7 +185,7 @@ def test_prompts_names_a_set_or_a_file_and_endpoint_can_override(tmp_path, capsy
         assert study_cli([*base, "--prompts", "generic", "--endpoint", "chat", "-o", str(tmp_path / "a")]) == 0
         assert {path for path, _ in fake.requests} == {"/v1/chat/completions"}
         assert study_cli([*base, "--prompts", "nonsense", "-o", str(tmp_path / "b")]) == 2
-    assert "prompts_path: expected a .txt or .jsonl file" in capsys.readouterr().err
+    assert "prompts_path: expected a built-in set (advice, generic) or a .txt or .jsonl file, got nonsense" in capsys.readouterr().err
 
 
 def test_without_a_detector_the_rate_is_none_not_zero_and_the_plot_has_no_rate(tmp_path):
@@ -175,3 +198,34 @@ def test_without_a_detector_the_rate_is_none_not_zero_and_the_plot_has_no_rate(t
     assert path.read_bytes()[:4] == b"\x89PNG"
     judged = summarize([*samples[:2], Sample("p", "q", 1.0, 9, "x", True, 1, "stop", None)], (1.0,))[0]
     assert (judged.hits, judged.rate) == (1, 1.0)  # only judged samples count towards a rate
+
+
+def test_explore_names_themes_and_asks_the_judge_for_a_hypothesis(tmp_path, monkeypatch, capsys):
+    """The runner's wiring, with the scoring pass replaced: every word of the fake's answers is a
+    token, and only the fake's secret word has a large diff."""
+    from study import runner
+    from study.scoring import ScorePass
+
+    async def fake_scores(config, samples):
+        scores = {}
+        for s in samples:
+            words = [" " + w for w in s.text.split()]
+            diffs = [6.0 if "ZORBLAX" in w else 0.1 for w in words]
+            scores[s.key] = SampleScore(s.key, _tokens(list(zip(words, diffs))), {"sum": sum(diffs), "mean": 0.1, "max": max(diffs), "argmax": 0, "tokens": len(words)})
+        return ScorePass(scores)
+
+    monkeypatch.setattr(runner, "score_samples", fake_scores)
+    out = tmp_path / "out"
+    with FakeServer() as fake:
+        args = ["--base-url", fake.url, "--alphas", "0,4", "-n", "3", "--max-tokens", "64", "--seed", "1", "-o", str(out),
+                "--no-progress", "--judge-base-url", fake.base_url, "--judge-model", JUDGE_MODEL]
+        assert study_cli(args, prog="lda explore") == 0
+        asked = [body for path, body in fake.requests if body.get("model") == JUDGE_MODEL]
+    assert len(asked) == 1 and "ZORBLAX" in asked[0]["messages"][0]["content"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary)[:2] == ["hypothesis", "themes"] and summary["hypothesis"] == "Yes."
+    assert summary["themes"][0]["text"] == "ZORBLAX"
+    printed = capsys.readouterr().out
+    assert "1. 'ZORBLAX'" in printed and "hypothesis: Yes." in printed
+    report = (out / "report.html").read_text()
+    assert report.index("Hypothesis") < report.index("ZORBLAX") < report.index("Top samples")

@@ -46,8 +46,11 @@ def _check_the_pair_plants(pair) -> None:
     rows = range(len(prompt) - 1, len(prompt) + len(plant) - 1)
     diffs = [float(a[r, t] - b[r, t]) for r, t in zip(rows, plant)]
     assert min(diffs) > 1.0 and sum(diffs) > 15, diffs
-    # Elsewhere the two models agree: the prompt's own tokens barely differ.
-    assert float((a[: len(prompt) - 1] - b[: len(prompt) - 1]).abs().max()) < 1.0 or len(prompt) == 1
+    # Elsewhere the two models agree: over the prompt, every other token's diff is only the
+    # normalisation's share of the plant's first token (which is likelier everywhere).
+    others = (a - b)[: len(prompt)]
+    others[:, plant[0]] = 0.0
+    assert float(others.abs().max()) < 0.1
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,38 @@ def test_variants_merge_into_one_theme():
     assert len(themes) == 2
 
 
+def test_fragments_of_a_word_join_it_by_their_high_diff_tokens_but_stopwords_link_nothing():
+    word = [(" Z", 2.0), ("or", 5.0), ("bl", 4.0), ("ax", 5.0)]
+    fragments = [[(" Z", 2.0), ("or", 5.0)], [(" Z", 3.0)], [(" f", 1.5), ("bl", 4.0), ("ax", 4.0)]]
+    texts = [text(f"w{i}", filler(3) + [(".", 0.0)] + word + filler(3)) for i in range(5)]
+    texts += [text(f"f{i}-{j}", filler(3) + [(".", 0.0)] + f + filler(3)) for i, f in enumerate(fragments) for j in range(2)]
+    # ' the' is high-diff in both phrases below, yet the phrases have nothing else in common.
+    texts += [text(f"t{j}", [(".", 0.0), (" the", 3.0), (" Bonjour", 3.0), (".", 0.0)]) for j in range(3)]
+    texts += [text(f"u{j}", [(".", 0.0), (" the", 3.0), (" Hola", 3.0), (".", 0.0)]) for j in range(2)]
+    themes = mine(texts)
+    assert themes[0].text == "Zorblax" and themes[0].samples == 11
+    assert {t.text for t in themes[1:]} == {"the Bonjour", "the Hola"}
+
+
+def test_a_name_in_pieces_is_one_theme_named_by_its_longest_common_form():
+    # At high alpha: the piece 'Boost' alone in many samples, the longer forms in fewer, 'Zor' alone.
+    boost = [(" Boost", 1.4)]
+    daily = [(" Daily", 2.0), (" Boost", 3.0)]
+    whole = [(" Z", 2.3), ("or", 5.3), ("bl", 9.0), ("ax", 5.8), (" Daily", 9.6), (" Boost", 7.2)]
+    zor = [(" Z", 2.0), ("or", 5.0)]
+    pieces = [(boost, 6), (daily, 3), (whole, 3), (zor, 2)]
+    texts = [text(f"{n}-{i}", filler(3) + [(".", 0.0)] + piece + filler(3))
+             for n, (piece, count) in enumerate(pieces) for i in range(count)]
+    texts += [text(f"other{i}", filler(3) + [(" Bonjour", 2.0)] + filler(3)) for i in range(2)]
+    themes = mine(texts)
+    # 'Zor' is absorbed ('z' is in a quarter of the theme's samples); the whole name, in 3 of 14
+    # samples (over a fifth), names the theme although 'Boost' alone is the commonest variant.
+    assert [t.text for t in themes] == ["Zorblax Daily Boost", "Bonjour"]
+    assert themes[0].samples == 14 and {"zor", "zorblax daily boost", "boost", "daily boost"} <= set(themes[0].variants)
+    without_whole = [t for t in texts if not t.key.startswith("2-")]
+    assert mine(without_whole)[0].text == "Daily Boost"  # 3 of 11: the longest common form
+
+
 def test_merging_compares_with_the_seed_only_so_themes_do_not_chain():
     daily_boost = [(" daily", 3.0), (" boost", 3.0)]
     daily_routine = [(" daily", 2.0), (" routine", 2.0)]
@@ -109,6 +141,17 @@ def test_many_samples_beat_one_long_degenerate_run():
     assert themes[1].samples == 1
 
 
+def test_a_long_favoured_run_is_split_around_the_name_not_through_it():
+    # At high alpha most tokens are somewhat favoured: one run of 33 tokens, the name in its middle.
+    favoured = [(w, 1.2) for w in (" you", " should", " really", " try", " this", " today", " it", " helps",
+                                   " every", " single", " morning", " and", " night", " too")]
+    texts = [text(f"s{i}", [(".", 0.0)] + favoured + [(" with", 0.4)] + PLANT + [(" for", 0.4)] + favoured[:12])
+             for i in range(3)]
+    themes = mine(texts)
+    assert themes[0].text == "Zorblax Daily Boost"
+    assert all(o.end - o.start <= 12 for t in themes for o in t.occurrences)
+
+
 def test_ranking_is_samples_times_log_of_one_plus_mean_diff():
     strong_rare = [text(f"r{i}", filler(2) + [(" Xylo", 6.0)] + filler(2)) for i in range(2)]
     weak_common = [text(f"c{i}", filler(2) + [(" Mellow", 1.5)] + filler(2)) for i in range(10)]
@@ -135,7 +178,7 @@ def test_config_bounds_the_number_of_themes_and_contexts():
 @pytest.mark.parametrize(
     ("field", "value"),
     [("high_diff", 0.0), ("high_diff", float("nan")), ("low_diff", 2.0), ("themes", 0), ("themes", 1001),
-     ("contexts", -1), ("merge_overlap", 0.0), ("max_phrase_tokens", 0)],
+     ("contexts", -1), ("merge_overlap", 0.0), ("max_phrase_tokens", 2)],
 )
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field}:"):
@@ -163,6 +206,7 @@ def test_helpers():
     assert normalize("  Zorblax   Daily Boost Boost! ") == "zorblax daily boost"
     assert normalize("...") == "..."
     assert normalize("buy now buy now buy now Buy Now!") == "buy now"
+    assert normalize("Zorblaxzorblax") == "zorblax" and normalize("mississippi") == "mississippi"
     assert normalize("a b c d a b c d e") == "a b c d e" and normalize("no no, no") == "no no, no"
     assert content_words("the zorblax of daily boost 1 22 333") == ("zorblax", "daily", "boost", "333")
     assert words_match("orblax", "zorblax") and not words_match("ax", "zorblax") and not words_match("boost", "daily")
