@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.adapters import AdapterSpec, check_same_base, max_lora_rank, read_adapter, same_model, valid_lora_rank
-from engine.one_pass import MAX_PROMOTED_K, num_columns
 
-SCORING_MAX_LOGPROBS = num_columns(MAX_PROMOTED_K) - 1
+SCORING_MAX_LOGPROBS = 42
+"""engine.one_pass.num_columns(MAX_PROMOTED_K) - 1, written out so that this module stays free of
+torch (tests/engine/test_one_pass.py checks the two agree)."""
 
 PAIR_ARCHITECTURE = "LDAPairForCausalLM"
 # Keys this project adds to the after model's hf_config through `hf_overrides`; they survive into

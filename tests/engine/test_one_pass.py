@@ -97,3 +97,9 @@ def test_k_0_packs_the_three_values_only():
     ids, values, ranks = pack_columns(logp_after, logp_after, logp_before, targets, 0, 36)
     assert ids.shape == values.shape == (3, num_columns(0)) and ranks.tolist() == [PACKED_RANK] * 3
     assert torch.equal(values[:, 2], logp_before[torch.arange(3), targets])
+
+
+def test_the_engine_allows_the_columns_of_the_largest_k():
+    from engine.config import SCORING_MAX_LOGPROBS
+
+    assert SCORING_MAX_LOGPROBS == num_columns(MAX_PROMOTED_K) - 1
