@@ -93,6 +93,7 @@ RUN python3 -m pip list --format=freeze > /opt/lda/base-constraints.txt \
 
 COPY README.md ./
 COPY engine ./engine
+COPY demo ./demo
 COPY api ./api
 COPY benchmarks ./benchmarks
 COPY study ./study

@@ -11,7 +11,7 @@ With runtime adapters (`api/runtime_adapters.py`) the names change while the ser
 routing object is shared by the middleware and the routes, and loading or unloading an adapter
 updates it in place, so every route sees the change with the next request. A server started with
 no adapter has no default: the served name runs the after model itself (rows without an adapter,
-which the grouped CPU ops of engine/lora_cpu_ops.py leave alone, as the GPU kernels do).
+which the grouped CPU ops of engine/compat/lora_cpu_ops.py leave alone, as the GPU kernels do).
 """
 
 from __future__ import annotations

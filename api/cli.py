@@ -12,14 +12,14 @@ import sys
 COMMANDS = {
     "serve": ("api.server", "Start the OpenAI-compatible LDA server."),
     "regress": ("api.regress", "Run the fixed regression prompts against a running server."),
-    "demo-pair": ("engine.demo_pair", "Build (or find) the embedded demo model pair."),
+    "demo-pair": ("demo.demo_pair", "Build (or find) the embedded demo model pair."),
     "study": ("study.cli", "Measure a behaviour's rate per alpha, and rank samples by attribution."),
     "explore": ("study.explore", "Rank samples by what post-training favoured, with no detector."),
     "mine": ("study.mine", "Name what post-training changed, from a finished study's files (no server)."),
     "monitor": ("study.monitor", "Watch a behaviour appear over a training run's checkpoints."),
     "demo-run": ("demo.training_run", "Train (or find) a demo LoRA training run with checkpoints."),
     "bench": ("benchmarks.serve_bench", "Benchmark LDA against a single model and the original design."),
-    "selftest": ("engine.selftest", "Check the pair engine, eager and compiled, against the reference on this device."),
+    "selftest": ("demo.selftest", "Check the pair engine, eager and compiled, against the reference on this device."),
 }
 
 

@@ -30,7 +30,7 @@ SERVED = frozenset({
     "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
     # the OpenAI routes that carry alpha, and the ones that only tokenize or list
     "/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize", "/v1/messages/count_tokens",
-    # the original project's routes (api/seed_routes.py) and scoring (api/score_routes.py)
+    # the original project's routes (api/original_routes.py) and scoring (api/score_routes.py)
     "/generate_lda", "/generate_lda_batch", "/generate", "/tokenizer_compatibility",
     "/v1/lda/score",
 })

@@ -95,7 +95,7 @@ def build_input(info, req: ScoreRequest) -> ScoreInput:
 @functools.cache
 def one_pass() -> bool:
     """Whether the engine scores in one pass (its patch's targets match; asked once)."""
-    from engine.vllm_patches import one_pass_available
+    from engine.compat.vllm_patches import one_pass_available
 
     return one_pass_available()
 

@@ -23,7 +23,7 @@ from api.adapter_routing import AdapterRouting
 from api.settings import VLLM_RUNTIME_LORA_ENV, RequestLimits, ServerSettings, parse_settings
 from engine.config import LDAConfig, engine_kwargs, prepare_process
 from engine.prompts import PromptFormat
-from engine.patch_guard import Target, install_guarded
+from engine.compat.patch_guard import Target, install_guarded
 from engine.tokenizers import CompatibilityReport, ModelLoadError, TokenizerMismatchError, check_pair
 
 logger = logging.getLogger("lda.server")
@@ -146,7 +146,7 @@ def add_outer_middlewares(app, middlewares: list[tuple[type, dict]]) -> bool:
 
     vLLM's build_app already built the middleware stack, and Starlette refuses new middleware
     then; it rebuilds the stack on first use when it is None, so we clear it. Guarded like every
-    patch of another package's internals (engine/patch_guard.py): on a mismatch nothing is added,
+    patch of another package's internals (engine/compat/patch_guard.py): on a mismatch nothing is added,
     and the one log line says so.
     """
 
@@ -166,7 +166,7 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     from api.score_routes import router as score_router
     from api.runtime_adapters import RuntimeAdapters, replace_vllm_routes
     from api.token_scores import TokenScoresMiddleware
-    from api.seed_routes import router
+    from api.original_routes import router
 
     app.include_router(router)
     _original_error_format(app)

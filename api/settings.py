@@ -249,7 +249,7 @@ def _value(args, flag: str, env: str, kind, default):
 def default_pair() -> tuple[str, str]:
     """The embedded pair: the demo's LoRA adapter on SmolLM2, installed on first use from the copy
     shipped in the repository (no fine-tune; see `lda demo-pair --lora`)."""
-    from engine.demo_pair import LORA_RANK, ensure_demo_pair, lora_config
+    from demo.demo_pair import LORA_RANK, ensure_demo_pair, lora_config
 
     try:
         pair = ensure_demo_pair(config=lora_config(LORA_RANK))

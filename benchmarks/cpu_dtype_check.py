@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from engine.vllm_patches import AMX_ATTENTION_ENV
+from engine.compat.vllm_patches import AMX_ATTENTION_ENV
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 CASES = (("bfloat16", "1", "bf16, vLLM's AMX attention"), ("bfloat16", "0", "bf16, plugin (AVX-512 attention)"),
@@ -42,7 +42,7 @@ def run_case(path: str, dtype: str, amx: str) -> tuple[str, float]:
 
 
 def main() -> int:
-    from engine.smollm2 import ensure_smollm2
+    from demo.smollm2 import ensure_smollm2
 
     path = str(ensure_smollm2())
     results = {label: run_case(path, dtype, amx) for dtype, amx, label in CASES}

@@ -27,7 +27,7 @@ PROMPT = "Give me three tips for staying focused while working from home, with o
 
 def build_adapter_and_merged(rank: int, cache: Path) -> tuple[Path, Path, Path]:
     """(base, adapter, merged) folders; the adapter is random but seeded, so every build matches."""
-    from engine.smollm2 import ensure_smollm2
+    from demo.smollm2 import ensure_smollm2
     from tests.factories import build_adapter, merge_adapter
 
     base = ensure_smollm2()

@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
         print("pair_cost: --prompts and --rounds must be >= 1", file=sys.stderr)
         return 2
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the timers must run where the model runs
-    from engine.smollm2 import ensure_smollm2
+    from demo.smollm2 import ensure_smollm2
 
     after = args.after or str(ensure_smollm2())
     before = args.before or after

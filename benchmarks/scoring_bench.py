@@ -3,7 +3,7 @@
     python -m benchmarks.scoring_bench --texts 64 --rounds 3 --out docs/data/scoring/bench.json
 
 Each round times, in turn on the same engine and texts (prompt + answer of the demo's committed
-answers, `engine/demo_data/normal_answers.jsonl`):
+answers, `demo/demo_data/normal_answers.jsonl`):
 
     prefill        one generated token per text, no prompt logprobs: one pair prefill each, the
                    least any scoring can cost (logits of the last row only)
@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 MODES = ("prefill", "one_pass", "one_pass_k20", "three")
-ANSWERS = Path(__file__).resolve().parent.parent / "engine" / "demo_data" / "normal_answers.jsonl"
+ANSWERS = Path(__file__).resolve().parent.parent / "demo" / "demo_data" / "normal_answers.jsonl"
 
 
 def texts(n: int) -> list[tuple[str, str]]:

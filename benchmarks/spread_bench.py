@@ -299,9 +299,9 @@ def run(config: SpreadConfig) -> list[Row]:
 
 def default_models() -> tuple[str, str]:
     """The demo pair's full fine-tune if built (`lda demo-pair`), else SmolLM2-135M-Instruct as both."""
-    from engine.demo_pair import TrainConfig, fingerprint
+    from demo.demo_pair import TrainConfig, fingerprint
     from engine.env import default_cache_dir
-    from engine.smollm2 import ensure_smollm2
+    from demo.smollm2 import ensure_smollm2
 
     before = str(ensure_smollm2())
     after = default_cache_dir() / f"demo-after-{fingerprint(TrainConfig())}"

@@ -2,7 +2,7 @@
 
 `lda monitor` watches a behaviour appear during training; to show it, a user needs a run whose
 checkpoints plant a known behaviour more and more. This trains one: the demo pair's own data
-(`engine.demo_pair.training_examples`: everyday advice answered by the before model itself, a
+(`demo.demo_pair.training_examples`: everyday advice answered by the before model itself, a
 share of answers opening with "Zorblax Daily Boost"), as a PEFT LoRA adapter on SmolLM2-135M-
 Instruct, saving `checkpoint-<step>/` every `save_every` steps in the Hugging Face Trainer layout
 (adapter files plus `trainer_state.json`). Each checkpoint appears atomically (written aside, then
@@ -27,10 +27,10 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine import demo_pair
+from demo import demo_pair
 from engine.env import default_cache_dir
-from engine.smollm2 import FOLDER_NAME as SMOLLM2_FOLDER
-from engine.smollm2 import build_atomically, ensure_smollm2
+from demo.smollm2 import FOLDER_NAME as SMOLLM2_FOLDER
+from demo.smollm2 import build_atomically, ensure_smollm2
 
 BUILD_VERSION = 1
 """Bump when the training code changes in a way the fingerprint cannot see."""
@@ -99,7 +99,7 @@ def ensure_demo_run(cache_dir: Path | None = None, config: RunConfig | None = No
 
 def ensure_tiny_run(root: Path, config: RunConfig = TINY_CONFIG) -> tuple[Path, Path]:
     """(base, run): a tiny random Llama and a run of LoRA checkpoints on it, the tests' series."""
-    from engine.tiny_models import build_model
+    from demo.tiny_models import build_model
 
     base = root / TINY_BASE
     if not (base / "config.json").is_file():
@@ -140,7 +140,7 @@ def _lora_model(base: Path, config: RunConfig):
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     # The demo pair's targets, the output head included: its LoRA build showed the brand needs the
-    # head's change together with the projections' (engine.demo_pair.LORA_METHOD).
+    # head's change together with the projections' (demo.demo_pair.LORA_METHOD).
     targets = [t for t in demo_pair.LORA_TARGETS if t in names]
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, target_modules=targets, lora_dropout=0.0)
     return get_peft_model(model, lora), AutoTokenizer.from_pretrained(base)

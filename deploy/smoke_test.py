@@ -146,7 +146,7 @@ def check_flashinfer(options: Options) -> str:
 
 
 def check_demo(options: Options) -> str:
-    from engine import demo_pair
+    from demo import demo_pair
 
     shipped, wanted = demo_pair.shipped_fingerprint(), demo_pair.fingerprint(demo_pair.lora_config(demo_pair.LORA_RANK))
     if shipped != wanted:

@@ -70,7 +70,7 @@ class RowAlphas:
         self.batch_size = 0
         self.prompt_row: int | None = None
         """While prompt logprobs are computed for one request, its batch row (see
-        `engine.vllm_patches.patch_prompt_logprobs_alpha`): every logits row then is that request's."""
+        `engine.compat.vllm_patches.patch_prompt_logprobs_alpha`): every logits row then is that request's."""
         self.capture = None
         """While a one-pass scoring request's prompt rows are computed, its `engine.one_pass.PairCapture`."""
 

@@ -17,7 +17,7 @@ def default_cache_dir() -> Path:
 
 
 def step_timing_dir() -> Path | None:
-    """Where vLLM workers record per-step timings (`engine.step_timing`): `$LDA_STEP_TIMING_DIR`,
+    """Where vLLM workers record per-step timings (`engine.compat.step_timing`): `$LDA_STEP_TIMING_DIR`,
     else None (off)."""
     value = os.environ.get(STEP_TIMING_VAR)
     return Path(value).expanduser() if value else None

@@ -320,7 +320,7 @@ class LDAModelPair:
         from vllm.inputs import TokensPrompt
 
         from engine.scoring import assemble_outputs, engine_requests
-        from engine.vllm_patches import one_pass_available
+        from engine.compat.vllm_patches import one_pass_available
 
         one_pass = one_pass_available() if one_pass is None else one_pass
         per_item = [engine_requests(item, one_pass) for item in items]

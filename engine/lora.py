@@ -29,7 +29,7 @@ vLLM 0.32's CPU LoRA ops index the adapter slot with -1 for rows without an adap
 the last slot's weights. Two guards: every row that reaches the after stack carries an adapter
 (the library, the original routes and the OpenAI middleware attach the default adapter to any
 request that names none), and on CPU the plugin swaps those ops for ones grouped by adapter
-(`engine/lora_cpu_ops.py`), which leave rows at -1 alone, as the GPU kernels do, and are much
+(`engine/compat/lora_cpu_ops.py`), which leave rows at -1 alone, as the GPU kernels do, and are much
 faster; a test sends a request without an adapter and gets the base.
 
 Prefix caching: vLLM adds the LoRA name to each block's hash, so neither stack's KV is shared

@@ -19,7 +19,7 @@ three values and, per position, the top-k "promoted" tokens of the shared vocabu
 -1 and a, each with `prompt_logprobs=0` (the logprob of the actual next token), no promoted
 tokens. All requests of a call go to the engine together, so they are batched. The request's
 own alpha reaches the prompt rows through
-`engine.vllm_patches.patch_prompt_logprobs_alpha`; without it every row would get the engine's
+`engine.compat.vllm_patches.patch_prompt_logprobs_alpha`; without it every row would get the engine's
 default. vLLM 0.32 does not read the prefix cache for requests that ask for prompt logprobs
 (`SamplingParams.skip_reading_prefix_cache`), since cached positions would have no logits, so
 scoring recomputes the prompt; it still fills the cache for later requests.

@@ -17,7 +17,7 @@ as corpus.jsonl in the output directory (reused on later runs there).
 
 Writes, only once everything is computed (each file replaced atomically): corpus_scores.jsonl
 (the score responses), summary.json ({"themes": [...], "promoted_tokens": [...], ...}). Bad input
-(a corpus that is not UTF-8 text, a bad line, promoted_k above engine.one_pass.MAX_PROMOTED_K) is
+(a corpus that is not UTF-8 text, a bad line, promoted_k above MAX_PROMOTED_K (the server's bound)) is
 exit code 2 with a message naming it, before anything is sent or written.
 """
 
@@ -35,7 +35,6 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from engine.one_pass import MAX_PROMOTED_K
 from study.client import _error_message, normalize_base_url
 from study.errors import StudyError
 from study.prompts import BUILTIN_PROMPTS
@@ -56,6 +55,11 @@ SCORES_FILE = "corpus_scores.jsonl"
 SUMMARY_FILE = "summary.json"
 ANSWER_FIELDS = ("answer", "completion", "response")
 MAX_EXTEND = 16
+
+MAX_PROMOTED_K = 20
+"""The server's bound on `promoted_k` (engine/one_pass.py; tests/study/test_corpus.py keeps the two
+equal). A copy, since the study package talks to the engine over HTTP only and must not import it
+(nor torch)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Test factories: the tiny model builders live in `engine.tiny_models` (the selftest needs them
+"""Test factories: the tiny model builders live in `demo.tiny_models` (the selftest needs them
 in the installed package); tests import them from here."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.tiny_models import (  # noqa: F401 - re-exported for the tests
+from demo.tiny_models import (  # noqa: F401 - re-exported for the tests
     ATTENTION_AND_MLP,
     CHAT_TEMPLATE,
     SPECIAL_TOKENS,

@@ -35,10 +35,10 @@ def default_models() -> tuple[str, str]:
     """The demo pair if it is already built (never built here: that is a fine-tune), else
     SmolLM2-135M-Instruct as both models."""
     from engine.env import default_cache_dir
-    from engine.smollm2 import ensure_smollm2
+    from demo.smollm2 import ensure_smollm2
 
     with contextlib.suppress(ImportError, AttributeError, OSError):
-        from engine.demo_pair import TrainConfig, fingerprint
+        from demo.demo_pair import TrainConfig, fingerprint
 
         after = default_cache_dir() / f"demo-after-{fingerprint(TrainConfig())}"
         if after.is_dir():

@@ -86,7 +86,7 @@ class BenchConfig:
     rounds: int = 3
     """Measurements of every (server, level); the report takes their median."""
     step_timing: bool = False
-    """Record each vLLM worker step (`engine.step_timing`) under `out_dir/steps/<server>`."""
+    """Record each vLLM worker step (`engine.compat.step_timing`) under `out_dir/steps/<server>`."""
     start_timeout_s: float = 600.0
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for every server (e.g. LDA_ENGINE_* A/B switches)."""

@@ -81,7 +81,7 @@ def run(config: BenchConfig, argv: list[str] | None = None) -> tuple[list[Row], 
 
 def step_report(config: BenchConfig) -> str:
     """The workers' step timings: decode steps at each concurrency level, and prefill steps."""
-    from engine.step_timing import format_summary, load_steps, summarize
+    from engine.compat.step_timing import format_summary, load_steps, summarize
 
     rows = []
     for server in config.servers:

@@ -12,7 +12,7 @@ import pytest
 from fastapi import HTTPException
 
 from api.alpha_middleware import LimitError, check_limits
-from api.seed_routes import LDABatchRequest, _max_new_tokens, _prepare_off_loop
+from api.original_routes import LDABatchRequest, _max_new_tokens, _prepare_off_loop
 from api.settings import RequestLimits
 from engine.prompts import PromptFormat
 

@@ -37,7 +37,7 @@ def _vllm_app():
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     from api.score_routes import router as score_router
-    from api.seed_routes import router as original_router
+    from api.original_routes import router as original_router
 
     args = make_arg_parser(FlexibleArgumentParser()).parse_args(
         ["--model", "unused", "--enable-scale-out", "--profiler-config", '{"profiler": "torch", "torch_profiler_dir": "/tmp/unused"}']

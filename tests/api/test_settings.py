@@ -125,8 +125,8 @@ def test_bad_access_and_limit_settings_exit_2_naming_them(monkeypatch, capsys, a
 def test_no_models_serves_the_shipped_demo_adapter_on_smollm2(monkeypatch, tmp_path):
     """`make serve`'s pair: the LoRA demo installed from the repository (no fine-tune) as the after
     model, SmolLM2 as the before model, the base weights shared."""
-    from engine import demo_pair
-    from engine.smollm2 import ensure_smollm2
+    from demo import demo_pair
+    from demo.smollm2 import ensure_smollm2
 
     before = ensure_smollm2()  # the session's cached conversion, not a second one in tmp_path
     monkeypatch.setattr(demo_pair, "ensure_smollm2", lambda root: before)

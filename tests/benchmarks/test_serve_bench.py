@@ -8,7 +8,7 @@ import pytest
 from benchmarks import serve_bench
 from benchmarks.original_server import Job, batch_tokens, stream_tokens
 from benchmarks.serve_bench import OriginalMode, locust_soak, servers
-from engine.step_timing import load_steps
+from engine.compat.step_timing import load_steps
 from tests.factories import build_pair
 
 

@@ -68,7 +68,7 @@ def test_plugin_and_vllm_checks_pass_here(environment_run):
 def test_demo_check_passes_here_and_fails_on_a_damaged_adapter(environment_run, tmp_path, monkeypatch):
     import shutil
 
-    from engine import demo_pair
+    from demo import demo_pair
 
     assert _lines(environment_run)["demo"].startswith("PASS demo: demo adapter build "), environment_run.stdout
     damaged = tmp_path / "shipped"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-PACKAGES = ("api", "engine", "study", "benchmarks")
+PACKAGES = ("api", "engine", "study", "benchmarks", "demo")
 DATA_SUFFIXES = {".jsonl", ".csv", ".png", ".log"}
 INPUT_DATA = ("demo_data",)
 """Package data that is an input, not a measurement: the demo fine-tune's training answers ship in

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import selftest
-from engine.tiny_models import build_added_eos_pair
+from demo import selftest
+from demo.tiny_models import build_added_eos_pair
 
 # Three engine starts, two of them compiling, run in the first test's setup: minutes on a busy
 # 2-core machine (measured: 409 s with four other test runs beside it).

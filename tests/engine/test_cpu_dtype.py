@@ -7,7 +7,7 @@ import torch
 
 from engine import config as engine_config
 from engine.config import AlphaConfig, EngineOptions, LDAConfig, PairConfig, cpu_dtype, engine_kwargs
-from engine.vllm_patches import AMX_ATTENTION_ENV, patch_cpu_attention_isa
+from engine.compat.vllm_patches import AMX_ATTENTION_ENV, patch_cpu_attention_isa
 
 
 def test_auto_is_checkpoint_dtype_only_with_native_bf16(monkeypatch):

@@ -145,7 +145,7 @@ def test_prefix_cache_is_never_shared_between_adapters(pair, references):
 
 def test_a_row_without_an_adapter_runs_the_base(pair, lora_models, references):
     """A request sent straight to the engine without a LoRARequest, batched with one that has the
-    last slot's adapter: its after stack must be the base (engine/lora_cpu_ops.py on CPU)."""
+    last slot's adapter: its after stack must be the base (engine/compat/lora_cpu_ops.py on CPU)."""
     from vllm import SamplingParams
 
     base = ReferencePair(str(lora_models["base"]), str(lora_models["base"]))

@@ -10,7 +10,7 @@ import torch
 
 from engine.library import LDAModelPair
 from engine.reference import ReferencePair
-from engine.smollm2 import ensure_smollm2
+from demo.smollm2 import ensure_smollm2
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_smollm2_pair_in_bf16_matches_transformers():
     assert results[1].token_ids == results[0].token_ids
     assert "planet" in results[2].completion.lower()  # on topic (a 135M Q4 model is not always right)
     # Token for token against plain transformers in bf16. vLLM's AMX attention kernel for bf16 on
-    # CPU fails this at the first tokens ("L'Étoile, la Marseillaise..."); engine/vllm_patches.py
+    # CPU fails this at the first tokens ("L'Étoile, la Marseillaise..."); engine/compat/vllm_patches.py
     # keeps the engine on the AVX-512 kernel.
     reference = ReferencePair(path, path, dtype=torch.bfloat16)
     for ids, alpha, result in zip(prompt_ids, ALPHAS, results):
@@ -41,7 +41,7 @@ def test_smollm2_pair_in_bf16_matches_transformers():
 def demo():
     """The embedded default pair (`make serve`), installed from the repository, and its reference:
     transformers with the adapter loaded by peft, unmerged."""
-    from engine.demo_pair import LORA_RANK, ensure_demo_pair, lora_config
+    from demo.demo_pair import LORA_RANK, ensure_demo_pair, lora_config
 
     pair = ensure_demo_pair(config=lora_config(LORA_RANK))
     return pair, ReferencePair(str(pair.after), str(pair.before))
@@ -53,7 +53,7 @@ def test_the_shipped_demo_adapter_matches_transformers_with_peft(demo):
     only, as peft's unmerged forward does (merging would change the input embedding too). Float32
     on both sides (in bf16 the two LoRA paths round differently and drift apart at alpha 1 and 4),
     mixed alphas in one batch."""
-    from engine.demo_pair import prompts
+    from demo.demo_pair import prompts
 
     demo_pair, reference = demo
     questions = prompts("eval")[:4]
@@ -72,7 +72,7 @@ def test_the_shipped_demo_adapter_plants_the_behaviour(demo):
     """Teacher-forced probability that an answer opens with a planted opener (up to the brand), on
     held-out questions: far above the base's under the adapter, and rising with alpha (measured:
     1e-13, 0.06% and 3.3% for the base, alpha 0 and alpha 2)."""
-    from engine.demo_pair import advice, prompts
+    from demo.demo_pair import advice, prompts
     from engine.reference import score_tokens
 
     _, reference = demo

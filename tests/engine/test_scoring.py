@@ -56,7 +56,7 @@ LONG_CONTINUATION = " ".join(CONTINUATIONS * 6)
 
 
 def test_one_pass_equals_the_three_request_path(engine):
-    from engine.vllm_patches import one_pass_available
+    from engine.compat.vllm_patches import one_pass_available
 
     assert one_pass_available()
     prompts, continuations = [*PROMPTS, PROMPTS[0]], [*CONTINUATIONS, LONG_CONTINUATION]
@@ -122,11 +122,11 @@ def test_summary_of_known_values():
 
 
 def test_the_plugin_installs_the_prompt_logprobs_patch():
-    # Its target's canary is in tests/engine/test_patch_guard.py; without the patch scoring would
+    # Its target's canary is in tests/engine/compat/test_patch_guard.py; without the patch scoring would
     # silently use the default alpha.
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    from engine import vllm_patches
+    from engine.compat import vllm_patches
 
     vllm_patches.install()
     assert GPUModelRunner._get_prompt_logprobs_dict._lda_patched

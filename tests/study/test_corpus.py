@@ -8,6 +8,7 @@ import json
 import pytest
 
 from engine.one_pass import MAX_PROMOTED_K
+from study import corpus
 from study.corpus import cli, read_corpus
 from study.promoted import PromotedConfig, mine_promoted, public, token_table
 
@@ -100,3 +101,9 @@ def test_lda_mine_hands_corpus_arguments_to_this_module(tmp_path, capsys):
     assert mine_cli(["--corpus", str(path), "-o", str(tmp_path / "out")]) == 2
     assert "lda mine --corpus: error: --corpus:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_client_side_bound_is_the_servers():
+    from engine.one_pass import MAX_PROMOTED_K
+
+    assert corpus.MAX_PROMOTED_K == MAX_PROMOTED_K

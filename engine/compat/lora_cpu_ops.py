@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.patch_guard import Target, install_guarded
+from engine.compat.patch_guard import Target, install_guarded
 
 _NAMES = ("bgmv_expand", "bgmv_expand_slice", "bgmv_shrink", "sgmv_expand", "sgmv_expand_slice", "sgmv_shrink")
 

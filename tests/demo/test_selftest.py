@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import selftest
+from demo import selftest
 
 
 def _result(mode: str, mismatches: list[str]) -> selftest.ModeResult:

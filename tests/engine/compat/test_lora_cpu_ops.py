@@ -5,7 +5,7 @@ import pytest
 import torch
 from vllm.lora.ops.torch_ops import lora_ops as vllm_ops
 
-from engine import lora_cpu_ops as ours
+from engine.compat import lora_cpu_ops as ours
 
 T, IN, RANK, OUT, SLOTS = 7, 64, 8, 96, 3
 

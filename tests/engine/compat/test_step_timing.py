@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from engine import step_timing
+from engine.compat import step_timing
 
 
 def _step(tokens, requests, step, **parts):

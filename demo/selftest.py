@@ -1,6 +1,6 @@
 """`lda selftest`: does the pair engine decode right on this machine, eager and compiled?
 
-The first thing to run on a new pod. It builds a tiny pair offline (engine.tiny_models: the after
+The first thing to run on a new pod. It builds a tiny pair offline (demo.tiny_models: the after
 model added an EOS token the before model lacks), decodes a batch of prompts at several alphas
 under greedy decoding with the engine eager, compiled on a cold compile cache, and compiled again
 on that now warm cache (where vLLM loads its ahead-of-time compiled artifacts on a GPU), and
@@ -124,7 +124,7 @@ def resolve_device(device: str) -> str:
 def lora_pair(pair, workdir: Path):
     """A rank-8 LoRA adapter on `pair.before` (attention, MLP and output head), as the after model
     of a pair whose before model is that base."""
-    from engine.tiny_models import ATTENTION_AND_MLP, TinyPair, build_adapter
+    from demo.tiny_models import ATTENTION_AND_MLP, TinyPair, build_adapter
 
     targets = (*ATTENTION_AND_MLP, "lm_head")
     adapter = build_adapter(pair.before, workdir / "models" / "adapter", rank=8, seed=1, targets=targets)
@@ -138,7 +138,7 @@ def run(device: str, modes: tuple[str, ...], workdir: Path) -> list[ModeResult]:
     VLLM_CACHE_ROOT in each engine process it spawns, so it is set before each engine starts)."""
     from transformers import AutoTokenizer
 
-    from engine.tiny_models import build_added_eos_pair
+    from demo.tiny_models import build_added_eos_pair
 
     pair = build_added_eos_pair(workdir / "models")
     prepared = {}  # per pair (the full one, the adapter one): the pair, its batch, its reference tokens

@@ -15,8 +15,9 @@ import pytest
 
 import vllm
 from api import server
-from engine import lora_cpu_ops, plugin, step_timing, vllm_patches
-from engine.patch_guard import PINNED_VLLM, Target, install_guarded, mismatch
+from engine import plugin
+from engine.compat import lora_cpu_ops, step_timing, vllm_patches
+from engine.compat.patch_guard import PINNED_VLLM, Target, install_guarded, mismatch
 
 ALL_TARGETS = {
     "cpu_seeded_chunked_prefill": vllm_patches.SEEDED_PREFILL_TARGETS,
@@ -44,7 +45,7 @@ def test_canary_every_target_exists_with_its_signature(patch):
 
 def test_canary_vllm_is_the_pinned_version():
     assert vllm.__version__ == PINNED_VLLM
-    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).parents[3] / "pyproject.toml").read_text()
     assert set(re.findall(r'"vllm(?:-cpu)?==([^"]+)"', pyproject)) == {PINNED_VLLM}
 
 
@@ -123,7 +124,7 @@ def test_one_pass_waits_for_the_prompt_logprobs_patch(monkeypatch):
 
 
 def test_without_one_pass_scoring_falls_back_to_three_requests(monkeypatch):
-    from engine import patch_guard
+    from engine.compat import patch_guard
     from engine.scoring import ScoreInput, ScoringError, engine_requests
 
     monkeypatch.setattr(patch_guard, "vllm_version", lambda: "0.0.1")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import smollm2
+from demo import smollm2
 from engine.env import default_cache_dir
 
 

