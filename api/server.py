@@ -72,6 +72,8 @@ def vllm_namespace(settings: ServerSettings):
     parser = make_arg_parser(FlexibleArgumentParser(prog="lda serve"))
     args = parser.parse_args(["--model", settings.config.pair.after, *settings.vllm_args])
     for key, value in engine_kwargs(settings.config).items():
+        if key == "max_logprobs":  # one-pass scoring's floor; a larger value given after `--` stands
+            value = max(value, args.max_logprobs or 0)
         setattr(args, key, value)
     name = settings.config.engine.served_model_name
     args.served_model_name = [name] if name else None  # vLLM's server takes a list

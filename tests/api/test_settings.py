@@ -139,3 +139,10 @@ def test_no_models_serves_the_shipped_demo_adapter_on_smollm2(monkeypatch, tmp_p
     assert [a.name for a in pair.adapters] == [f"demo-after-lora-{demo_pair.fingerprint(config)}"]
     assert pair.adapters[0].path == str(tmp_path / pair.adapters[0].name)
     assert (pair.after, pair.before) == (str(before), str(before)) and pair.shares_base
+
+
+@pytest.mark.parametrize("extra, expected", [([], 42), (["--", "--max-logprobs", "100"], 100), (["--", "--max-logprobs", "5"], 42)])
+def test_one_pass_scoring_raises_max_logprobs_but_never_lowers_a_users(monkeypatch, llama_pair, extra, expected):
+    _clean_env(monkeypatch)
+    pair = ["--model-after", str(llama_pair.after), "--model-before", str(llama_pair.before)]
+    assert server.vllm_namespace(parse_settings([*pair, *extra])).max_logprobs == expected
