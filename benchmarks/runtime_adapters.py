@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"server logs in {log_dir}", flush=True)
     restarts, cycles = [], []
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = args.output / f"bench-{started[:16].replace(':', '')}.json"  # bench-2026-12-04T1826.json
     load_before = os.getloadavg()
     for round_ in range(args.rounds):
         restart, mine = one_round(round_, adapter, served, args, log_dir)
@@ -219,19 +220,19 @@ def main(argv: list[str] | None = None) -> int:
         cycles.extend(mine)
         print(f"round {round_}: restart {restart.first_response_s:.1f} s, load + first response "
               f"{', '.join(f'{c.load_and_first_response_s:.2f}' for c in mine)} s", flush=True)
-    summary = summarize(restarts, cycles)
-    result = {
-        "date": started,
-        "command": "python -m benchmarks.runtime_adapters " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "adapter": adapter,
-        "max_tokens": args.max_tokens,
-        "machine": {"cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg()},
-        "summary": summary,
-        "restarts": [asdict(r) for r in restarts],
-        "cycles": [asdict(c) | {"load_and_first_response_s": c.load_and_first_response_s} for c in cycles],
-    }
-    path = args.output / f"bench-{started[:10]}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+        # Written after every round: a run cut short keeps what it measured.
+        summary = summarize(restarts, cycles)
+        result = {
+            "date": started,
+            "command": "python -m benchmarks.runtime_adapters " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "adapter": adapter,
+            "max_tokens": args.max_tokens,
+            "machine": {"cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg()},
+            "summary": summary,
+            "restarts": [asdict(r) for r in restarts],
+            "cycles": [asdict(c) | {"load_and_first_response_s": c.load_and_first_response_s} for c in cycles],
+        }
+        path.write_text(json.dumps(result, indent=2) + "\n")
     print(report(summary, restarts, cycles))
     print(f"wrote {path}")
     return 0

@@ -100,3 +100,28 @@ def test_routing_with_start_up_adapters_keeps_the_first_as_default():
     routing = AdapterRouting("lda", ["small"])
     routing.add("ckpt-100")
     assert routing.resolve("lda") == "small" and routing.names() == ["lda", "small", "ckpt-100"]
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_vllms_own_adapter_routes_are_replaced_by_ours_only_when_allowed(allowed):
+    """vLLM mounts its unchecked routes when VLLM_ALLOW_RUNTIME_LORA_UPDATING is set; they would
+    answer before ours (the first matching route wins)."""
+    from fastapi import FastAPI
+
+    from api.access import ADAPTER_PATHS
+    from api.runtime_adapters import load_lora_adapter, replace_vllm_routes, unload_lora_adapter
+
+    app = FastAPI()
+    for path in ADAPTER_PATHS:
+        app.post(path)(lambda: "vllm's")
+    replace_vllm_routes(app, allowed)
+    mounted = {r.path: r.endpoint for r in app.router.routes if getattr(r, "path", None) in ADAPTER_PATHS}
+    ours = {"/v1/load_lora_adapter": load_lora_adapter, "/v1/unload_lora_adapter": unload_lora_adapter}
+    if allowed:
+        assert mounted == ours
+    else:
+        assert set(mounted) == set(ADAPTER_PATHS) and all(e.__name__ == "_refuse" for e in mounted.values())
+        from fastapi.testclient import TestClient
+
+        r = TestClient(app).post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "y"})
+        assert r.status_code == 404 and "--allow-runtime-adapters" in r.json()["error"]["message"]

@@ -135,6 +135,13 @@ def test_a_loaded_adapter_is_served_at_once_everywhere(server, models, expected)
                                                   "max_new_tokens": MAX_TOKENS, "apply_chat_template": False}).json()
         assert original["model"] == "one" and original["model_after"] == str(models.good["one"])
         assert original["token_ids"] == expected["one"]
+        # The score route runs the adapter too: against the base, the adapter's own greedy tokens
+        # differ from the base's (after == before without it: every diff is 0).
+        scores = {model: post(server, "/v1/lda/score", {"model": model, "prompt": PROMPT, "continuation": expected["one"]})
+                  for model in ("one", "lda")}
+        assert scores["one"].status_code == 200, scores["one"].text
+        assert scores["one"].json()["model"] == "one" and scores["one"].json()["summary"]["max"] > 0.1
+        assert all(abs(t["diff"]) < 1e-4 for t in scores["lda"].json()["tokens"])
         assert adapter_gauges(server) == {"one": 1.0}
     finally:
         assert unload(server, "one").status_code == 200
@@ -267,5 +274,25 @@ def test_a_request_in_flight_on_another_adapter_finishes_unaffected(server, mode
         stream.join(300)
     # The load and unload happened while the stream was running, not after it.
     assert during < tokens, "the stream had finished before the load: make it longer"
+    streamed = [t for c in chunks for choice in c["choices"] for t in (choice.get("token_ids") or [])]
+    assert streamed == alone
+
+
+def test_a_request_in_flight_on_the_adapter_being_unloaded_finishes_with_its_tokens(server, models):
+    tokens = 160
+    assert load(server, "two", models.good["two"]).status_code == 200
+    try:
+        alone = complete(server, "two", max_tokens=tokens)["choices"][0]["token_ids"]
+        chunks: list[dict] = []
+        started = threading.Event()
+        stream = threading.Thread(target=_stream, args=(server, "two", tokens, chunks, started))
+        stream.start()
+        assert started.wait(120)
+    finally:
+        unloaded = unload(server, "two")
+    during = len(chunks)
+    stream.join(300)
+    assert unloaded.status_code == 200 and during < tokens, "the stream had finished before the unload"
+    assert "two" not in model_ids(server)
     streamed = [t for c in chunks for choice in c["choices"] for t in (choice.get("token_ids") or [])]
     assert streamed == alone

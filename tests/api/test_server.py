@@ -69,6 +69,12 @@ def test_models_lists_the_served_name(client):
     assert [m.id for m in client.models.list().data] == ["lda"]
 
 
+@pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/v1/unload_lora_adapter"])
+def test_runtime_adapter_routes_are_not_served_unless_allowed(server, pair, path):
+    r = httpx.post(f"{server.base_url}{path}", json={"lora_name": "x", "lora_path": str(pair.after)}, timeout=60)
+    assert r.status_code == 404 and "--allow-runtime-adapters" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("alpha, model", [(0.0, "after"), (-1.0, "before")])
 def test_completion_alpha_top_level_matches_model_alone(client, alone, alpha, model):
     response = _complete(client, extra_body={"alpha": alpha})
@@ -279,9 +285,3 @@ def test_study_against_the_live_server(server, tmp_path):
     assert result.plot_path.stat().st_size > 1000
     again = run_study(config)  # resumable: nothing left to draw
     assert again.new_samples == 0
-
-
-@pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/v1/unload_lora_adapter"])
-def test_runtime_adapter_routes_are_not_served_unless_allowed(server, pair, path):
-    r = httpx.post(f"{server.base_url}{path}", json={"lora_name": "x", "lora_path": str(pair.after)}, timeout=60)
-    assert r.status_code == 404
