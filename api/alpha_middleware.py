@@ -83,6 +83,15 @@ def check_limits(payload: dict, limits: RequestLimits) -> None:
         )
 
 
+def check_responses_input(payload: dict) -> None:
+    """LimitError for a /v1/responses `input` that vLLM 0.32 answers with a 500 ("list index out of
+    range", found by fuzzing): an assistant message item with an empty `content` list."""
+    items = payload.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if isinstance(item, dict) and item.get("type") == "message" and item.get("role") == "assistant" and item.get("content") == []:
+            raise LimitError(f"input[{i}].content: an assistant message needs at least one content part", f"input[{i}].content")
+
+
 async def _read_body(receive) -> bytes:
     chunks = []
     while True:
@@ -211,6 +220,8 @@ class AlphaMiddleware:
         if isinstance(payload, dict):
             try:
                 check_limits(payload, self.limits)
+                if scope["path"] == "/v1/responses":
+                    check_responses_input(payload)
             except LimitError as error:
                 return await _send_json(send, 400, openai_error(str(error), error.param))
         return await self.app(scope, replay_body(body, receive), send)

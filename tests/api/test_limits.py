@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from fastapi import HTTPException
 
-from api.alpha_middleware import LimitError, check_limits
+from api.alpha_middleware import LimitError, check_limits, check_responses_input
 from api.original_routes import LDABatchRequest, _max_new_tokens, _prepare_off_loop
 from api.settings import RequestLimits
 from engine.prompts import PromptFormat
@@ -137,3 +137,13 @@ def test_original_routes_bound_top_k_before_the_engine():
     LDABatchRequest(prompts=["p"], top_k=2**31 - 1)
     with pytest.raises(ValidationError, match="top_k"):
         LDABatchRequest(prompts=["p"], top_k=1057219800636502048768000)
+
+
+def test_responses_input_that_vllm_answers_with_a_500_is_refused():
+    # Found by the fuzz: vLLM 0.32's /v1/responses indexes an assistant message's first content part.
+    empty = {"type": "message", "role": "assistant", "content": []}
+    with pytest.raises(LimitError) as error:
+        check_responses_input({"input": [{"type": "message", "role": "user", "content": "hi"}, empty]})
+    assert error.value.param == "input[1].content"
+    for fine in ({"input": "hi"}, {"input": [{**empty, "role": "user"}]}, {"input": [{**empty, "content": [{"type": "output_text", "text": "x"}]}]}):
+        check_responses_input(fine)

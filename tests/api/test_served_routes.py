@@ -154,13 +154,22 @@ def test_a_top_k_past_64_bits_is_a_4xx_naming_it(http):
         assert reply.status_code == 400 and reply.json()["error"]["param"] == "top_k", reply.text
 
 
+def test_a_responses_input_vllm_cannot_take_is_a_400(http):
+    # The long fuzz's finding: vLLM answered this body with a 500 "list index out of range".
+    item = {"content": [], "role": "assistant", "type": "message"}
+    reply = http.post("/v1/responses", json={"model": "lda", "max_output_tokens": 2, "input": [item]})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "input[0].content", reply.text
+
+
 def test_fuzz_every_served_route_finds_no_server_error(server, tmp_path, capsys):
     """schemathesis over /openapi.json: every served route, 0 server errors, the server healthy after."""
     report_dir = tmp_path / "schemathesis"
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{server.base_url}/openapi.json",
         "--checks", "not_a_server_error", "--phases", "examples,fuzzing", "--max-examples", str(FUZZ_EXAMPLES),
-        "--workers", "2", "--seed", "26", "--no-shrink", "--request-timeout", "120",
+        # One worker: with two threads, hypothesis's ast.parse races under CPython 3.11 ("AST
+        # constructor recursion depth mismatch"), a schemathesis error that is no server answer.
+        "--workers", "1", "--seed", "26", "--no-shrink", "--request-timeout", "120",
         "--report", "json", "--report-json-path", str(report_dir / "report.json"),
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_TIMEOUT_S)
