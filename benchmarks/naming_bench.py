@@ -63,7 +63,7 @@ class Cell:
     """The subsets' first themes: text -> how many subsets (what "names the product" looked like)."""
 
 
-def draw_pool(base_url: str, study_dir: Path, alphas: tuple[float, ...], per_alpha: int, max_tokens: int, seed: int) -> None:
+def draw_pool(base_url: str, study_dir: Path, alphas: tuple[float, ...], per_alpha: int, max_tokens: int, seed: int | None) -> None:
     """Draw (or resume) the pool: generic prefills, `per_alpha` samples at every alpha, scored."""
     per_prompt = math.ceil(per_alpha / len(GENERIC_PROMPTS))
     config = StudyConfig(
@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     p.add_argument("--subsets", type=int, default=20)
     p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the subsets' random seed, and the pool's sampling seed")
+    p.add_argument("--unseeded-pool", action="store_true",
+                   help="draw the pool without a sampling seed (to extend a pool drawn by `lda explore` without --seed)")
     p.add_argument("--no-draw", action="store_true", help="mine the pool as it is; no server needed")
     p.add_argument("--out", type=Path, help="write naming_bench.json, .csv and .png here")
     args = p.parse_args(argv)
@@ -196,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"naming_bench: error: {exc}", file=sys.stderr)
         return 2
     if not args.no_draw:
-        draw_pool(args.base_url, args.study_dir, alphas, max(budgets), args.max_tokens, args.seed)
+        draw_pool(args.base_url, args.study_dir, alphas, max(budgets), args.max_tokens, None if args.unseeded_pool else args.seed)
     pool = load_pool(args.study_dir)
     cells = run(pool, alphas, budgets, args.subsets, args.seed)
     print(table(cells, pool, alphas, budgets))
     if args.out is not None:
         meta = {"date": time.strftime("%Y-%m-%d"), "subsets": args.subsets, "max_tokens": args.max_tokens,
-                "pool_per_alpha": {f"{a:g}": len(pool.get(a, [])) for a in alphas}, "seed": args.seed,
+                "pool_per_alpha": {f"{a:g}": len(pool.get(a, [])) for a in alphas}, "seed": args.seed, "pool_seed": None if args.unseeded_pool else args.seed,
                 "command": "python -m benchmarks.naming_bench " + " ".join(argv if argv is not None else sys.argv[1:])}
         write_outputs(args.out, cells, pool, alphas, budgets, meta)
     return 0
