@@ -218,6 +218,10 @@ class AlphaMiddleware:
         except ValueError:
             payload = None  # vLLM answers malformed JSON with its own 400
         if isinstance(payload, dict):
+            if ALPHA_KEY in payload:  # vLLM would drop it silently and run the server's default alpha
+                message = (f"alpha: {scope['path']} does not take a per-request alpha (it runs at the server's "
+                           "default, LDA_DEFAULT_ALPHA); send it to /v1/completions or /v1/chat/completions")
+                return await _send_json(send, 400, openai_error(message, ALPHA_KEY))
             try:
                 check_limits(payload, self.limits)
                 if scope["path"] == "/v1/responses":

@@ -139,6 +139,8 @@ class RuntimeAdapters:
                 # vLLM's unload only forgets the name; free the engine's slot for the next adapter.
                 # A request still running on it is unharmed: the engine loads it again for that one.
                 await engine_client.remove_lora(lora.lora_int_id)
+            if not isinstance(answer, str):  # our routing and the slot are free either way; say what vLLM said
+                logger.warning("vLLM's unload of %s answered: %s", name, getattr(getattr(answer, "error", None), "message", answer))
             metrics.adapter_unloaded(name)
             logger.info("unloaded adapter %s", name)
             return answer if isinstance(answer, str) else f"Success: LoRA adapter '{name}' removed successfully."

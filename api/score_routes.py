@@ -16,6 +16,7 @@ import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Request
+from jinja2 import TemplateError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from vllm.exceptions import VLLMValidationError
@@ -57,7 +58,10 @@ def _prompt_ids(tokenizer, req: ScoreRequest) -> list[int]:
         raise ScoringError("messages: give exactly one of `messages` (chat) or `prompt` (raw text)")
     if req.messages is not None:
         messages = [m.model_dump() for m in req.messages]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except (ValueError, TemplateError) as error:  # no template, or one that refuses these roles
+            raise ScoringError(f"messages: the chat template cannot format them: {error}") from None
         # The OpenAI chat route tokenizes the templated text without adding special tokens again.
         return tokenizer.encode(text, add_special_tokens=False)
     # The original routes' formats, tokenized as they tokenize them (engine/prompts.py).
@@ -160,6 +164,8 @@ async def score(raw_request: Request):
         body = await score_item(raw_request.app.state.engine_client, info.tokenizer, item, lora)
     except (ValueError, VLLMValidationError) as error:
         return _error(str(error), None)
+    except RuntimeError as error:  # the engine did not pack one-pass scores: the server's fault, said so
+        return _error(str(error), None, 503)
     return {"object": "lda.score", "model": req.model, **body}
 
 

@@ -111,14 +111,13 @@ class Server:
         raise RuntimeError(f"lda serve not healthy after {START_TIMEOUT_S} s; see {self.log.name}")
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass
+        """SIGTERM the group, then SIGKILL what is left (engine processes may outlive the leader)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(timeout=60)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
         self.log.close()
 
 

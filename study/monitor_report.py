@@ -145,7 +145,7 @@ def write_json(path: Path, results: list[CheckpointResult], settings: dict, alph
                             for a, c in detected.items()},
         "checkpoints": [r.as_dict() for r in results],
     }
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    _write_atomically(path, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -213,7 +213,7 @@ def write_html(path: Path, png: Path, results: list[CheckpointResult], record: d
     )
     page = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lda monitor</title>'
             f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
-    path.write_text(page, encoding="utf-8")
+    _write_atomically(path, page)
 
 
 def _checkpoint_section(result: CheckpointResult, rank_by: str, top: int) -> str:
@@ -247,3 +247,10 @@ def format_table(results: list[CheckpointResult], alphas: tuple[float, ...]) -> 
             cells.append(f"{rate + score:>22}")
         lines.append(f"{r.checkpoint.name:<20} {r.checkpoint.step:>6} " + " ".join(cells))
     return "\n".join(lines)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Rewritten after every checkpoint: a Ctrl-C mid-write must leave the previous file whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -135,13 +135,17 @@ def _wait_healthy(process: subprocess.Popen, url: str, log_path: Path) -> None:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
+    """SIGTERM the server's group, then SIGKILL whatever is left of it: the engine's processes may
+    outlive a leader that exited or crashed."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _free_port() -> int:

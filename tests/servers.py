@@ -73,8 +73,8 @@ def tiny_server_env(pair, port: int, **extra: str) -> dict[str, str]:
 
 def start_server(command: list[str], env: dict[str, str], log_path: Path) -> ServerProcess:
     port = env["PORT"]
-    log = open(log_path, "w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -235,3 +235,17 @@ def test_lda_token_scores_on_generate_lda(server):
     assert scores["alpha"] == 1.5
     plain = httpx.post(f"{server.base_url}/generate_lda", json={**body, "lda_token_scores": False}, timeout=120).json()
     assert plain["lda_token_scores"] is None
+
+
+@pytest.mark.parametrize("error", [ValueError("no chat template"), __import__("jinja2").TemplateError("roles must alternate")])
+def test_a_chat_template_that_refuses_the_messages_is_a_400_naming_them(error):
+    from api.score_routes import ScoreRequest, _prompt_ids
+    from engine.scoring import ScoringError
+
+    class Refusing:
+        def apply_chat_template(self, *args, **kwargs):
+            raise error
+
+    req = ScoreRequest(messages=[{"role": "assistant", "content": "hi"}], continuation="x")
+    with pytest.raises(ScoringError, match="^messages: the chat template cannot format them"):
+        _prompt_ids(Refusing(), req)

@@ -110,6 +110,15 @@ def test_vllm_generation_routes_refuse_more_than_max_tokens(http, key):
     assert at.status_code == 200, at.text
 
 
+@pytest.mark.parametrize("path", sorted(GENERATION_PATHS - {"/v1/completions", "/v1/chat/completions"}))
+def test_generation_routes_without_alpha_refuse_one_rather_than_drop_it(http, path):
+    body = GENERATION_BODIES[path][0]
+    reply = http.post(path, json={**body, "alpha": 2.0})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "alpha" and "does not take a per-request alpha" in error["message"]
+
+
 def _completion_tokens(reply: httpx.Response) -> int:
     return reply.json()["usage"]["completion_tokens"]
 
