@@ -89,10 +89,10 @@ def unload(server, name):
     return post(server, "/v1/unload_lora_adapter", {"lora_name": name})
 
 
-def complete(server, model, max_tokens=MAX_TOKENS):
+def complete(server, model, max_tokens=MAX_TOKENS, ignore_eos=False):
     r = post(server, "/v1/completions", {
         "model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "alpha": 1.0,
-        "return_token_ids": True,
+        "return_token_ids": True, "ignore_eos": ignore_eos,
     })
     assert r.status_code == 200, r.text
     return r.json()
@@ -257,40 +257,46 @@ def _stream(server, model: str, max_tokens: int, chunks: list, started: threadin
                 started.set()
 
 
+# In flight = still streaming when the load or unload is *asked for* (counted before the call): the
+# calls themselves may take longer than the tiny model needs for the rest of the stream (an idle CI
+# machine streamed 160 tokens before an unload returned), so counting after them was a race.
+IN_FLIGHT_TOKENS = 440
+
+
 def test_a_request_in_flight_on_another_adapter_finishes_unaffected(server, models, expected, loaded):
-    tokens = 160
-    alone = complete(server, loaded, max_tokens=tokens)["choices"][0]["token_ids"]
+    tokens = IN_FLIGHT_TOKENS
+    alone = complete(server, loaded, max_tokens=tokens, ignore_eos=True)["choices"][0]["token_ids"]
     chunks: list[dict] = []
     started = threading.Event()
     stream = threading.Thread(target=_stream, args=(server, loaded, tokens, chunks, started))
     stream.start()
     try:
         assert started.wait(120)
+        during = len(chunks)
         assert load(server, "two", models.good["two"]).status_code == 200
         assert complete(server, "two")["choices"][0]["token_ids"] == expected["two"]
         assert unload(server, "two").status_code == 200
-        during = len(chunks)
     finally:
         stream.join(300)
-    # The load and unload happened while the stream was running, not after it.
+    # The load was asked for while the stream was running, not after it.
     assert during < tokens, "the stream had finished before the load: make it longer"
     streamed = [t for c in chunks for choice in c["choices"] for t in (choice.get("token_ids") or [])]
     assert streamed == alone
 
 
 def test_a_request_in_flight_on_the_adapter_being_unloaded_finishes_with_its_tokens(server, models):
-    tokens = 160
+    tokens = IN_FLIGHT_TOKENS
     assert load(server, "two", models.good["two"]).status_code == 200
     try:
-        alone = complete(server, "two", max_tokens=tokens)["choices"][0]["token_ids"]
+        alone = complete(server, "two", max_tokens=tokens, ignore_eos=True)["choices"][0]["token_ids"]
         chunks: list[dict] = []
         started = threading.Event()
         stream = threading.Thread(target=_stream, args=(server, "two", tokens, chunks, started))
         stream.start()
         assert started.wait(120)
     finally:
+        during = len(chunks)
         unloaded = unload(server, "two")
-    during = len(chunks)
     stream.join(300)
     assert unloaded.status_code == 200 and during < tokens, "the stream had finished before the unload"
     assert "two" not in model_ids(server)
