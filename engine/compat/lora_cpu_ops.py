@@ -102,6 +102,10 @@ class FusedLinearLoRA:
         self.generation = 0
         """Bumped whenever vLLM writes a LoRA slot: every stacked copy older than it is stale."""
         self.weights: dict[int, tuple] = {}
+        self.adapter_rows: int | None = None
+        """In a one-pass step of a shared-base pair (engine/compat/shared_pass.py), the after
+        rows: the first `adapter_rows` rows of every input; the rest are the before stack's rows,
+        which get no delta. None otherwise."""
 
     def slots_written(self) -> None:
         self.generation += 1
@@ -141,6 +145,8 @@ class FusedLinearLoRA:
         a, b = self.stacked(lora_a, lora_b, y.dtype)
         out_y = y.view(-1, y.shape[-1])
         x = x.view(-1, x.shape[-1]).float()
+        if self.adapter_rows is not None:
+            out_y, x = out_y[: self.adapter_rows], x[: self.adapter_rows]
         width = sum(output_slices)
         target = out_y[:, :width] if width != out_y.shape[1] else out_y
         if len(groups) == 1 and groups[0][1] is None:
@@ -166,6 +172,8 @@ def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_sl
     """`PunicaWrapperCPU.add_lora_linear`, fused (see the module's docstring); a caller's own
     buffer or extra options go to vLLM's original."""
     if buffer is not None or kwargs or len(lora_a_stacked) != len(output_slices):
+        if FUSED.adapter_rows is not None:  # vLLM's op would give the before rows the adapter
+            raise RuntimeError("one-pass step: vLLM's own add_lora_linear cannot leave the before rows alone")
         return ORIGINAL["add_lora_linear"](self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices,
                                            buffer=buffer, **kwargs)
     FUSED.apply(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices)
