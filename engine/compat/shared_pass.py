@@ -102,12 +102,16 @@ def blockers(model: nn.Module, shared: bool, lora_manager) -> list[str]:
     if not twins or not all(type(a) is Attention and type(b) is Attention for a, b in twins):
         why.append("not every layer's attention is vLLM's Attention, matched between the stacks")
     if lora_manager is not None:
-        why += _lora_blockers(model, lora_manager)
+        try:
+            why += _lora_blockers(model, lora_manager)
+        except (ImportError, AttributeError) as error:  # never take the engine down for the check
+            why.append(f"cannot check the LoRA layers ({error})")
     return why
 
 
 def _lora_blockers(model: nn.Module, lora_manager) -> list[str]:
-    from vllm.lora.layers import BaseLinearLayerWithLoRA, LogitsProcessorWithLoRA
+    from vllm.lora.layers import LogitsProcessorWithLoRA
+    from vllm.lora.layers.base_linear import BaseLinearLayerWithLoRA
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
     from engine.compat import lora_cpu_ops

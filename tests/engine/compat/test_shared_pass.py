@@ -57,3 +57,20 @@ def test_one_pass_needs_a_shared_base(tmp_path):
 
     with pytest.raises(ValueError, match="one_pass needs an adapter pair"):
         PairConfig(str(tmp_path / "a"), str(tmp_path / "b"), one_pass=True)
+
+
+def test_blockers_name_every_reason_and_pass_a_lora_stack_of_linear_layers():
+    from torch import nn
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    from engine.compat.shared_pass import blockers
+
+    model = nn.Module()
+    model.after, model.before = nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2))
+    manager = type("Manager", (), {"lora_config": type("Config", (), {"fully_sharded_loras": True})()})()
+    reasons = blockers(model, shared=False, lora_manager=manager)
+    assert "the stacks do not share their base weights" in reasons
+    assert any("vLLM's Attention" in r for r in reasons) and "fully sharded LoRA is on" in reasons
+    fused = PunicaWrapperCPU.add_lora_linear is ops.add_lora_linear
+    assert fused != any("fused CPU LoRA op is not installed" in r for r in reasons)
+    assert not any("cannot check" in r for r in reasons)
