@@ -66,12 +66,15 @@ class SharedPass:
         self.rows: int | None = None
         self.enabled = True
         """Off: two passes on the same engine (`set_enabled`), to compare the two modes."""
+        self.steps = 0
+        """Forward passes run as one pass (tests read it with `steps_run`)."""
 
     @contextmanager
     def step(self, n: int):
         from engine.compat.lora_cpu_ops import FUSED
 
         self.rows, FUSED.adapter_rows = n, n
+        self.steps += 1
         try:
             yield
         finally:
@@ -145,3 +148,9 @@ def set_enabled(model: nn.Module, on: bool) -> bool:
     if state is not None:
         state.enabled = on
     return state is not None
+
+
+def steps_run(model: nn.Module) -> int | None:
+    """How many forward passes ran as one pass (None: the pair has none installed)."""
+    state = getattr(model, "shared_pass", None)
+    return None if state is None else state.steps

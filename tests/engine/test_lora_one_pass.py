@@ -13,7 +13,7 @@ from functools import partial
 
 import pytest
 
-from engine.compat.shared_pass import set_enabled
+from engine.compat.shared_pass import set_enabled, steps_run
 from engine.reference import ReferencePair
 from tests.engine.engines import LONG_PROMPT, PROMPTS, TINY_ENGINE
 from tests.factories import ATTENTION_AND_MLP, build_adapter, build_model, merge_adapter
@@ -70,8 +70,12 @@ def _expected(references, pair, prompts, adapters, alphas):
             for p, name, a in zip(prompts, adapters, alphas)]
 
 
-def test_one_pass_is_on(pair):
+def test_one_pass_is_on_and_runs(pair):
     assert pair.llm.apply_model(partial(set_enabled, on=True)) == [True]
+    (before,) = pair.llm.apply_model(steps_run)
+    _greedy(pair, PROMPTS[:2], ["small"] * 2, [1.0, 1.0])
+    (after,) = pair.llm.apply_model(steps_run)
+    assert after - before >= MAX_NEW  # a prefill and a step per token, each as one pass
 
 
 def test_one_adapter_alphas(pair, references):
@@ -114,7 +118,9 @@ def test_same_as_two_passes(pair, request):
     prompts, adapters, alphas = [*MIXED[0], LONG_PROMPT], [*MIXED[1], "large"], [*MIXED[2], 3.0]
     one_ids, one_lp = _engine(pair, prompts, adapters, alphas)
     request.getfixturevalue("two_passes")
+    (steps,) = pair.llm.apply_model(steps_run)
     two_ids, two_lp = _engine(pair, prompts, adapters, alphas)
+    assert pair.llm.apply_model(steps_run) == [steps], "one pass switched off: two passes ran"
     assert one_ids == two_ids
     worst = max(abs(x - y) for a, b in zip(one_lp, two_lp) for x, y in zip(a, b))
     assert worst < 1e-4, worst
