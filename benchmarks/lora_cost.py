@@ -172,8 +172,11 @@ def main(argv: list[str]) -> int:
     if args.alone and args.concurrency:
         from vllm import LLM
 
-        llm = LLM(model=str(merged), kv_cache_memory_bytes=2**30, max_num_seqs=engine["max_num_seqs"], max_model_len=512,
-                  enforce_eager=True, seed=0)
+        from engine.config import cpu_dtype
+
+        # The pairs' CPU settings (dtype, eager; the thread binding they set for this process stays).
+        llm = LLM(model=str(merged), dtype=cpu_dtype("auto"), kv_cache_memory_bytes=2**30,
+                  max_num_seqs=engine["max_num_seqs"], max_model_len=512, enforce_eager=True, seed=0)
         (workers["alone"],) = llm.apply_model(_pid)
         _alone_generate(llm)(4)
         for c, rates in _rounds({"alone": _alone_generate(llm)}, args.concurrency, args.rounds).items():
