@@ -46,7 +46,6 @@ logger = logging.getLogger("lda.weights")
 WEIGHTS_PATH = "/v1/lda/weights"
 VERSION_HEADERS = (b"x-lda-weights-after", b"x-lda-weights-before")
 DRAIN_TIMEOUT_S = 300.0
-WEIGHT_LOADS_OFF = "full-weight loads are off: start the server with --allow-weight-loads (LDA_ALLOW_WEIGHT_LOADS=1)"
 
 router = APIRouter()
 
@@ -107,6 +106,7 @@ class RuntimeWeights:
 
     weights: PairWeights
     allowed: bool
+    """Whether POST /v1/lda/weights is served (`--allow-weight-loads`); the gate and versions work either way."""
     gate: Gate = field(default_factory=Gate)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     drain_timeout_s: float = DRAIN_TIMEOUT_S
@@ -208,20 +208,6 @@ async def load_weights(raw_request: Request) -> JSONResponse:
 @router.get(WEIGHTS_PATH)
 async def weights_versions(raw_request: Request) -> JSONResponse:
     return JSONResponse({"object": "lda.weights", "stacks": raw_request.app.state.lda.weights.describe()})
-
-
-async def _refuse(raw_request: Request) -> JSONResponse:
-    return WeightsRouteError(404, f"{raw_request.url.path} is not served: {WEIGHT_LOADS_OFF}", "NotFoundError").response()
-
-
-def mount(app, allowed: bool) -> None:
-    """Our weights route when loads are allowed, else a 404 that says how to allow them."""
-    from starlette.routing import Route
-
-    if allowed:
-        app.include_router(router)
-    else:
-        app.router.routes.append(Route(WEIGHTS_PATH, _refuse, methods=["GET", "POST"], include_in_schema=False))
 
 
 def _version_headers(versions: dict[str, str]) -> list[tuple[bytes, bytes]]:
