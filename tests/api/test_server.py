@@ -314,8 +314,8 @@ def _has_letter_e(text: str) -> bool:
 
 
 def test_study_against_the_live_server(server, tmp_path):
+    from study.commands.workflow import run_study
     from study.config import SamplingConfig, StudyConfig
-    from study.runner import run_study
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tell me about the weather today.\nWhat should I do if I feel bored?\n")
