@@ -142,7 +142,7 @@ def test_loads_into_after_and_before_match_the_new_checkpoints(server, models, t
     ("missing", 400, "path", "does not exist"),
     ("not a checkpoint", 400, "path", "no config.json"),
     ("other architecture", 400, "architectures", "Qwen2ForCausalLM"),
-    ("wrong shape", 400, "shape", "[96, 64]"),
+    ("wrong shape", 400, "shape", "the after stack's is [64, 128]"),
     ("truncated", 400, "path", "truncated"),
     ("other stack's vocabulary", 400, "vocab_size", "352"),
     ("no stack", 400, "stack", "stack is required"),

@@ -112,7 +112,7 @@ def test_bad_checkpoints_leave_the_old_weights_serving(lda, checkpoints, tmp_pat
         "not a checkpoint": (tmp_path, "path", "no config.json"),
         "no weights": (tmp_path / "no-weights", "path", "no model.safetensors"),
         "other architecture": (other, "architectures", "Qwen2ForCausalLM"),
-        "wrong shape": (wrong_shape, "shape", "[96, 64]"),
+        "wrong shape": (wrong_shape, "shape", "the after stack's is [64, 128]"),
         "truncated": (truncated_copy(checkpoints["after"][2], tmp_path / "truncated"), "path", "truncated"),
     }
     for name, (path, field, words) in cases.items():
