@@ -184,11 +184,11 @@ async def _json_body(raw_request: Request) -> dict:
         raise WeightsRouteError(400, "the body must be a JSON object")
     unknown = sorted(set(data) - {"stack", "path", "version"})
     if unknown:
-        raise WeightsRouteError(400, f"unknown field(s) {unknown}; the body takes stack, path and version", unknown[0])
+        raise WeightsRouteError(400, f"unknown field(s) {unknown}; the body takes stack, path and version", param=unknown[0])
     if "stack" not in data:
-        raise WeightsRouteError(400, "stack is required: 'after' or 'before'", "stack")
+        raise WeightsRouteError(400, "stack is required: 'after' or 'before'", param="stack")
     if "path" not in data:
-        raise WeightsRouteError(400, "path is required: a checkpoint folder on the server", "path")
+        raise WeightsRouteError(400, "path is required: a checkpoint folder on the server", param="path")
     return data
 
 
