@@ -30,7 +30,7 @@ from pathlib import Path
 PROMPTS_FILE = Path(__file__).resolve().parent.parent / "demo" / "demo_data" / "eval_prompts.txt"
 DETECTOR = re.compile("zorblax", re.IGNORECASE)
 """The demo's detector (`regex:zorblax`, as `lda study` compiles it)."""
-PAIRS = ("lora", "full", "planted:START_LOGIT")
+PAIRS = ("lora", "full", "planted:START_LOGIT[:STEP_LOGIT]")
 MODELS_DIR = Path("/tmp/lda-rate-bench-models")
 """Where `planted:...` pairs are built (seconds; deterministic, so a rebuild gives the same pair)."""
 
@@ -77,14 +77,16 @@ def hit_at(tokenizer, token_ids: list[int]) -> int:
 
 def pair_paths(name: str) -> tuple[str, str]:
     """(after, before): `lora` is the demo's shipped adapter (what `lda serve` serves), `full` the
-    demo's full fine-tune (built by `lda demo-pair` if missing: minutes), `planted:S` the tests'
-    tiny planted pair (tests/factories.py) whose plant's first token gets logit S in every context."""
+    demo's full fine-tune (built by `lda demo-pair` if missing: minutes), `planted:S[:T]` the tests'
+    tiny planted pair (tests/factories.py) whose plant's first token gets logit S in every context
+    and each next token logit T (default 8) after the one before."""
     if name.startswith("planted:"):
         from tests.factories import build_planted_pair
 
         folder = MODELS_DIR / name.replace(":", "-")
         if not (folder / "planted-after" / "config.json").exists():
-            build_planted_pair(folder, start_logit=float(name.split(":", 1)[1]))
+            start, _, step = name.split(":", 1)[1].partition(":")
+            build_planted_pair(folder, start_logit=float(start), step_logit=float(step or 8.0))
         return str(folder / "planted-after"), str(folder / "planted-before")
     from demo.demo_pair import LORA_RANK, ensure_demo_pair, lora_config
 

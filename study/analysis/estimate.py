@@ -145,7 +145,8 @@ def estimate_rate(
     eta = fit.logit_rate(target_alpha)
     low, high = _profile_bounds(fit, target_alpha, eta, critical)
     top = max(u["alpha"] for u in used)
-    grid = np.linspace(min(target_alpha, min(data.alphas)), max(top, target_alpha), 61)
+    measured_from = min(u["alpha"] for u in used if u["hits"] > 0)
+    grid = sorted({*np.linspace(min(target_alpha, min(data.alphas)), max(top, target_alpha), 61).tolist(), measured_from})
     return _replace(
         base,
         rate=_expit(eta),
@@ -155,8 +156,50 @@ def estimate_rate(
         spread=getattr(fit, "tau", None),
         per_prompt=fit.per_prompt(target_alpha),
         curve=[(float(a), fit.rate(float(a))) for a in grid],
-        measured_from=min(u["alpha"] for u in used if u["hits"] > 0),
+        measured_from=measured_from,
     )
+
+
+def cells_from_outcomes(outcomes: Iterable[tuple[str, float, bool | None]]) -> list[Cell]:
+    """(prompt id, alpha, detected) per sample -> one Cell per (prompt, alpha); samples no
+    detector judged (detected None) are left out."""
+    n: dict[tuple[str, float], int] = defaultdict(int)
+    hits: dict[tuple[str, float], int] = defaultdict(int)
+    for prompt_id, alpha, detected in outcomes:
+        if detected is None:
+            continue
+        n[prompt_id, alpha] += 1
+        hits[prompt_id, alpha] += bool(detected)
+    return [Cell(p, a, hits[p, a], n[p, a]) for p, a in sorted(n)]
+
+
+def unavailable(target_alpha: float, reason: str, method: str = DEFAULT_METHOD) -> Estimate:
+    """An estimate that was not attempted (no detector, say), in the same shape as a null one."""
+    return Estimate(float(target_alpha), method, DEFAULT_LEVEL, reason=reason)
+
+
+def format_estimate(estimate: Estimate, top_prompts: int = 3) -> str:
+    """The console lines: the rate at the target with its interval (or why there is none), then
+    the prompts most likely to show the behaviour there."""
+    where = f"alpha {estimate.target_alpha:g}"
+    if estimate.rate is None:
+        return f"path estimate at {where}: none ({estimate.reason})"
+    used = ", ".join(f"{u['alpha']:g}" for u in estimate.used)
+    lines = [
+        f"path estimate at {where}: {percent(estimate.rate)} [{percent(estimate.ci_low)}, {percent(estimate.ci_high)}] "
+        f"({100 * estimate.level:g}% profile interval; {estimate.method} fit of log-odds linear in alpha over "
+        f"alphas {used}; extrapolated below alpha {estimate.measured_from:g})"
+    ]
+    for p in estimate.per_prompt[:top_prompts]:
+        lines.append(f"  #{p.rank} {p.prompt_id}: {percent(p.rate)} ({p.hits} hits in {p.n})")
+    return "\n".join(lines)
+
+
+def percent(value: float | None) -> str:
+    """A rate as a percentage with two significant digits below 0.1% (rare rates are the point)."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.2g}%" if 0 < value < 1e-3 else f"{100 * value:.2f}%"
 
 
 def validate_cells(cells: Iterable[Cell]) -> list[Cell]:
@@ -242,11 +285,12 @@ class _Data:
 
 def _binomial_ll(eta: np.ndarray, hits: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Binomial log-likelihood (without the constant) of logit-rate eta; broadcasts."""
-    return hits * _log_expit(eta) + (n - hits) * _log_expit(-eta)
+    log_p = _log_expit(eta)
+    return n * log_p - (n - hits) * eta  # log(1 - p) = log(p) - eta
 
 
 def _newton_max(f, x0: np.ndarray, lower: np.ndarray | None = None, upper: np.ndarray | None = None,
-                iterations: int = 60, h: float = 1e-4) -> tuple[np.ndarray, float, bool]:
+                iterations: int = 60, h: float = 1e-4, tolerance: float = 1e-8) -> tuple[np.ndarray, float, bool]:
     """Maximise a smooth f over a few parameters: Newton steps on finite-difference derivatives,
     halved until f improves (a gradient step when the Hessian is not negative definite)."""
     x = np.array(x0, dtype=float)
@@ -280,7 +324,7 @@ def _newton_max(f, x0: np.ndarray, lower: np.ndarray | None = None, upper: np.nd
             return x, fx, True
         moved = float(np.abs(candidate - x).max())
         x, gain, fx = candidate, fc - fx, fc
-        if moved < 1e-6 or gain < 1e-8:
+        if moved < 1e-6 or gain < tolerance:
             return x, fx, True
     return x, fx, False
 
@@ -383,7 +427,7 @@ class _HierarchicalFit:
             return self._ll(np.array([self._mu_for(eta, tau, slope, target), log_tau, slope]))
 
         start = self.warm if self.warm is not None else np.array([self.log_tau, self.slope])
-        best, value, _ = _newton_max(ll, start, lower[1:], upper[1:], iterations=25, h=1e-3)
+        best, value, _ = _newton_max(ll, start, lower[1:], upper[1:], iterations=25, h=1e-3, tolerance=1e-5)
         self.warm = best
         return value
 

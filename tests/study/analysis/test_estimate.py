@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from study.analysis.estimate import Cell, estimate_rate
+from study.analysis.estimate import Cell, cells_from_outcomes, estimate_rate, format_estimate, percent
 
 
 def expit(x):
@@ -115,3 +115,19 @@ def test_data_without_a_trend_gives_no_number_but_a_reason(method, counts, reaso
 def test_bad_input_is_a_value_error_naming_the_field(cells, kwargs, field):
     with pytest.raises(ValueError, match="^" + re.escape(field) + ":"):
         estimate_rate(cells, **kwargs)
+
+
+def test_outcomes_become_cells_and_unjudged_samples_are_left_out():
+    outcomes = [("a", 1.0, True), ("a", 1.0, False), ("a", 2.0, True), ("b", 1.0, None), ("b", 1.0, False)]
+    assert cells_from_outcomes(outcomes) == [Cell("a", 1.0, 1, 2), Cell("a", 2.0, 1, 1), Cell("b", 1.0, 0, 1)]
+
+
+def test_the_console_line_gives_the_interval_or_the_reason():
+    rng = np.random.default_rng(6)
+    estimate = estimate_rate(draw(rng, [-5.0] * 20, 1.5, (0, 1, 2, 4), 10), 0.0, "hierarchical")
+    text = format_estimate(estimate)
+    assert text.startswith(f"path estimate at alpha 0: {percent(estimate.rate)} [{percent(estimate.ci_low)}, ")
+    assert "#1 " in text and "extrapolated below alpha" in text
+    null = estimate_rate([Cell("a", 1.0, 0, 10)], 0.0)
+    assert format_estimate(null) == "path estimate at alpha 0: none (no hits at any alpha)"
+    assert percent(0.00012) == "0.012%" and percent(0.25) == "25.00%"
