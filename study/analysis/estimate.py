@@ -15,6 +15,8 @@ Two models (`METHODS`):
   prompts differ (a mixture of logistic curves is not logistic). Per prompt it gives the posterior
   mean of `p_i(t)`: the score that ranks prompts worth a long plain run.
 - `pooled`: all prompts' counts pooled per alpha, one logistic curve.
+- `quadratic`: pooled, with log-odds allowed to bend (concave) in alpha: a behaviour of several
+  tokens saturates token by token, so its log-odds are not straight (see `_QuadraticFit`).
 
 The 95% interval is a profile-likelihood interval on the rate at the target: the slope (and the
 prompts' spread) are re-fitted at every candidate rate, so the interval widens with the distance
@@ -35,13 +37,14 @@ from statistics import NormalDist
 
 import numpy as np
 
-METHODS = ("hierarchical", "pooled")
+METHODS = ("hierarchical", "pooled", "quadratic")
 DEFAULT_METHOD = "hierarchical"
 DEFAULT_LEVEL = 0.95
 QUADRATURE_NODES = 16
 """Gauss-Hermite nodes integrating a prompt's intercept out: exact enough for a smooth logistic."""
-MAX_LOGIT_STEP = 40.0
-"""How far (in log-odds) the profile search walks from the fit before it calls a bound open."""
+MAX_LOGIT_STEP = 15.0
+"""How far (in log-odds: a factor of 3 million) the profile search walks from the fit before it
+calls a bound open (0 or 1): farther, the number would only look like one."""
 LOG_TAU_RANGE = (-4.0, 3.0)
 """The prompts' spread of log-odds, tau, is kept in [0.02, 20]: below, prompts are alike; above,
 the data cannot tell."""
@@ -136,11 +139,14 @@ def estimate_rate(
     if reason:
         return _replace(base, reason=reason)
     data = _Data.of(cells)
-    fit = _PooledFit(data) if method == "pooled" else _HierarchicalFit(data)
-    if not fit.converged or not math.isfinite(fit.slope) or abs(fit.slope) > MAX_SLOPE:
+    if method == "quadratic" and sum(u["hits"] > 0 for u in used) < 3:
+        return _replace(base, reason="a bending (quadratic) trend needs hits at three alphas or more")
+    fit = {"pooled": _PooledFit, "quadratic": _QuadraticFit, "hierarchical": _HierarchicalFit}[method](data)
+    slope = fit.slope_at(target_alpha) if method == "quadratic" else fit.slope
+    if not fit.converged or not math.isfinite(slope) or abs(slope) > MAX_SLOPE:
         return _replace(base, reason="degenerate fit: the hits separate the alphas perfectly (the slope diverges)")
-    if fit.slope <= 0:
-        return _replace(base, slope=fit.slope, reason=f"the rate does not increase with alpha (fitted slope {fit.slope:.2f} <= 0)")
+    if slope <= 0:
+        return _replace(base, slope=slope, reason=f"the rate does not increase with alpha (fitted slope {slope:.2f} <= 0)")
     critical = NormalDist().inv_cdf((1 + level) / 2) ** 2
     eta = fit.logit_rate(target_alpha)
     low, high = _profile_bounds(fit, target_alpha, eta, critical)
@@ -152,7 +158,7 @@ def estimate_rate(
         rate=_expit(eta),
         ci_low=low,
         ci_high=high,
-        slope=fit.slope,
+        slope=slope,
         spread=getattr(fit, "tau", None),
         per_prompt=fit.per_prompt(target_alpha),
         curve=[(float(a), fit.rate(float(a))) for a in grid],
@@ -355,6 +361,40 @@ class _PooledFit:
 
     def per_prompt(self, target: float) -> list[PromptEstimate]:
         return []
+
+
+class _QuadraticFit(_PooledFit):
+    """Pooled, with log-odds concave in alpha: logit p = c0 + c1 * alpha + c2 * alpha^2, c2 <= 0.
+
+    A behaviour of several tokens has log-odds that bend: each token's probability saturates as
+    alpha grows, so the slope at high alphas understates the slope near 0, and a straight line
+    carried down from there overstates the rate. The bend lets the low alphas pull the curve down."""
+
+    def __init__(self, data: _Data) -> None:
+        linear = _PooledFit(data)
+        self.alphas, self.hits, self.n, self.data = linear.alphas, linear.hits, linear.n, data
+        upper = np.array([np.inf, np.inf, 0.0])
+        start = np.array([linear.intercept, linear.slope, 0.0])
+        theta, self.ll, self.converged = _newton_max(self._ll, start, upper=upper)
+        self.theta = theta
+        self.intercept = float(theta[0])
+        self.slope = float(theta[1])  # at alpha 0; `slope_at` gives it elsewhere
+
+    def _ll(self, theta: np.ndarray) -> float:
+        eta = theta[0] + theta[1] * self.alphas + theta[2] * self.alphas**2
+        return float(_binomial_ll(eta, self.hits, self.n).sum())
+
+    def slope_at(self, alpha: float) -> float:
+        return float(self.theta[1] + 2 * self.theta[2] * alpha)
+
+    def logit_rate(self, alpha: float) -> float:
+        return float(self.theta[0] + self.theta[1] * alpha + self.theta[2] * alpha**2)
+
+    def profile(self, target: float, eta: float) -> float:
+        def ll(s: np.ndarray) -> float:
+            return self._ll(np.array([eta - s[0] * target - s[1] * target**2, s[0], s[1]]))
+
+        return _newton_max(ll, self.theta[1:], upper=np.array([np.inf, 0.0]))[1]
 
 
 class _HierarchicalFit:
