@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from study.detectors import JudgeConfig, parse_detector
+from study.collect.detectors import JudgeConfig, parse_detector
 
 ENDPOINTS = ("chat", "completions")
 PROMPT_SETS = ("advice", "generic")
@@ -84,7 +84,7 @@ class StudyConfig:
     report_top: int = 100
     """How many of the top-ranked samples the HTML report shows."""
     hypothesis_prompt: Path | None = None
-    """The hypothesis instruction file (None: study/hypothesis_prompt.txt); used only with a judge endpoint."""
+    """The hypothesis instruction file (None: study/collect/hypothesis_prompt.txt); used only with a judge endpoint."""
 
     @property
     def base_urls(self) -> tuple[str, ...]:
