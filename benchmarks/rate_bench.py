@@ -36,7 +36,7 @@ import numpy as np
 
 from benchmarks.rate_pool import load_pool
 from study.analysis.estimate import METHODS, Cell, estimate_rate
-from study.stats import auroc, wilson_interval
+from study.analysis.stats import auroc, wilson_interval
 
 DEFAULT_BUDGETS = (60, 120, 240, 480, 1000, 2000)
 PLAIN_BUDGETS = (4000, 8000, 16000)

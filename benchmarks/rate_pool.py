@@ -45,14 +45,38 @@ def parse_counts(text: str) -> dict[float, int]:
 
 
 def load_pool(path: Path) -> list[dict]:
+    """The pool's rows, from its JSONL or from a compact copy (`compact`: a .json file)."""
     if not path.exists():
         return []
+    if path.suffix == ".json":
+        return expand(json.loads(path.read_text()))
     rows = []
     for line in path.read_text().splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a kill: the cell is topped up again
             continue
+    return rows
+
+
+def compact(rows: list[dict], pair: str, max_tokens: int) -> dict:
+    """The pool as counts: per (prompt, alpha) the number of answers and the tokens each hit
+    needed. All the benchmark reads, at a hundredth of the JSONL's size (docs/data/rates/)."""
+    cells: dict[tuple[int, float], list] = {}
+    for r in rows:
+        cell = cells.setdefault((r["prompt"], r["alpha"]), [0, []])
+        cell[0] += 1
+        if r["hit"]:
+            cell[1].append(r["hit_at"])
+    return {"pair": pair, "max_tokens": max_tokens, "prompts_file": "demo/demo_data/eval_prompts.txt",
+            "detector": "regex:zorblax", "cells": [[p, a, n, hits] for (p, a), (n, hits) in sorted(cells.items())]}
+
+
+def expand(record: dict) -> list[dict]:
+    rows = []
+    for p, a, n, hits in record["cells"]:
+        rows += [{"prompt": p, "alpha": a, "hit": 1, "hit_at": h} for h in hits]
+        rows += [{"prompt": p, "alpha": a, "hit": 0, "hit_at": None}] * (n - len(hits))
     return rows
 
 
@@ -143,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=20)
     p.add_argument("--batch", type=int, default=256, help="requests per engine call (and max_num_seqs)")
     p.add_argument("--minutes", type=float, default=9.0, help="stop starting batches after this long")
-    return collect(p.parse_args(argv))
+    p.add_argument("--compact", type=Path, metavar="JSON", help="write the pool's counts here and draw nothing")
+    args = p.parse_args(argv)
+    if args.compact:
+        args.compact.write_text(json.dumps(compact(load_pool(args.pool), args.pair, args.max_tokens)) + "\n")
+        return 0
+    return collect(args)
 
 
 if __name__ == "__main__":
