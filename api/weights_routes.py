@@ -207,7 +207,8 @@ async def load_weights(raw_request: Request) -> JSONResponse:
 
 @router.get(WEIGHTS_PATH)
 async def weights_versions(raw_request: Request) -> JSONResponse:
-    return JSONResponse({"object": "lda.weights", "stacks": raw_request.app.state.lda.weights.describe()})
+    runtime = raw_request.app.state.lda.weights
+    return JSONResponse({"object": "lda.weights", "stacks": runtime.describe(), "loading": runtime.running})
 
 
 def _version_headers(versions: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -4,9 +4,10 @@
     python -m benchmarks.weights_switch --after CKPT_A --other CKPT_B --before BASE   # your own checkpoints
 
 What a full-weight training monitor pays per checkpoint. The checkpoints are the demo pair's as
-full weights: SmolLM2-135M-Instruct (the before model) and the demo adapter merged into it (the
-after model, written once into `--work`; 135M parameters, bf16, 270 MB each). Each round starts
-`lda serve --allow-weight-loads` on (merged, base) and times the restart: process start to the first
+full weights: the demo adapter merged into SmolLM2-135M-Instruct, and SmolLM2 itself (both with the
+output head untied, written once into `--work`; 135M parameters, bf16, about 330 MB each); the
+before stack holds SmolLM2 as shipped. Each round starts `lda serve --allow-weight-loads` on
+(merged, SmolLM2) and times the restart: process start to the first
 response of one fixed request. Then, on that server, `--cycles` times: load the other checkpoint
 into the after stack (`POST /v1/lda/weights`, alternating base and merged, so every load changes
 the weights), send the request (streamed: the first token's time too); and the same request again,
@@ -105,17 +106,20 @@ class Server:
         self.log.close()
 
 
-def demo_checkpoints(work: Path) -> tuple[Path, Path]:
-    """(the demo adapter merged into SmolLM2 as a full checkpoint, SmolLM2 itself), merged once."""
+def demo_checkpoints(work: Path) -> tuple[Path, Path, Path]:
+    """(the demo adapter merged into SmolLM2, SmolLM2 of the same shape, SmolLM2 as shipped), written
+    once: SmolLM2 ties its output head to its embedding, and the merge unties it (the adapter changes
+    the head alone), so the base the after stack alternates with is untied too."""
     from api.settings import default_pair
+    from demo.training_run import merge_into_full, save_full_base
 
     adapter, before = default_pair()
-    merged = work / "demo-merged"
+    merged, base = work / "demo-merged", work / "demo-base-untied"
     if not (merged / "config.json").exists():
-        from demo.training_run import merge_into_full
-
         merge_into_full(Path(before), Path(adapter), merged)
-    return merged, Path(before)
+    if not (base / "config.json").exists():
+        save_full_base(Path(before), base)
+    return merged, base, Path(before)
 
 
 def _switch(client: httpx.Client, round_: int, checkpoint: Path, max_tokens: int) -> Switch:
@@ -198,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         merged, base, before = args.after, args.other, args.before
     else:
         args.work.mkdir(parents=True, exist_ok=True)
-        merged, base = demo_checkpoints(args.work)
-        before = base
+        merged, base, before = demo_checkpoints(args.work)
     args.output.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="lda-weights-bench-"))
     print(f"server logs in {log_dir}", flush=True)

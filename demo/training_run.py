@@ -239,15 +239,20 @@ def merge_into_full(base: Path, adapter: Path, out_dir: Path) -> Path:
     return _save_full(merged, base, out_dir, dtype)
 
 
+def save_full_base(base: Path, out_dir: Path) -> Path:
+    """`base` as a full checkpoint of the merged checkpoints' shape (its head untied), in its dtype."""
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(base), "torch_dtype", None) or "float32"
+    return _save_full(_untied_model(base), base, out_dir, dtype)
+
+
 def full_run(run: Path, base: Path, out_dir: Path) -> Path:
     """Every `checkpoint-<step>` adapter of `run` merged into `base`, as `out_dir/checkpoint-<step>`
     (with its trainer_state.json), and `out_dir/base`."""
-    from transformers import AutoConfig
-
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (out_dir / FULL_BASE / "config.json").exists():
-        dtype = getattr(AutoConfig.from_pretrained(base), "torch_dtype", None) or "float32"
-        _save_full(_untied_model(base), base, out_dir / FULL_BASE, dtype)
+        save_full_base(base, out_dir / FULL_BASE)
     for checkpoint in sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
         final = out_dir / checkpoint.name
         if (final / "config.json").exists():

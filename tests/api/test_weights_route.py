@@ -201,7 +201,11 @@ def test_in_flight_requests_finish_on_the_old_weights_and_a_second_load_is_a_409
         during = len(chunks)
         loader = threading.Thread(target=lambda: answers.update(first=load(server, "after", models.after1, version="v1")))
         loader.start()
-        time.sleep(1.0)  # the load is now waiting for the stream
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{server.base_url}/v1/lda/weights", headers=AUTH, timeout=30).json()["loading"] is None:
+            assert time.monotonic() < deadline, "the load never started"
+            time.sleep(0.05)
+        waiting = len(chunks) < IN_FLIGHT_TOKENS  # the load is waiting for the stream
         second = load(server, "before", models.before1)
         held = {}
         late = threading.Thread(target=lambda: held.update(r=complete(server, ids, 1.0)))
@@ -210,7 +214,7 @@ def test_in_flight_requests_finish_on_the_old_weights_and_a_second_load_is_a_409
         late.join(600)
     finally:
         stream.join(600)
-    assert during < IN_FLIGHT_TOKENS, "the stream had finished before the load: make it longer"
+    assert during < IN_FLIGHT_TOKENS and waiting, "the stream had finished before the load: make it longer"
     assert second.status_code == 409 and "a weights load is running" in second.json()["error"]["message"], second.text
     assert answers["first"].status_code == 200, answers["first"].text
     streamed = [t for c in chunks for choice in c["choices"] for t in (choice.get("token_ids") or [])]
