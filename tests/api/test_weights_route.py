@@ -202,10 +202,10 @@ def test_in_flight_requests_finish_on_the_old_weights_and_a_second_load_is_a_409
         loader = threading.Thread(target=lambda: answers.update(first=load(server, "after", models.after1, version="v1")))
         loader.start()
         deadline = time.monotonic() + 120
-        while httpx.get(f"{server.base_url}/v1/lda/weights", headers=AUTH, timeout=30).json()["loading"] is None:
+        while loader.is_alive() and httpx.get(f"{server.base_url}/v1/lda/weights", headers=AUTH, timeout=30).json()["loading"] is None:
             assert time.monotonic() < deadline, "the load never started"
             time.sleep(0.05)
-        waiting = len(chunks) < IN_FLIGHT_TOKENS  # the load is waiting for the stream
+        waiting = loader.is_alive() and len(chunks) < IN_FLIGHT_TOKENS  # the load is waiting for the stream
         second = load(server, "before", models.before1)
         held = {}
         late = threading.Thread(target=lambda: held.update(r=complete(server, ids, 1.0)))
