@@ -21,7 +21,12 @@ import httpx
 
 from study.collect import server
 from study.collect.client import normalize_base_url
-from study.collect.server import ServerStartError, free_port, lda_serve_command, lda_serve_env
+from study.collect.server import (
+    ServerStartError,
+    free_port,
+    lda_serve_command,
+    lda_serve_env,
+)
 from study.errors import StudyError
 
 LOAD_ROUTE = "/load_lora_adapter"

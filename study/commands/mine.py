@@ -26,14 +26,21 @@ from study.analysis.ranking import rank, separation
 from study.analysis.themes import ThemeConfig
 from study.collect.detectors import JudgeConfig
 from study.collect.hypothesis import load_prompt
-from study.collect.scoring import SCORES_FILE, load_scores
-from study.collect.settings import SETTINGS_FILE
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.scoring import load_scores
+from study.collect.store import SampleStore
 from study.commands.workflow import sample_groups
 from study.config import DEFAULT_RANK_BY, RANK_BY
 from study.errors import StudyError
-from study.output.report import REPORT_FILE, write_report
-from study.output.summary import PLOT_FILE, SUMMARY_FILE, plot, save_summary, summarize
+from study.output.files import (
+    PLOT_FILE,
+    REPORT_FILE,
+    SAMPLES_FILE,
+    SCORES_FILE,
+    SETTINGS_FILE,
+    SUMMARY_FILE,
+)
+from study.output.report import write_report
+from study.output.summary import plot, save_summary, summarize
 
 PROG = "lda mine"
 DEFAULTS = ThemeConfig()

@@ -35,15 +35,20 @@ from study.collect.checkpoint_serving import (
 from study.collect.checkpoints import find_checkpoints
 from study.collect.pool import Failure
 from study.collect.settings import settings_of
-from study.collect.store import SAMPLES_FILE
 from study.commands.study import _attach_negative_alphas, _parser, config_from_args
 from study.commands.workflow import run_study
 from study.config import StudyConfig
 from study.errors import StudyError
-from study.output.monitor_report import (
+from study.output.files import (
+    CHECKPOINT_DONE_FILE,
     MONITOR_HTML,
     MONITOR_JSON,
     MONITOR_PNG,
+    SAMPLES_FILE,
+    SERVER_LOG_FILE,
+    write_atomically,
+)
+from study.output.monitor_report import (
     RULE,
     CheckpointResult,
     collect,
@@ -55,8 +60,6 @@ from study.output.monitor_report import (
 )
 from study.records import Checkpoint
 
-DONE_FILE = "checkpoint.json"
-"""Written into a checkpoint's study folder once all its samples are drawn: a re-run skips it."""
 DEFAULT_OUTPUT = "monitor"
 DEFAULT_SEED = 0
 
@@ -170,7 +173,7 @@ def _timed_out(config: MonitorConfig, idle_since: float) -> bool:
 
 def _finished(config: MonitorConfig, checkpoint: Checkpoint) -> bool:
     try:
-        done = json.loads((config.output_dir / checkpoint.name / DONE_FILE).read_text())
+        done = json.loads((config.output_dir / checkpoint.name / CHECKPOINT_DONE_FILE).read_text())
     except (OSError, ValueError):
         return False
     return done.get("path") == str(checkpoint.path.resolve())
@@ -192,7 +195,7 @@ def _study_checkpoint(config: MonitorConfig, checkpoint: Checkpoint, adapters: R
             raise CheckpointRefused(f"{checkpoint.path} is a full-weight checkpoint: give --before (the base model) "
                                     "to serve each such checkpoint by a pair of its own (one engine start each)")
         say(f"{checkpoint.name} (step {checkpoint.step}): starting a pair for this full-weight checkpoint")
-        with served_pair(checkpoint.path, config.before, study_dir / "server.log") as url:
+        with served_pair(checkpoint.path, config.before, study_dir / SERVER_LOG_FILE) as url:
             say(f"{checkpoint.name}: pair ready in {time.monotonic() - start:.1f} s")
             result = run_study(replace(config.study, output_dir=study_dir, base_url=url))
     else:
@@ -203,7 +206,7 @@ def _study_checkpoint(config: MonitorConfig, checkpoint: Checkpoint, adapters: R
     if not result.failures:
         done = {"name": checkpoint.name, "step": checkpoint.step, "path": str(checkpoint.path.resolve()),
                 "kind": checkpoint.kind}
-        (study_dir / DONE_FILE).write_text(json.dumps(done, indent=2) + "\n")
+        write_atomically(study_dir / CHECKPOINT_DONE_FILE, json.dumps(done, indent=2) + "\n")
     say(f"{checkpoint.name}: {result.new_samples} new samples in {time.monotonic() - start:.1f} s"
         + (f", {len(result.failures)} failed (rerun to retry)" if result.failures else ""))
     return result.failures

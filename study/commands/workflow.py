@@ -14,11 +14,12 @@ from study.collect.pool import Draw, Failure, draw_all, plan_jobs
 from study.collect.prompts import load_prompts
 from study.collect.scoring import score_samples
 from study.collect.settings import check_settings, load_settings, settings_of
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.store import SampleStore
 from study.config import StudyConfig
 from study.errors import StudyError
-from study.output.report import REPORT_FILE, write_report
-from study.output.summary import PLOT_FILE, AlphaSummary, plot, summarize, write_summary
+from study.output.files import PLOT_FILE, REPORT_FILE, SAMPLES_FILE
+from study.output.report import write_report
+from study.output.summary import AlphaSummary, plot, summarize, write_summary
 from study.records import Prompt, Sample
 
 

@@ -25,14 +25,12 @@ from pathlib import Path
 from study.analysis.ranking import Ranked, rank
 from study.analysis.themes import ThemeConfig, mine, scored_text
 from study.collect.scoring import load_scores
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.store import SampleStore
+from study.output.files import SAMPLES_FILE, write_atomically
 from study.output.report import _STYLE, _sample_block
 from study.output.summary import summarize
 from study.records import Checkpoint, Sample, SampleScore
 
-MONITOR_JSON = "monitor.json"
-MONITOR_PNG = "monitor.png"
-MONITOR_HTML = "monitor.html"
 RULE = ("first checkpoint whose 95% Wilson lower bound of the rate lies above the 95% Wilson upper bound "
         "of the first checkpoint's rate, at the same alpha")
 QUANTILES = (0.5, 0.9, 0.99)
@@ -145,7 +143,7 @@ def write_json(path: Path, results: list[CheckpointResult], settings: dict, alph
                             for a, c in detected.items()},
         "checkpoints": [r.as_dict() for r in results],
     }
-    _write_atomically(path, json.dumps(record, indent=2) + "\n")
+    write_atomically(path, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -213,7 +211,7 @@ def write_html(path: Path, png: Path, results: list[CheckpointResult], record: d
     )
     page = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lda monitor</title>'
             f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
-    _write_atomically(path, page)
+    write_atomically(path, page)
 
 
 def _checkpoint_section(result: CheckpointResult, rank_by: str, top: int) -> str:
@@ -247,10 +245,3 @@ def format_table(results: list[CheckpointResult], alphas: tuple[float, ...]) -> 
             cells.append(f"{rate + score:>22}")
         lines.append(f"{r.checkpoint.name:<20} {r.checkpoint.step:>6} " + " ".join(cells))
     return "\n".join(lines)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Rewritten after every checkpoint: a Ctrl-C mid-write must leave the previous file whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -12,13 +12,12 @@ three log-probabilities (the `title` attribute, which every browser shows withou
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
 from study.analysis.ranking import Ranked
 from study.analysis.themes import Theme, sample_key
+from study.output.files import write_atomically
 
-REPORT_FILE = "report.html"
 SATURATION = 4.0
 """|logp_after - logp_before| in nats at which a token's colour is fully saturated."""
 
@@ -163,7 +162,5 @@ def write_report(
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>\n"
     )
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, page)
     return path

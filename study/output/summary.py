@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -18,10 +17,8 @@ from study.analysis.stats import (
 )
 from study.collect.settings import load_settings, settings_of
 from study.config import StudyConfig
+from study.output.files import SUMMARY_FILE, write_atomically
 from study.records import Prompt, Sample
-
-SUMMARY_FILE = "summary.json"
-PLOT_FILE = "rate_vs_alpha.png"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +184,4 @@ def save_summary(path: Path, summary: dict) -> None:
     """Write summary.json with the LEADING_KEYS first, atomically (never half a file)."""
     ordered = {k: summary[k] for k in LEADING_KEYS if k in summary}
     ordered.update((k, v) for k, v in summary.items() if k not in LEADING_KEYS)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(ordered, indent=2, ensure_ascii=False) + "\n")
