@@ -209,7 +209,7 @@ def no_alpha_reason(path: str) -> str:
 class AlphaMiddleware:
     def __init__(
         self, app, policy: AlphaConfig, limits: RequestLimits | None = None, adapters: AdapterRouting | None = None,
-        other_generation_paths: frozenset[str] = frozenset(), served_name: str | None = None,
+        other_generation_paths: frozenset[str] = frozenset(), served_name: str | None = None, pair: dict | None = None,
     ):
         self.app = app
         self.policy = policy
@@ -219,6 +219,8 @@ class AlphaMiddleware:
         """Served vLLM routes that generate without alpha (api/routes.py): only the limits apply."""
         self.served_name = served_name
         """The pair's own model name, which a model-name alpha may follow when no adapters are served."""
+        self.pair = pair
+        """What /v1/models says about the pair besides its names (`lda_pair`): the after and before models."""
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path") if scope["type"] == "http" else None
@@ -232,7 +234,7 @@ class AlphaMiddleware:
         if path in self.other_generation_paths and method == "POST":
             return await self._limited(scope, receive, send)
         if path == MODELS_PATH and method == "GET":
-            return await self.app(scope, receive, _ModelsRewriter(send, self.policy))
+            return await self.app(scope, receive, _ModelsRewriter(send, self.policy, self.pair))
         return await self.app(scope, receive, send)
 
     def served_names(self) -> list[str]:
@@ -359,10 +361,11 @@ class AlphaMiddleware:
 
 
 class _ModelsRewriter:
-    """Documents alpha on each /v1/models entry: its range, default and the model-name form."""
+    """Documents alpha on each /v1/models entry (its range, default and the model-name form) and adds
+    the pair (`lda_pair`: the after and before models) beside the list."""
 
-    def __init__(self, send, policy: AlphaConfig):
-        self.send, self.policy = send, policy
+    def __init__(self, send, policy: AlphaConfig, pair: dict | None = None):
+        self.send, self.policy, self.pair = send, policy, pair
         self.start: dict | None = None
         self.buffer = b""
 
@@ -390,6 +393,8 @@ class _ModelsRewriter:
         for card in data.get("data") or [] if isinstance(data, dict) else []:
             if isinstance(card, dict) and isinstance(card.get("id"), str):
                 card["lda_alpha"] = models_entry(card["id"], self.policy)
+        if isinstance(data, dict) and self.pair is not None:
+            data["lda_pair"] = self.pair
         return json.dumps(data).encode()
 
 

@@ -17,6 +17,7 @@ COMMANDS = {
     "explore": ("study.commands.explore", "Rank samples by what post-training favoured, with no detector."),
     "mine": ("study.commands.mine", "Name what post-training changed, from a finished study's files (no server)."),
     "monitor": ("study.commands.monitor", "Watch a behaviour appear over a training run's checkpoints."),
+    "mcp": ("study.commands.mcp", "Serve the study tools to an agent over the Model Context Protocol."),
     "demo-run": ("demo.training_run", "Train (or find) a demo LoRA training run with checkpoints."),
     "bench": ("benchmarks.serve_bench", "Benchmark LDA against a single model and the original design."),
     "selftest": ("demo.selftest", "Check the pair engine, eager and compiled, against the reference on this device."),

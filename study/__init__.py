@@ -16,6 +16,7 @@ room, the shared modules and the rooms below it (`tests/test_layout.py` states t
       scoring      per-token attribution from the server store        samples.jsonl on disk
       settings     study.json: what the samples mean    checkpoints  a training run's checkpoints
       hypothesis   the optional LLM reading of themes   checkpoint_serving  one checkpoint in front of a study
+      lda_api      one HTTP call per question an agent asks (generate, score, pair)
     analysis/   pure functions over records: no file, no network, no printing
       stats        intervals, coherence, AUROC          ranking      order samples by their scores
       themes       phrases -> themes                    promoted     promoted tokens -> themes
@@ -27,4 +28,5 @@ room, the shared modules and the rooms below it (`tests/test_layout.py` states t
       study        `lda study`                          explore      `lda explore`
       workflow     run_study, the whole workflow        mine         `lda mine STUDY_DIR`
       corpus       `lda mine --corpus`                  monitor      `lda monitor RUN_DIR`
+      mcp          `lda mcp`: the tools for an agent    mcp_tools    what each of those tools does
 """

@@ -25,7 +25,7 @@ from study.analysis.naming import Naming, format_themes, name_changes
 from study.analysis.ranking import rank, separation
 from study.analysis.themes import ThemeConfig
 from study.collect.detectors import JudgeConfig
-from study.collect.hypothesis import load_prompt
+from study.collect.hypothesis import load_prompt, with_hypothesis
 from study.collect.scoring import load_scores
 from study.collect.store import SampleStore
 from study.commands.workflow import sample_groups
@@ -149,7 +149,7 @@ def mine_study(config: MineConfig) -> Naming:
     alphas = tuple(summary.get("alphas") or sorted({s.alpha for s in samples}))
     rank_by = (summary.get("ranking") or {}).get("rank_by", DEFAULT_RANK_BY)
     rank_by = rank_by if rank_by in RANK_BY else DEFAULT_RANK_BY
-    naming = name_changes(samples, scores, config.themes, config.judge, instruction)
+    naming = with_hypothesis(name_changes(samples, scores, config.themes), config.judge, instruction)
     rows = summarize(samples, alphas)
     ranked = rank(samples, scores, rank_by)
     measured = {name: m for name, a in sample_groups(alphas).items() if (m := separation(samples, scores, a))}

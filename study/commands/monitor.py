@@ -34,7 +34,9 @@ from study.collect.checkpoint_serving import (
 )
 from study.collect.checkpoints import find_checkpoints
 from study.collect.pool import Failure
+from study.collect.scoring import load_scores
 from study.collect.settings import settings_of
+from study.collect.store import SampleStore
 from study.commands.study import _attach_negative_alphas, _parser, config_from_args
 from study.commands.workflow import run_study
 from study.config import StudyConfig
@@ -51,7 +53,7 @@ from study.output.files import (
 from study.output.monitor_report import (
     RULE,
     CheckpointResult,
-    collect,
+    checkpoint_result,
     first_detection,
     format_table,
     plot,
@@ -221,7 +223,9 @@ def _write_outputs(config: MonitorConfig, checkpoints: list[Checkpoint], result:
         study_dir = config.output_dir / checkpoint.name
         if (study_dir / SAMPLES_FILE).exists():
             previous = results[-1] if results else None
-            results.append(collect(checkpoint, study_dir, study.alphas, study.detector is not None, study.rank_by, previous))
+            samples = list(SampleStore(study_dir / SAMPLES_FILE).load().values())
+            results.append(checkpoint_result(checkpoint, samples, load_scores(study_dir), study.alphas,
+                                             study.detector is not None, study.rank_by, previous))
     settings = {"run_dir": str(config.run_dir.resolve()), **settings_of(study), "alphas": list(study.alphas),
                 "samples_per_prompt": study.samples_per_prompt, "prompts": str(study.prompts_path or study.prompt_set),
                 "score_by": study.rank_by}

@@ -24,12 +24,10 @@ from pathlib import Path
 
 from study.analysis.ranking import Ranked, rank
 from study.analysis.themes import ThemeConfig, mine, scored_text
-from study.collect.scoring import load_scores
-from study.collect.store import SampleStore
-from study.output.files import SAMPLES_FILE, write_atomically
-from study.output.report import _STYLE, _sample_block
+from study.output.files import write_atomically
+from study.output.report import STYLE, sample_block
 from study.output.summary import summarize
-from study.records import Checkpoint, Sample, SampleScore
+from study.records import Checkpoint, Key, Sample, SampleScore
 
 RULE = ("first checkpoint whose 95% Wilson lower bound of the rate lies above the 95% Wilson upper bound "
         "of the first checkpoint's rate, at the same alpha")
@@ -69,11 +67,10 @@ class CheckpointResult:
                 "per_alpha": [asdict(p) for p in self.points]}
 
 
-def collect(checkpoint: Checkpoint, study_dir: Path, alphas: tuple[float, ...], detector: bool, rank_by: str,
-            previous: CheckpointResult | None) -> CheckpointResult:
-    """One checkpoint's results, from its study folder."""
-    samples = list(SampleStore(study_dir / SAMPLES_FILE).load().values())
-    scores = load_scores(study_dir)
+def checkpoint_result(checkpoint: Checkpoint, samples: list[Sample], scores: dict[Key, SampleScore],
+                      alphas: tuple[float, ...], detector: bool, rank_by: str,
+                      previous: CheckpointResult | None) -> CheckpointResult:
+    """One checkpoint's results, from its study folder's samples and scores."""
     before = {p.alpha: p.top_themes for p in previous.points} if previous else {}
     points = []
     for row in summarize(samples, alphas):
@@ -210,7 +207,7 @@ def write_html(path: Path, png: Path, results: list[CheckpointResult], record: d
         f"<table><tr><th>alpha</th><th>first detected at</th></tr>{detections}</table>{sections}"
     )
     page = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lda monitor</title>'
-            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
     write_atomically(path, page)
 
 
@@ -223,7 +220,7 @@ def _checkpoint_section(result: CheckpointResult, rank_by: str, top: int) -> str
         f"<td>{html.escape(', '.join(p.new_themes))}</td></tr>"
         for p in result.points
     )
-    blocks = "".join(_sample_block(item, rank_by) for item in result.top_samples[:top])
+    blocks = "".join(sample_block(item, rank_by) for item in result.top_samples[:top])
     return (
         f"<h2>{html.escape(c.name)} (step {c.step})</h2><table><tr><th>alpha</th><th>n</th><th>hits</th>"
         f"<th>mean score</th><th>top themes</th><th>new themes</th></tr>{rows}</table>"

@@ -70,7 +70,7 @@ def call(app, path: str, body: dict | None = None, method: str = "POST") -> http
 
 def middleware(adapters: AdapterRouting | None = None):
     recorder = Recorder()
-    app = AlphaMiddleware(recorder, POLICY, adapters=adapters, served_name="lda",
+    app = AlphaMiddleware(recorder, POLICY, adapters=adapters, served_name="lda", pair={"after": "a", "before": "b"},
                           other_generation_paths=frozenset({"/v1/responses", "/v1/messages"}))
     return app, recorder
 
@@ -145,8 +145,10 @@ def test_routes_without_alpha_refuse_a_model_name_alpha(path):
     assert call(app, path, {"model": "lda", "input": "hi"}).status_code == 200
 
 
-def test_models_documents_the_form_on_each_entry():
+def test_models_documents_the_form_on_each_entry_and_names_the_pair():
     app, _ = middleware()
-    cards = call(app, "/v1/models", method="GET").json()["data"]
+    listing = call(app, "/v1/models", method="GET").json()
+    assert listing["lda_pair"] == {"after": "a", "before": "b"}
+    cards = listing["data"]
     assert [c["lda_alpha"]["model_name_form"] for c in cards] == ["lda@<alpha>", "ad@<alpha>"]
     assert cards[0]["lda_alpha"] | {"note": None} == {"default": 1.0, "min": -1.0, "max": 20.0, "model_name_form": "lda@<alpha>", "note": None}
