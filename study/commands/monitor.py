@@ -51,10 +51,12 @@ from study.output.files import (
     write_atomically,
 )
 from study.output.monitor_report import (
+    ESTIMATE_RULE,
     RULE,
     CheckpointResult,
     checkpoint_result,
     first_detection,
+    first_detection_by_estimate,
     format_table,
     plot,
     write_html,
@@ -225,7 +227,8 @@ def _write_outputs(config: MonitorConfig, checkpoints: list[Checkpoint], result:
             previous = results[-1] if results else None
             samples = list(SampleStore(study_dir / SAMPLES_FILE).load().values())
             results.append(checkpoint_result(checkpoint, samples, load_scores(study_dir), study.alphas,
-                                             study.detector is not None, study.rank_by, previous))
+                                             study.detector is not None, study.rank_by, previous,
+                                             study.estimate_alpha))
     settings = {"run_dir": str(config.run_dir.resolve()), **settings_of(study), "alphas": list(study.alphas),
                 "samples_per_prompt": study.samples_per_prompt, "prompts": str(study.prompts_path or study.prompt_set),
                 "score_by": study.rank_by}
@@ -301,6 +304,9 @@ def _report(config: MonitorConfig, result: MonitorResult) -> int:
         for alpha, checkpoint in first_detection(result.results, alphas).items():
             where = "never" if checkpoint is None else f"{checkpoint.name} (step {checkpoint.step})"
             print(f"  alpha {alpha:g}: {where}")
+        by_estimate = first_detection_by_estimate(result.results)
+        where = "never" if by_estimate is None else f"{by_estimate.name} (step {by_estimate.step})"
+        print(f"first detection by the path estimate ({ESTIMATE_RULE}): {where}")
     files = ", ".join((MONITOR_JSON, MONITOR_PNG, MONITOR_HTML))
     print(f"\n{result.new_checkpoints} checkpoints studied by this run; results in {config.output_dir}/ ({files})")
     if result.stopped:
