@@ -33,7 +33,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.runtime_adapters import timed_completion
+from benchmarks.adapter_load_bench import timed_completion
 
 START_TIMEOUT_S = 900
 SERVED = "lda"

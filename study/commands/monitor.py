@@ -44,22 +44,31 @@ from study.collect.checkpoint_serving import (
 )
 from study.collect.checkpoints import find_checkpoints
 from study.collect.pool import Failure
+from study.collect.scoring import load_scores
 from study.collect.settings import settings_of
-from study.collect.store import SAMPLES_FILE
+from study.collect.store import SampleStore
 from study.commands.study import _attach_negative_alphas, _parser, config_from_args
 from study.commands.workflow import run_study
 from study.config import StudyConfig
 from study.errors import StudyError
-from study.output.monitor_report import (
+from study.output.files import (
+    CHECKPOINT_DONE_FILE,
     MONITOR_HTML,
     MONITOR_JSON,
     MONITOR_PNG,
+    SAMPLES_FILE,
+    SERVER_LOG_FILE,
+    write_atomically,
+)
+from study.output.monitor_report import (
+    ESTIMATE_RULE,
     RULE,
     SHIFT_RULE,
     CheckpointResult,
-    collect,
+    checkpoint_result,
     first_detection,
     first_shift_detection,
+    first_detection_by_estimate,
     format_table,
     plot,
     write_html,
@@ -67,8 +76,6 @@ from study.output.monitor_report import (
 )
 from study.records import Checkpoint
 
-DONE_FILE = "checkpoint.json"
-"""Written into a checkpoint's study folder once all its samples are drawn: a re-run skips it."""
 RUN_FILE = "monitor-run.json"
 """The monitor folder's comparison (base or previous) and the before stack's base: a resume must
 compare the same way (a study folder resumes sample by sample)."""
@@ -197,7 +204,7 @@ def _timed_out(config: MonitorConfig, idle_since: float) -> bool:
 
 def _finished(config: MonitorConfig, checkpoint: Checkpoint) -> bool:
     try:
-        done = json.loads((config.output_dir / checkpoint.name / DONE_FILE).read_text())
+        done = json.loads((config.output_dir / checkpoint.name / CHECKPOINT_DONE_FILE).read_text())
     except (OSError, ValueError):
         return False
     return done.get("path") == str(checkpoint.path.resolve()) and done.get("compare", "base") == config.compare
@@ -211,13 +218,13 @@ def _run_record(config: MonitorConfig) -> dict:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         record = {"compare": config.compare, "base": config.before}
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        write_atomically(path, json.dumps(record, indent=2) + "\n")
     if record.get("compare") != config.compare:
         raise ValueError(f"compare: {config.output_dir} holds a monitor with --compare {record.get('compare')}; "
                          f"resume it with that, or give another --output-dir for --compare {config.compare}")
     if config.before is not None and record.get("base") != config.before:
         record["base"] = config.before
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        write_atomically(path, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -235,7 +242,7 @@ class Serving:
         """The before stack's base: --before, else what the first run found in the before stack."""
         if not self.run.get("base"):
             self.run["base"] = self.weights.stacks()["before"]["path"]
-            (config.output_dir / RUN_FILE).write_text(json.dumps(self.run, indent=2) + "\n")
+            write_atomically(config.output_dir / RUN_FILE, json.dumps(self.run, indent=2) + "\n")
         return self.run["base"]
 
     def before_for(self, config: MonitorConfig) -> str:
@@ -270,7 +277,7 @@ def _study_checkpoint(config: MonitorConfig, checkpoint: Checkpoint, serving: Se
                                     "(one engine start each)")
         before = str(serving.previous.path.resolve()) if config.compare == "previous" and serving.previous else config.before
         say(f"{checkpoint.name} (step {checkpoint.step}): starting a pair for this full-weight checkpoint")
-        with served_pair(checkpoint.path, before, study_dir / "server.log") as url:
+        with served_pair(checkpoint.path, before, study_dir / SERVER_LOG_FILE) as url:
             say(f"{checkpoint.name}: pair ready in {time.monotonic() - start:.1f} s")
             result = run_study(replace(config.study, output_dir=study_dir, base_url=url))
     elif config.compare == "previous":
@@ -285,7 +292,7 @@ def _study_checkpoint(config: MonitorConfig, checkpoint: Checkpoint, serving: Se
     if not result.failures:
         done = {"name": checkpoint.name, "step": checkpoint.step, "path": str(checkpoint.path.resolve()),
                 "kind": checkpoint.kind, "compare": config.compare}
-        (study_dir / DONE_FILE).write_text(json.dumps(done, indent=2) + "\n")
+        write_atomically(study_dir / CHECKPOINT_DONE_FILE, json.dumps(done, indent=2) + "\n")
     say(f"{checkpoint.name}: {result.new_samples} new samples in {time.monotonic() - start:.1f} s"
         + (f", {len(result.failures)} failed (rerun to retry)" if result.failures else ""))
     return result.failures
@@ -306,8 +313,10 @@ def _write_outputs(config: MonitorConfig, checkpoints: list[Checkpoint], result:
         study_dir = config.output_dir / checkpoint.name
         if (study_dir / SAMPLES_FILE).exists():
             previous = results[-1] if results else None
-            results.append(collect(checkpoint, study_dir, study.alphas, study.detector is not None, study.rank_by, previous,
-                                   results[0] if results else None))
+            samples = list(SampleStore(study_dir / SAMPLES_FILE).load().values())
+            results.append(checkpoint_result(checkpoint, samples, load_scores(study_dir), study.alphas,
+                                             study.detector is not None, study.rank_by, previous,
+                                             study.estimate_alpha, results[0] if results else None))
     settings = {"run_dir": str(config.run_dir.resolve()), **settings_of(study), "alphas": list(study.alphas),
                 "samples_per_prompt": study.samples_per_prompt, "prompts": str(study.prompts_path or study.prompt_set),
                 "score_by": study.rank_by, "compare": config.compare}
@@ -389,6 +398,9 @@ def _report(config: MonitorConfig, result: MonitorResult) -> int:
         for alpha, checkpoint in first_detection(result.results, alphas).items():
             where = "never" if checkpoint is None else f"{checkpoint.name} (step {checkpoint.step})"
             print(f"  alpha {alpha:g}: {where}")
+        by_estimate = first_detection_by_estimate(result.results)
+        where = "never" if by_estimate is None else f"{by_estimate.name} (step {by_estimate.step})"
+        print(f"first detection by the path estimate ({ESTIMATE_RULE}): {where}")
     if any(p.score is not None for r in result.results for p in r.points):
         print(f"\nfirst shift of the diff scores, no detector ({SHIFT_RULE}):")
         for alpha, checkpoint in first_shift_detection(result.results, alphas).items():
