@@ -11,18 +11,20 @@ three log-probabilities (the `title` attribute, which every browser shows withou
 
 from __future__ import annotations
 
+import base64
 import html
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from study.analysis.estimate import Estimate, percent
 from study.analysis.ranking import Ranked
 from study.analysis.themes import Theme, sample_key
+from study.output.files import write_atomically
 
-REPORT_FILE = "report.html"
 SATURATION = 4.0
 """|logp_after - logp_before| in nats at which a token's colour is fully saturated."""
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
 .sample { border: 1px solid #ccc; border-radius: 6px; padding: 0.8em 1em; margin: 1em 0; }
 .meta { font-size: 0.85em; color: #555; margin-bottom: 0.4em; }
@@ -67,7 +69,9 @@ def _verdict(detected: bool | None) -> str:
     return '<span class="hit">detector: hit</span>' if detected else "detector: miss"
 
 
-def _sample_block(item: Ranked, rank_by: str, anchor: str = "", outline: frozenset[int] = frozenset()) -> str:
+def sample_block(item: Ranked, rank_by: str, anchor: str = "", outline: frozenset[int] = frozenset()) -> str:
+    """One ranked sample as HTML: its rank, score and verdict, then its tokens coloured by their diff
+    (the tokens at `outline` boxed); shared with the monitor's page, which uses STYLE too."""
     s, summary = item.sample, item.score.summary
     meta = (
         f"#{item.rank} &middot; {rank_by} {item.value:+.3f} &middot; alpha {s.alpha:g} &middot; "
@@ -133,7 +137,47 @@ def _theme_samples(themes: list[Theme], ranked: list[Ranked], rank_by: str) -> s
         for i, key in enumerate(keys):
             outline = frozenset(j for o in theme.occurrences if o.key == key for j in range(o.start, o.end))
             parts.append(f"<p><b>Theme {number}</b> ({html.escape(theme.text)}):</p>")
-            parts.append(_sample_block(by_key[key], rank_by, f"theme-{number}-{i}", outline))
+            parts.append(sample_block(by_key[key], rank_by, f"theme-{number}-{i}", outline))
+    return "".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RateView:
+    """What the report shows of the rate: the path estimate and the rate plot (embedded)."""
+
+    estimate: Estimate | None
+    plot: Path | None
+
+
+def _rate_section(rates: RateView | None, prompts_shown: int = 10) -> str:
+    """The estimated rate at the target alpha first (or why there is none), the prompts most
+    likely to show the behaviour there, and the rate plot inline (the report stays one file)."""
+    if rates is None or rates.estimate is None:
+        return ""
+    e = rates.estimate
+    parts = [f"<h2>How often at alpha {e.target_alpha:g}</h2>"]
+    if e.rate is None:
+        parts.append(f"<p>No path estimate: {html.escape(e.reason or '')}.</p>")
+    else:
+        used = ", ".join(f"{u['alpha']:g}: {u['hits']}/{u['n']}" for u in e.used)
+        parts.append(
+            f"<p><b>{percent(e.rate)}</b> [{percent(e.ci_low)}, {percent(e.ci_high)}], {100 * e.level:g}% profile-likelihood "
+            f"interval; {e.method} fit of log-odds linear in alpha over the hits per alpha ({html.escape(used)}); the "
+            f"curve is extrapolated below alpha {e.measured_from:g} (dashed). It assumes a straight trend in log-odds "
+            "from the target to the alphas with hits (docs: research/rate-estimate.md).</p>"
+        )
+        rows = "".join(
+            f"<tr><td>{p.rank}</td><td>{html.escape(p.prompt_id)}</td><td>{percent(p.rate)}</td><td>{p.hits}/{p.n}</td></tr>"
+            for p in e.per_prompt[:prompts_shown]
+        )
+        if rows:
+            parts.append(
+                "<table><tr><th>rank</th><th>prompt</th><th>estimated rate</th><th>hits (all alphas)</th></tr>"
+                f"{rows}</table>"
+            )
+    if rates.plot is not None and rates.plot.exists():
+        data = base64.b64encode(rates.plot.read_bytes()).decode()
+        parts.append(f'<p><img alt="rate against alpha" src="data:image/png;base64,{data}" style="max-width:100%"></p>')
     return "".join(parts)
 
 
@@ -146,12 +190,14 @@ def write_report(
     separation: dict,
     themes: list[Theme] | None = None,
     hypothesis: str | None = None,
+    rates: RateView | None = None,
 ) -> Path:
     """Write the report (themes first, then the `top` first samples of `ranked`) to `path`,
     atomically: an interrupted write leaves the previous report, not half of one."""
-    blocks = "".join(_sample_block(item, rank_by) for item in ranked[:top])
+    blocks = "".join(sample_block(item, rank_by) for item in ranked[:top])
     body = (
         f"<h1>{html.escape(title)}</h1>"
+        f"{_rate_section(rates)}"
         f"{_themes_section(themes or [], ranked, rank_by, hypothesis)}"
         f"<h2>Top samples</h2>"
         f"<p>{len(ranked)} scored samples, ranked by the {rank_by} of logp_after - logp_before per token; "
@@ -161,9 +207,7 @@ def write_report(
     )
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>\n"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
     )
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, page)
     return path

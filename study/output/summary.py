@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from study.analysis.estimate import (
+    Estimate,
+    cells_from_outcomes,
+    estimate_rate,
+    unavailable,
+)
 from study.analysis.stats import (
     DEGENERATE_NGRAM,
     DEGENERATE_REPEATS,
@@ -16,12 +21,10 @@ from study.analysis.stats import (
     is_degenerate,
     wilson_interval,
 )
-from study.collect.settings import load_settings, settings_of
 from study.config import StudyConfig
+from study.output.estimate_plot import draw_estimate, png_metadata, spans_decades
+from study.output.files import SUMMARY_FILE, write_atomically
 from study.records import Prompt, Sample
-
-SUMMARY_FILE = "summary.json"
-PLOT_FILE = "rate_vs_alpha.png"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,21 +109,38 @@ def _pct(value: float | None) -> str:
     return f"{100 * value:.2g}%" if 0 < value < 1e-4 else f"{100 * value:.2f}%"
 
 
-def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = False) -> None:
-    """Rate with its Wilson interval (top) and the coherence measures (bottom) against alpha.
+def estimate_for(samples: Iterable[Sample], target_alpha: float | None) -> Estimate | None:
+    """The path estimate at `target_alpha` from the samples' verdicts; None when there is no
+    target (no detector)."""
+    if target_alpha is None:
+        return None
+    cells = cells_from_outcomes((s.prompt_id, s.alpha, s.detected) for s in samples)
+    if not cells:
+        return unavailable(target_alpha, "no sample judged by a detector yet")
+    return estimate_rate(cells, target_alpha)
 
-    Without a detector there is no rate: the plot shows the coherence measures alone."""
+
+def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = False, estimate: Estimate | None = None) -> None:
+    """Rate with its Wilson interval (top) and the coherence measures (bottom) against alpha; with
+    an estimate, its fitted curve (dashed where extrapolated) and the rate at the target alpha.
+
+    Without a detector there is no rate: the plot shows the coherence measures alone. The rate
+    axis is logarithmic when asked for, or when the rates shown span two decades."""
     # The object-oriented API needs no pyplot and so changes no global backend setting.
     from matplotlib.figure import Figure
 
     rows = sorted((r for r in rows if r.n > 0), key=lambda r: r.alpha)
     alphas = [r.alpha for r in rows]
     rated = [r for r in rows if r.rate is not None]
+    metadata = {}
     if rated:
         fig = Figure(figsize=(7, 6.5), layout="constrained")
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+        log_scale = log_scale or spans_decades([r.rate for r in rated], estimate)
+        drawn = draw_estimate(top, estimate) if estimate is not None else {}
         _plot_rate(top, rated, log_scale)
         top.set_title(title, fontsize=10)
+        metadata = png_metadata(top, drawn, log_scale)
     else:
         fig = Figure(figsize=(7, 3.5), layout="constrained")
         bottom = fig.subplots(1, 1)
@@ -133,7 +153,7 @@ def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = Fal
     bottom.set_ylabel("coherence")
     bottom.legend(loc="best", fontsize=8)
     bottom.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata=metadata)
 
 
 def _plot_rate(ax, rows: list[AlphaSummary], log_scale: bool) -> None:
@@ -162,11 +182,18 @@ def _plot_rate(ax, rows: list[AlphaSummary], log_scale: bool) -> None:
 
 
 def write_summary(
-    config: StudyConfig, prompts: list[Prompt], samples: list[Sample], rows: list[AlphaSummary], extra: dict | None = None
+    config: StudyConfig,
+    settings: dict[str, object],
+    prompts: list[Prompt],
+    samples: list[Sample],
+    rows: list[AlphaSummary],
+    extra: dict | None = None,
 ) -> Path:
+    """summary.json: `settings` (the study's, as saved in study.json), the per-alpha and per-prompt
+    numbers, and `extra` (ranking, themes, estimate)."""
     path = config.output_dir / SUMMARY_FILE
     summary = {
-        "settings": {**settings_of(config), **load_settings(config.output_dir)},
+        "settings": settings,
         "alphas": list(config.alphas),
         "prompts": len(prompts),
         "samples_per_prompt": config.samples_per_prompt,
@@ -187,6 +214,4 @@ def save_summary(path: Path, summary: dict) -> None:
     """Write summary.json with the LEADING_KEYS first, atomically (never half a file)."""
     ordered = {k: summary[k] for k in LEADING_KEYS if k in summary}
     ordered.update((k, v) for k, v in summary.items() if k not in LEADING_KEYS)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(ordered, indent=2, ensure_ascii=False) + "\n")
