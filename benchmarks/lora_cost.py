@@ -137,6 +137,7 @@ def main(argv: list[str]) -> int:
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # apply_model(stack_report)
     from engine.env import default_cache_dir, step_timing_dir
     from engine.library import LDAModelPair
+    from engine.compat.step_timing import worker_pid
     from engine.lora import stack_report
 
     base, adapter, merged = build_adapter_and_merged(args.rank, default_cache_dir())
@@ -150,7 +151,7 @@ def main(argv: list[str]) -> int:
     workers = {}
     for name, pair in pairs.items():
         (stacks,) = pair.llm.apply_model(stack_report)
-        (workers[name],) = pair.llm.apply_model(_pid)
+        (workers[name],) = pair.llm.apply_model(worker_pid)
         report[f"{name}_weight_bytes"] = stacks["resident_weight_bytes"]
         report[f"{name}_lora_slot_bytes"] = stacks["lora_slot_bytes"]
     report["adapter_file_bytes"] = sum(f.stat().st_size for f in adapter.glob("*.safetensors"))
@@ -180,7 +181,7 @@ def main(argv: list[str]) -> int:
         # The pairs' CPU settings (dtype, eager; the thread binding they set for this process stays).
         llm = LLM(model=str(merged), dtype=cpu_dtype("auto"), kv_cache_memory_bytes=2**30,
                   max_num_seqs=engine["max_num_seqs"], max_model_len=512, enforce_eager=True, seed=0)
-        (workers["alone"],) = llm.apply_model(_pid)
+        (workers["alone"],) = llm.apply_model(worker_pid)
         _alone_generate(llm)(4)
         for c, rates in _rounds({"alone": _alone_generate(llm)}, args.concurrency, args.rounds).items():
             report[f"c{c}"]["alone_tok_s"] = rates["alone"]
@@ -193,10 +194,6 @@ def main(argv: list[str]) -> int:
             report = {**json.loads(args.output.read_text()), **report}
         args.output.write_text(json.dumps(report, indent=1))
     return 0
-
-
-def _pid(model) -> int:
-    return os.getpid()
 
 
 if __name__ == "__main__":
