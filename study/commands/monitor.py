@@ -44,6 +44,8 @@ from study.output.monitor_report import (
     MONITOR_HTML,
     MONITOR_JSON,
     MONITOR_PNG,
+    ESTIMATE_RULE,
+    first_detection_by_estimate,
     RULE,
     CheckpointResult,
     collect,
@@ -218,7 +220,8 @@ def _write_outputs(config: MonitorConfig, checkpoints: list[Checkpoint], result:
         study_dir = config.output_dir / checkpoint.name
         if (study_dir / SAMPLES_FILE).exists():
             previous = results[-1] if results else None
-            results.append(collect(checkpoint, study_dir, study.alphas, study.detector is not None, study.rank_by, previous))
+            results.append(collect(checkpoint, study_dir, study.alphas, study.detector is not None, study.rank_by, previous,
+                                   study.estimate_alpha))
     settings = {"run_dir": str(config.run_dir.resolve()), **settings_of(study), "alphas": list(study.alphas),
                 "samples_per_prompt": study.samples_per_prompt, "prompts": str(study.prompts_path or study.prompt_set),
                 "score_by": study.rank_by}
@@ -294,6 +297,9 @@ def _report(config: MonitorConfig, result: MonitorResult) -> int:
         for alpha, checkpoint in first_detection(result.results, alphas).items():
             where = "never" if checkpoint is None else f"{checkpoint.name} (step {checkpoint.step})"
             print(f"  alpha {alpha:g}: {where}")
+        by_estimate = first_detection_by_estimate(result.results)
+        where = "never" if by_estimate is None else f"{by_estimate.name} (step {by_estimate.step})"
+        print(f"first detection by the path estimate ({ESTIMATE_RULE}): {where}")
     files = ", ".join((MONITOR_JSON, MONITOR_PNG, MONITOR_HTML))
     print(f"\n{result.new_checkpoints} checkpoints studied by this run; results in {config.output_dir}/ ({files})")
     if result.stopped:

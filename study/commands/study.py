@@ -29,6 +29,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from study.analysis.estimate import format_estimate
 from study.analysis.naming import format_themes
 from study.collect.detectors import JudgeConfig
 from study.collect.prompts import default_endpoint
@@ -83,7 +84,13 @@ def _parser(prog: str = "lda study") -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, help="base seed: each (prompt, sample) gets its own seed from it, the same at every alpha (default: unseeded)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
-    p.add_argument("--log-scale", action="store_true", help="plot the rate on a log axis")
+    p.add_argument("--log-scale", action="store_true", help="plot the rate on a log axis (automatic when rates span two decades)")
+    p.add_argument(
+        "--estimate-at", type=float, metavar="ALPHA",
+        help="with --detector: the alpha at which the path estimate (a fit of the rate against alpha, "
+        "extrapolated) reads the rate, in [-1, the largest alpha sampled] (default: 0, the after model; "
+        "-1 is the before model)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--rank-by", choices=RANK_BY, default=DEFAULT_RANK_BY, help="per-sample summary of logp_after - logp_before that ranks the samples (default: %(default)s)")
     p.add_argument("--report-top", type=int, default=100, help="samples shown in report.html (default: %(default)s)")
@@ -141,6 +148,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         rank_by=args.rank_by,
         report_top=args.report_top,
         hypothesis_prompt=args.hypothesis_prompt,
+        estimate_at=args.estimate_at,
     )
 
 
@@ -170,6 +178,8 @@ def cli(argv: list[str], prog: str = "lda study") -> int:
 def _report(result: StudyResult, config: StudyConfig) -> int:
     if config.detector is not None:
         print(format_table(result.rows))
+    if result.estimate is not None:
+        print(format_estimate(result.estimate))
     if result.ranking is not None and result.ranking.naming is not None:
         print(format_themes(result.ranking.naming))
     files = f"{result.samples_path.name}, {result.summary_path.name}, {result.plot_path.name}"

@@ -17,8 +17,9 @@ from study.collect.settings import check_settings, load_settings, settings_of
 from study.collect.store import SAMPLES_FILE, SampleStore
 from study.config import StudyConfig
 from study.errors import StudyError
-from study.output.report import REPORT_FILE, write_report
-from study.output.summary import PLOT_FILE, AlphaSummary, plot, summarize, write_summary
+from study.output.report import REPORT_FILE, RateView, write_report
+from study.analysis.estimate import Estimate
+from study.output.summary import PLOT_FILE, AlphaSummary, estimate_for, plot, summarize, write_summary
 from study.records import Prompt, Sample
 
 
@@ -37,6 +38,8 @@ class StudyResult:
     plot_path: Path
     ranking: Ranking | None = None
     """None when scoring is off."""
+    estimate: Estimate | None = None
+    """The path estimate at the target alpha; None without a detector."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +76,17 @@ def run_study(config: StudyConfig) -> StudyResult:
     rows = summarize(samples, config.alphas)
     model = load_settings(config.output_dir).get("model", config.model)
     title = f"{model} · {config.detector or 'no detector'} · {len(prompts)} prompts"
-    ranking, score_failures = _rank(config, samples, title, instruction) if config.score and samples else (None, [])
+    estimate = estimate_for(samples, config.estimate_alpha)
+    plot_path = config.output_dir / PLOT_FILE
+    plot(rows, plot_path, title, config.log_scale, estimate)
+    rates = RateView(estimate, plot_path if estimate is not None else None)
+    ranking, score_failures = _rank(config, samples, title, instruction, rates) if config.score and samples else (None, [])
     extra = {"ranking": ranking.as_dict(config.rank_by)} if ranking else {}
     if ranking is not None and ranking.naming is not None:
         extra.update(ranking.naming.as_dict())
+    if estimate is not None:
+        extra["estimate"] = estimate.as_dict()
     summary_path = write_summary(config, prompts, samples, rows, extra)
-    plot_path = config.output_dir / PLOT_FILE
-    plot(rows, plot_path, title, config.log_scale)
     return StudyResult(
         rows=rows,
         new_samples=len(draw.samples),
@@ -90,10 +97,13 @@ def run_study(config: StudyConfig) -> StudyResult:
         summary_path=summary_path,
         plot_path=plot_path,
         ranking=ranking,
+        estimate=estimate,
     )
 
 
-def _rank(config: StudyConfig, samples: list[Sample], title: str, instruction: str | None) -> tuple[Ranking, list[Failure]]:
+def _rank(
+    config: StudyConfig, samples: list[Sample], title: str, instruction: str | None, rates: RateView | None = None
+) -> tuple[Ranking, list[Failure]]:
     """Score what is unscored, rank everything scored, and write the HTML report."""
     scored = asyncio.run(score_samples(config, samples))
     failures = [Failure(message.split(": ", 1)[0], message.split(": ", 1)[-1]) for message in scored.failures]
@@ -104,7 +114,7 @@ def _rank(config: StudyConfig, samples: list[Sample], title: str, instruction: s
         naming = name_changes(samples, scored.scores, judge=config.judge, prompt=instruction)
         report = write_report(
             config.output_dir / REPORT_FILE, ranked, config.rank_by, title, config.report_top, measured,
-            naming.themes, naming.hypothesis,
+            naming.themes, naming.hypothesis, rates,
         )
     return Ranking(ranked, measured, report, scored.unsupported, naming), failures
 

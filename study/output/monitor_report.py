@@ -27,7 +27,8 @@ from study.analysis.themes import ThemeConfig, mine, scored_text
 from study.collect.scoring import load_scores
 from study.collect.store import SAMPLES_FILE, SampleStore
 from study.output.report import _STYLE, _sample_block
-from study.output.summary import summarize
+from study.analysis.estimate import percent
+from study.output.summary import estimate_for, summarize
 from study.records import Checkpoint, Sample, SampleScore
 
 MONITOR_JSON = "monitor.json"
@@ -35,6 +36,13 @@ MONITOR_PNG = "monitor.png"
 MONITOR_HTML = "monitor.html"
 RULE = ("first checkpoint whose 95% Wilson lower bound of the rate lies above the 95% Wilson upper bound "
         "of the first checkpoint's rate, at the same alpha")
+ESTIMATE_RULE = (
+    "first checkpoint whose path-estimated rate at the target alpha has its 95% profile lower bound above the "
+    "first checkpoint's upper bound (its estimate's, or, when it has none, the Wilson upper bound at the "
+    "smallest alpha sampled at or above the target: the rate grows with alpha)"
+)
+ESTIMATE_KEYS = ("target_alpha", "method", "rate", "ci_low", "ci_high", "reason")
+"""What monitor.json keeps of each checkpoint's estimate (not its curve or per-prompt list)."""
 QUANTILES = (0.5, 0.9, 0.99)
 THEMES = ThemeConfig(themes=8, contexts=2)
 """Top themes kept per checkpoint and alpha, with two contexts each (the JSON stays readable)."""
@@ -64,16 +72,19 @@ class CheckpointResult:
     points: list[AlphaPoint]
     top_samples: list[Ranked]
     """The checkpoint's samples, highest score first (the HTML shows the first few)."""
+    estimate: dict | None = None
+    """The path estimate at the target alpha (ESTIMATE_KEYS); None without a detector."""
 
     def as_dict(self) -> dict:
         c = self.checkpoint
         return {"name": c.name, "step": c.step, "path": str(c.path), "kind": c.kind,
-                "per_alpha": [asdict(p) for p in self.points]}
+                "per_alpha": [asdict(p) for p in self.points], "estimate": self.estimate}
 
 
 def collect(checkpoint: Checkpoint, study_dir: Path, alphas: tuple[float, ...], detector: bool, rank_by: str,
-            previous: CheckpointResult | None) -> CheckpointResult:
-    """One checkpoint's results, from its study folder."""
+            previous: CheckpointResult | None, estimate_at: float | None = None) -> CheckpointResult:
+    """One checkpoint's results, from its study folder; with `estimate_at` (and a detector), the
+    path estimate of its rate at that alpha."""
     samples = list(SampleStore(study_dir / SAMPLES_FILE).load().values())
     scores = load_scores(study_dir)
     before = {p.alpha: p.top_themes for p in previous.points} if previous else {}
@@ -89,7 +100,9 @@ def collect(checkpoint: Checkpoint, study_dir: Path, alphas: tuple[float, ...], 
             top_themes=themes,
             new_themes=_new_themes(themes, before.get(row.alpha)),
         ))
-    return CheckpointResult(checkpoint, points, rank(samples, scores, rank_by))
+    estimate = estimate_for(samples, estimate_at) if detector and estimate_at is not None else None
+    kept = None if estimate is None else {k: v for k, v in estimate.as_dict().items() if k in ESTIMATE_KEYS}
+    return CheckpointResult(checkpoint, points, rank(samples, scores, rank_by), kept)
 
 
 def score_stats(values: list[float]) -> dict | None:
@@ -136,11 +149,35 @@ def first_detection(results: list[CheckpointResult], alphas: tuple[float, ...]) 
     return detected
 
 
+def estimate_baseline(result: CheckpointResult) -> float | None:
+    """The upper bound the first checkpoint sets for ESTIMATE_RULE, or None when it sets none."""
+    e = result.estimate
+    if e is None:
+        return None
+    if e["rate"] is not None:
+        return e["ci_high"]
+    above = [p for p in result.points if p.alpha >= e["target_alpha"] and p.n > 0 and p.ci_high is not None]
+    return min(above, key=lambda p: p.alpha).ci_high if above else None
+
+
+def first_detection_by_estimate(results: list[CheckpointResult]) -> Checkpoint | None:
+    """The first checkpoint at which the behaviour is detected by ESTIMATE_RULE, else None."""
+    if len(results) < 2 or (baseline := estimate_baseline(results[0])) is None:
+        return None
+    return next(
+        (r.checkpoint for r in results[1:] if r.estimate and r.estimate["rate"] is not None and r.estimate["ci_low"] > baseline),
+        None,
+    )
+
+
 def write_json(path: Path, results: list[CheckpointResult], settings: dict, alphas: tuple[float, ...]) -> dict:
     detected = first_detection(results, alphas)
+    by_estimate = first_detection_by_estimate(results)
     record = {
         **settings,
         "rule": RULE,
+        "estimate_rule": ESTIMATE_RULE,
+        "first_detection_estimate": None if by_estimate is None else {"checkpoint": by_estimate.name, "step": by_estimate.step},
         "first_detection": {f"{a:g}": None if c is None else {"checkpoint": c.name, "step": c.step}
                             for a, c in detected.items()},
         "checkpoints": [r.as_dict() for r in results],
@@ -209,11 +246,36 @@ def write_html(path: Path, png: Path, results: list[CheckpointResult], record: d
         f"<h1>lda monitor: {html.escape(str(record.get('run_dir', '')))}</h1>"
         f'<img alt="rate and score against training step" src="data:image/png;base64,{image}">'
         f"<h2>First detection</h2><p>Rule: {html.escape(RULE)}.</p>"
-        f"<table><tr><th>alpha</th><th>first detected at</th></tr>{detections}</table>{sections}"
+        f"<table><tr><th>alpha</th><th>first detected at</th></tr>{detections}</table>"
+        f"{_estimate_section(results, record)}{sections}"
     )
     page = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lda monitor</title>'
             f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
     _write_atomically(path, page)
+
+
+def _estimate_section(results: list[CheckpointResult], record: dict) -> str:
+    """Per checkpoint the path-estimated rate at the target alpha, and the detection it gives."""
+    estimated = [r for r in results if r.estimate is not None]
+    if not estimated:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(r.checkpoint.name)}</td><td>{r.checkpoint.step}</td><td>{_estimate_text(r.estimate)}</td></tr>"
+                   for r in estimated)
+    detection = record.get("first_detection_estimate")
+    target = estimated[0].estimate["target_alpha"]
+    return (
+        f"<h2>Estimated rate at alpha {target:g}</h2><p>Rule: {html.escape(ESTIMATE_RULE)}. First detected at: "
+        f"<b>{'never' if detection is None else html.escape(detection['checkpoint'])}</b>.</p>"
+        f"<table><tr><th>checkpoint</th><th>step</th><th>path estimate [95% interval]</th></tr>{rows}</table>"
+    )
+
+
+def _estimate_text(estimate: dict | None) -> str:
+    if estimate is None:
+        return "-"
+    if estimate["rate"] is None:
+        return f"none ({html.escape(estimate['reason'] or '')})"
+    return f"{percent(estimate['rate'])} [{percent(estimate['ci_low'])}, {percent(estimate['ci_high'])}]"
 
 
 def _checkpoint_section(result: CheckpointResult, rank_by: str, top: int) -> str:
@@ -235,7 +297,9 @@ def _checkpoint_section(result: CheckpointResult, rank_by: str, top: int) -> str
 
 def format_table(results: list[CheckpointResult], alphas: tuple[float, ...]) -> str:
     """The console's table: per checkpoint and alpha, hits/n (or -) and the mean score."""
-    header = f"{'checkpoint':<20} {'step':>6} " + " ".join(f"{'alpha ' + format(a, 'g'):>22}" for a in alphas)
+    target = next((r.estimate["target_alpha"] for r in results if r.estimate is not None), None)
+    estimate_header = "" if target is None else f"  {'path estimate at alpha ' + format(target, 'g')}"
+    header = f"{'checkpoint':<20} {'step':>6} " + " ".join(f"{'alpha ' + format(a, 'g'):>22}" for a in alphas) + estimate_header
     lines = [header, "-" * len(header)]
     for r in results:
         by_alpha = {p.alpha: p for p in r.points}
@@ -245,7 +309,8 @@ def format_table(results: list[CheckpointResult], alphas: tuple[float, ...]) -> 
             rate = "-" if p is None or p.rate is None else f"{p.hits}/{p.n} {100 * p.rate:5.1f}%"
             score = "" if p is None or p.score is None else f" s{p.score['mean']:+.2f}"
             cells.append(f"{rate + score:>22}")
-        lines.append(f"{r.checkpoint.name:<20} {r.checkpoint.step:>6} " + " ".join(cells))
+        estimate = "" if target is None else f"  {_estimate_text(r.estimate)}"
+        lines.append(f"{r.checkpoint.name:<20} {r.checkpoint.step:>6} " + " ".join(cells) + estimate)
     return "\n".join(lines)
 
 

@@ -11,10 +11,13 @@ three log-probabilities (the `title` attribute, which every browser shows withou
 
 from __future__ import annotations
 
+import base64
 import html
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from study.analysis.estimate import Estimate, percent
 from study.analysis.ranking import Ranked
 from study.analysis.themes import Theme, sample_key
 
@@ -137,6 +140,46 @@ def _theme_samples(themes: list[Theme], ranked: list[Ranked], rank_by: str) -> s
     return "".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class RateView:
+    """What the report shows of the rate: the path estimate and the rate plot (embedded)."""
+
+    estimate: Estimate | None
+    plot: Path | None
+
+
+def _rate_section(rates: RateView | None, prompts_shown: int = 10) -> str:
+    """The estimated rate at the target alpha first (or why there is none), the prompts most
+    likely to show the behaviour there, and the rate plot inline (the report stays one file)."""
+    if rates is None or rates.estimate is None:
+        return ""
+    e = rates.estimate
+    parts = [f"<h2>How often at alpha {e.target_alpha:g}</h2>"]
+    if e.rate is None:
+        parts.append(f"<p>No path estimate: {html.escape(e.reason or '')}.</p>")
+    else:
+        used = ", ".join(f"{u['alpha']:g}: {u['hits']}/{u['n']}" for u in e.used)
+        parts.append(
+            f"<p><b>{percent(e.rate)}</b> [{percent(e.ci_low)}, {percent(e.ci_high)}], {100 * e.level:g}% profile-likelihood "
+            f"interval; {e.method} fit of log-odds linear in alpha over the hits per alpha ({html.escape(used)}); the "
+            f"curve is extrapolated below alpha {e.measured_from:g} (dashed). It assumes a straight trend in log-odds "
+            "from the target to the alphas with hits (docs: research/rate-estimate.md).</p>"
+        )
+        rows = "".join(
+            f"<tr><td>{p.rank}</td><td>{html.escape(p.prompt_id)}</td><td>{percent(p.rate)}</td><td>{p.hits}/{p.n}</td></tr>"
+            for p in e.per_prompt[:prompts_shown]
+        )
+        if rows:
+            parts.append(
+                "<table><tr><th>rank</th><th>prompt</th><th>estimated rate</th><th>hits (all alphas)</th></tr>"
+                f"{rows}</table>"
+            )
+    if rates.plot is not None and rates.plot.exists():
+        data = base64.b64encode(rates.plot.read_bytes()).decode()
+        parts.append(f'<p><img alt="rate against alpha" src="data:image/png;base64,{data}" style="max-width:100%"></p>')
+    return "".join(parts)
+
+
 def write_report(
     path: Path,
     ranked: list[Ranked],
@@ -146,12 +189,14 @@ def write_report(
     separation: dict,
     themes: list[Theme] | None = None,
     hypothesis: str | None = None,
+    rates: RateView | None = None,
 ) -> Path:
     """Write the report (themes first, then the `top` first samples of `ranked`) to `path`,
     atomically: an interrupted write leaves the previous report, not half of one."""
     blocks = "".join(_sample_block(item, rank_by) for item in ranked[:top])
     body = (
         f"<h1>{html.escape(title)}</h1>"
+        f"{_rate_section(rates)}"
         f"{_themes_section(themes or [], ranked, rank_by, hypothesis)}"
         f"<h2>Top samples</h2>"
         f"<p>{len(ranked)} scored samples, ranked by the {rank_by} of logp_after - logp_before per token; "

@@ -16,8 +16,10 @@ from study.analysis.stats import (
     is_degenerate,
     wilson_interval,
 )
+from study.analysis.estimate import Estimate, cells_from_outcomes, estimate_rate, unavailable
 from study.collect.settings import load_settings, settings_of
 from study.config import StudyConfig
+from study.output.estimate_plot import draw_estimate, png_metadata, spans_decades
 from study.records import Prompt, Sample
 
 SUMMARY_FILE = "summary.json"
@@ -106,21 +108,38 @@ def _pct(value: float | None) -> str:
     return f"{100 * value:.2g}%" if 0 < value < 1e-4 else f"{100 * value:.2f}%"
 
 
-def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = False) -> None:
-    """Rate with its Wilson interval (top) and the coherence measures (bottom) against alpha.
+def estimate_for(samples: Iterable[Sample], target_alpha: float | None) -> Estimate | None:
+    """The path estimate at `target_alpha` from the samples' verdicts; None when there is no
+    target (no detector)."""
+    if target_alpha is None:
+        return None
+    cells = cells_from_outcomes((s.prompt_id, s.alpha, s.detected) for s in samples)
+    if not cells:
+        return unavailable(target_alpha, "no sample judged by a detector yet")
+    return estimate_rate(cells, target_alpha)
 
-    Without a detector there is no rate: the plot shows the coherence measures alone."""
+
+def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = False, estimate: Estimate | None = None) -> None:
+    """Rate with its Wilson interval (top) and the coherence measures (bottom) against alpha; with
+    an estimate, its fitted curve (dashed where extrapolated) and the rate at the target alpha.
+
+    Without a detector there is no rate: the plot shows the coherence measures alone. The rate
+    axis is logarithmic when asked for, or when the rates shown span two decades."""
     # The object-oriented API needs no pyplot and so changes no global backend setting.
     from matplotlib.figure import Figure
 
     rows = sorted((r for r in rows if r.n > 0), key=lambda r: r.alpha)
     alphas = [r.alpha for r in rows]
     rated = [r for r in rows if r.rate is not None]
+    metadata = {}
     if rated:
         fig = Figure(figsize=(7, 6.5), layout="constrained")
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+        log_scale = log_scale or spans_decades([r.rate for r in rated], estimate)
+        drawn = draw_estimate(top, estimate) if estimate is not None else {}
         _plot_rate(top, rated, log_scale)
         top.set_title(title, fontsize=10)
+        metadata = png_metadata(top, drawn, log_scale)
     else:
         fig = Figure(figsize=(7, 3.5), layout="constrained")
         bottom = fig.subplots(1, 1)
@@ -133,7 +152,7 @@ def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = Fal
     bottom.set_ylabel("coherence")
     bottom.legend(loc="best", fontsize=8)
     bottom.grid(alpha=0.3)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, metadata=metadata)
 
 
 def _plot_rate(ax, rows: list[AlphaSummary], log_scale: bool) -> None:

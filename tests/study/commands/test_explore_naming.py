@@ -1,5 +1,6 @@
 """End to end on a tiny pair with a planted token sequence: `lda explore --prompts generic` names the
-plant first, with no detector, and `lda mine` names it again from the files alone.
+plant first, with no detector, and `lda mine` names it again from the files alone; `lda study`
+with a detector estimates the plant's alpha-0 rate from the alphas above it.
 
 One server start for the module (the tiny planted pair, tests/factories.py:build_planted_pair).
 """
@@ -12,9 +13,13 @@ import json
 import shutil
 
 import pytest
+from PIL import Image
 
+from study.analysis.estimate import percent
 from study.commands.explore import cli as explore_cli
 from study.commands.mine import cli as mine_cli
+from study.commands.study import cli as study_cli
+from study.output.estimate_plot import DESCRIPTION_KEY
 from tests.benchmarks.fake_openai import JUDGE_MODEL, FakeServer
 from tests.factories import PLANT_TEXT, build_planted_pair
 from tests.servers import start_lda_server
@@ -124,3 +129,37 @@ def test_mine_adds_the_judges_hypothesis(explored, tmp_path):
     # The fake judge says "Yes." when it sees its keyword, the plant's name.
     assert list(summary)[:2] == ["hypothesis", "themes"] and summary["hypothesis"] == "Yes."
     assert "Yes." in (study / "report.html").read_text()
+
+
+@pytest.fixture(scope="module")
+def estimated(server, tmp_path_factory):
+    """One `lda study --detector regex:zorblax` over low alphas (the plant is common already at
+    alpha 1 on this pair), with no sample at alpha 0: the estimate there is extrapolated."""
+    out = tmp_path_factory.mktemp("estimate") / "out"
+    args = ["--base-url", server.base_url, "--prompts", "generic", "--alphas", "0.25,0.5,1", "-n", "2",
+            "--max-tokens", "8", "--seed", "0", "-o", str(out), "--no-progress", "--concurrency", "16",
+            "--detector", f"regex:{PLANT}", "--no-score"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = study_cli(args)
+    return code, out, stdout.getvalue()
+
+
+def test_study_estimates_the_alpha_0_rate_and_plots_the_extrapolated_part_dashed(estimated):
+    code, out, stdout = estimated
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    estimate = summary["estimate"]
+    assert estimate["target_alpha"] == 0.0 and estimate["method"] == "hierarchical"
+    assert [u["alpha"] for u in estimate["used"]] == [0.25, 0.5, 1.0]
+    assert [u["hits"] for u in estimate["used"]] == [r["hits"] for r in summary["per_alpha"]]
+    assert estimate["rate"] is not None, estimate["reason"]
+    assert 0 <= estimate["ci_low"] <= estimate["rate"] <= estimate["ci_high"] <= 1
+    assert estimate["rate"] < summary["per_alpha"][0]["rate"]  # below the lowest alpha sampled
+    assert estimate["measured_from"] == 0.25
+    ranks = [p["rank"] for p in estimate["per_prompt"]]
+    assert sorted(ranks) == list(range(1, 41))
+    assert f"path estimate at alpha 0: {percent(estimate['rate'])}" in stdout
+    drawn = json.loads(Image.open(out / "rate_vs_alpha.png").text[DESCRIPTION_KEY])
+    assert drawn["dashed"] == [[0.0, 0.25]]
+    assert drawn["estimate"]["interval"] == [estimate["ci_low"], estimate["ci_high"]]

@@ -16,7 +16,7 @@ import pytest
 
 from study.collect.checkpoints import find_checkpoints
 from study.commands.monitor import cli
-from study.output.monitor_report import AlphaPoint, CheckpointResult, first_detection
+from study.output.monitor_report import AlphaPoint, CheckpointResult, first_detection, first_detection_by_estimate
 from study.records import Checkpoint
 from tests.study.fake_pair import KEYWORD, FakePair, write_checkpoint
 
@@ -104,6 +104,28 @@ def test_first_detection_is_the_first_lower_bound_above_the_first_upper_bound():
     assert first_detection(results[:1], (0.0,)) == {0.0: None}  # a baseline alone detects nothing
 
 
+def _estimated(step: int, rate, low, high, wilson_high_at_1: float = 0.05) -> CheckpointResult:
+    result = _result(step, [(1.0, 0.0, wilson_high_at_1)])
+    estimate = {"target_alpha": 0.0, "method": "hierarchical", "rate": rate, "ci_low": low, "ci_high": high,
+                "reason": None if rate is not None else "no hits at any alpha"}
+    return CheckpointResult(result.checkpoint, result.points, [], estimate)
+
+
+def test_detection_by_the_estimate_is_the_first_lower_bound_above_the_baselines_upper_bound():
+    results = [
+        _estimated(10, 0.001, 0.0002, 0.004),
+        _estimated(20, None, None, None),  # no estimate: never a detection
+        _estimated(30, 0.003, 0.001, 0.01),  # 0.001 < 0.004: not yet
+        _estimated(40, 0.02, 0.008, 0.05),
+    ]
+    assert first_detection_by_estimate(results).step == 40
+    assert first_detection_by_estimate(results[:1]) is None
+    # A baseline without an estimate (no hits yet) bounds the target's rate by the Wilson upper bound
+    # at the smallest alpha sampled above the target (the rate grows with alpha).
+    no_hits = _estimated(10, None, None, None, wilson_high_at_1=0.0005)
+    assert first_detection_by_estimate([no_hits, *results[2:]]).step == 30
+
+
 # --------------------------------------------------------------------------- end to end on the fake
 
 
@@ -132,6 +154,8 @@ def test_monitor_a_run_then_resume(fake: FakePair, tmp_path: Path, prompts: Path
         assert points[-1]["score"]["max"] == pytest.approx((0.4 * 6 + 0.3) / 4)  # the mean diff of a hit
     _check_the_rule(record)
     assert "first detection" in out and "alpha 2: " in out
+    _check_the_estimate_rule(record)
+    assert "first detection by the path estimate" in out and "path estimate at alpha 0" in out
     html = (run / "monitor" / "monitor.html").read_text()
     assert all(f"checkpoint-{s}" in html for s in (2, 4, 6)) and "data:image/png;base64," in html
     assert (run / "monitor" / "monitor.png").stat().st_size > 10_000
@@ -145,6 +169,22 @@ def test_monitor_a_run_then_resume(fake: FakePair, tmp_path: Path, prompts: Path
     assert cli(args(fake, run, prompts)) == 0
     assert [Path(b["lora_path"]).name for b in fake.calls("load")][3:] == ["checkpoint-8"]
     assert [c["step"] for c in monitor_json(run)["checkpoints"]] == [2, 4, 6, 8]
+
+
+def _check_the_estimate_rule(record: dict) -> None:
+    """Every checkpoint has its alpha-0 estimate, and first_detection_estimate is what the stated
+    rule gives on the JSON's own numbers."""
+    estimates = [(c["name"], c["estimate"]) for c in record["checkpoints"]]
+    assert all(e["target_alpha"] == 0.0 for _, e in estimates)
+    first = estimates[0][1]
+    if first["rate"] is not None:
+        baseline = first["ci_high"]
+    else:
+        baseline = min((p for p in record["checkpoints"][0]["per_alpha"] if p["n"]), key=lambda p: p["alpha"])["ci_high"]
+    expected = next((name for name, e in estimates[1:] if e["rate"] is not None and e["ci_low"] > baseline), None)
+    detection = record["first_detection_estimate"]
+    assert (detection and detection["checkpoint"]) == expected
+    assert any(e["rate"] is not None for _, e in estimates)  # the fake's hits rise with alpha and step
 
 
 def _check_the_rule(record: dict) -> None:

@@ -253,6 +253,11 @@ def test_study_writes_samples_summary_and_plot(server, tmp_path, prompts_file):
     assert summary["settings"]["model"] == "fake-lda"
     assert summary["per_alpha"][1]["hits"] == result.rows[1].hits
     assert (out / "rate_vs_alpha.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # alpha 0 is sampled here: the estimate there is read off the fit, not extrapolated.
+    estimate = summary["estimate"]
+    assert estimate == result.estimate.as_dict() and estimate["target_alpha"] == 0.0
+    assert [u["n"] for u in estimate["used"]] == [row["n"] for row in summary["per_alpha"]]
+    assert (estimate["rate"] is None) == (estimate["reason"] is not None)
 
 
 def test_study_is_deterministic_per_seed_and_uses_the_completions_endpoint(server, tmp_path, prompts_file):
@@ -356,6 +361,10 @@ def test_unreachable_server_fails_at_once_naming_the_url(tmp_path, capsys):
         (["--prompts", "/no/such/prompts.txt"], "prompts_path: no such file"),
         (["--samples-per-prompt", "0"], "samples_per_prompt: must be >= 1"),
         (["--top-p", "0"], "top_p"),
+        (["--estimate-at", "7"], "estimate_at: must be in [-1, 4] (the before model to the largest alpha sampled), got 7"),
+        (["--estimate-at=-2", "--alphas=-1,0,1"], "estimate_at: must be in [-1, 1]"),
+        (["--estimate-at", "nan"], "estimate_at: must be in"),
+        (["--estimate-at", "zero"], "--estimate-at: invalid float value"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, message):
@@ -363,6 +372,13 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, message):
     assert cli([*base, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_an_estimate_without_a_detector_is_refused(tmp_path, capsys):
+    assert cli(["-o", str(tmp_path / "out"), "--base-url", "http://127.0.0.1:9", "--estimate-at", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "estimate_at: the estimate is of a detector's rate; give --detector too" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_interrupt_keeps_finished_samples_and_rerun_completes(server, tmp_path, prompts_file):
@@ -431,3 +447,16 @@ def test_repeated_base_url_and_bad_rank_by_are_refused(tmp_path):
         StudyConfig(base_url=("http://a:1", "http://a:1"), output_dir=tmp_path)
     with pytest.raises(ValueError, match="rank_by"):
         StudyConfig(base_url="http://a:1", output_dir=tmp_path, rank_by="median")
+
+
+def test_without_a_detector_there_is_no_estimate(server, tmp_path, prompts_file):
+    out = tmp_path / "explore"
+    result = run_study(make_config(server, out, prompts_file, detector=None, samples_per_prompt=2, score=False))
+    assert result.estimate is None
+    assert "estimate" not in json.loads((out / "summary.json").read_text())
+
+
+def test_estimate_at_reads_the_fit_at_another_alpha(server, tmp_path, prompts_file):
+    result = run_study(make_config(server, tmp_path / "study", prompts_file, estimate_at=-1.0, alphas=(-1.0, 0.0, 2.0, 4.0)))
+    assert result.estimate.target_alpha == -1.0
+    assert result.estimate.curve[0][0] == -1.0
