@@ -15,6 +15,7 @@ from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair
 from engine.prompts import PromptFormat
 
 RUNTIME_ADAPTERS_ENV = "LDA_ALLOW_RUNTIME_ADAPTERS"
+WEIGHT_LOADS_ENV = "LDA_ALLOW_WEIGHT_LOADS"
 VLLM_RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 """vLLM's own switch for its runtime LoRA routes; here it turns on ours (which check adapters first)."""
 
@@ -56,6 +57,7 @@ BOOL_OPTIONS = [
     ("--no-prefix-caching", "DISABLE_PREFIX_CACHING", False, "turn prefix caching off"),
     ("--metrics-require-key", "LDA_METRICS_REQUIRE_KEY", False, "/metrics requires the API key too (default: open, for Prometheus)"),
     ("--allow-runtime-adapters", RUNTIME_ADAPTERS_ENV, False, "serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter: add and remove after-adapters while the server runs (also vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)"),
+    ("--allow-weight-loads", WEIGHT_LOADS_ENV, False, "serve POST /v1/lda/weights: load a full-weight checkpoint folder into the after or before stack while the server runs"),
 ]
 
 
@@ -160,6 +162,8 @@ class ServerSettings:
     limits: RequestLimits = field(default_factory=RequestLimits)
     prompt_format: PromptFormat = PromptFormat.CHAT
     """Format of the original routes' prompts when a request names none."""
+    allow_weight_loads: bool = False
+    """Whether POST /v1/lda/weights is served (api/weights_routes.py)."""
     @property
     def allow_runtime_adapters(self) -> bool:
         """Whether POST /v1/load_lora_adapter and /v1/unload_lora_adapter are served (api/routes.py
@@ -361,4 +365,5 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         access=access,
         limits=limits,
         prompt_format=prompt_format,
+        allow_weight_loads=bool(args.allow_weight_loads or _env_bool(WEIGHT_LOADS_ENV, False)),
     )
