@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.adapters import parse_adapter_arg
 from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair
@@ -56,6 +56,7 @@ BOOL_OPTIONS = [
     ("--enforce-eager", "ENFORCE_EAGER", None, "disable torch.compile and CUDA graphs (default: on for CPU)"),
     ("--no-prefix-caching", "DISABLE_PREFIX_CACHING", False, "turn prefix caching off"),
     ("--metrics-require-key", "LDA_METRICS_REQUIRE_KEY", False, "/metrics requires the API key too (default: open, for Prometheus)"),
+    ("--one-pass", "LDA_ONE_PASS", False, "an adapter pair (before = the adapters' base) runs both stacks as one pass over the shared base weights (CPU; where it cannot, the engine logs why and runs two passes)"),
     ("--allow-runtime-adapters", RUNTIME_ADAPTERS_ENV, False, "serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter: add and remove after-adapters while the server runs (also vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)"),
     ("--allow-weight-loads", WEIGHT_LOADS_ENV, False, "serve POST /v1/lda/weights: load a full-weight checkpoint folder into the after or before stack while the server runs"),
 ]
@@ -328,11 +329,14 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         raise ValueError("give both MODEL_AFTER_ID and MODEL_BEFORE_ID (or --model-after and --model-before), or neither")
     enforce_eager = args.enforce_eager or _env_bool("ENFORCE_EAGER", None)
     no_prefix = args.no_prefix_caching or _env_bool("DISABLE_PREFIX_CACHING", False)
+    pair = adapter_pair(
+        after, before, adapters, values["--max-lora-rank"],
+        runtime_adapters=_runtime_adapters(args), configured_max_loras=values["--max-loras"],
+    )
+    if args.one_pass or _env_bool("LDA_ONE_PASS", False):
+        pair = replace(pair, one_pass=True)
     config = LDAConfig(
-        pair=adapter_pair(
-            after, before, adapters, values["--max-lora-rank"],
-            runtime_adapters=_runtime_adapters(args), configured_max_loras=values["--max-loras"],
-        ),
+        pair=pair,
         alpha=AlphaConfig(values["--default-alpha"], values["--max-alpha"]),
         engine=EngineOptions(
             device=values["--device"],

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from study.collect.lda_api import Connection, LdaApiError
 from study.commands import mcp_tools as tools_
-from study.commands.study import DEFAULT_BASE_URL
+from study.commands.base import DEFAULT_BASE_URL
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 DEFAULT_PORT = 8700
