@@ -18,10 +18,11 @@ from engine.config import AlphaConfig
 
 from api import metrics
 from api.access import OPENAI_PATHS, ORIGINAL_PATHS, replay_body
-from api.settings import LIMIT_ENV, RequestLimits
+from api.settings import LIMIT_ENV, RequestLimits, setting
 from api.adapter_routing import AdapterRouting
 
 ALPHA_HEADER = b"x-lda-alpha"
+DEFAULT_ALPHA_ENV = setting("alpha.default_alpha").env
 
 
 class LimitError(ValueError):
@@ -220,7 +221,7 @@ class AlphaMiddleware:
         if isinstance(payload, dict):
             if ALPHA_KEY in payload:  # vLLM would drop it silently and run the server's default alpha
                 message = (f"alpha: {scope['path']} does not take a per-request alpha (it runs at the server's "
-                           "default, LDA_DEFAULT_ALPHA); send it to /v1/completions or /v1/chat/completions")
+                           f"default, {DEFAULT_ALPHA_ENV}); send it to /v1/completions or /v1/chat/completions")
                 return await _send_json(send, 400, openai_error(message, ALPHA_KEY))
             try:
                 check_limits(payload, self.limits)

@@ -41,12 +41,13 @@ from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadL
 from api import metrics
 from api.access import ADAPTER_PATHS
 from api.adapter_routing import AdapterRouting
+from api.settings import named_errors, setting
 from engine.adapters import AdapterError, AdapterSpec, check_joins, read_adapter
 from engine.config import PairConfig, lora_targets
 
 logger = logging.getLogger("lda.runtime_adapters")
 
-MAX_LORAS_SETTING = "LDA_MAX_LORAS (--max-loras)"
+MAX_LORAS_SETTING = setting("pair.max_loras").label
 
 router = APIRouter()
 
@@ -96,7 +97,8 @@ class RuntimeAdapters:
         if not Path(path).expanduser().is_dir():
             raise AdapterError(f"adapter {name!r}: lora_path {path!r} is not a folder on the server")
         spec = read_adapter(name, path)
-        check_joins(spec, self.pair.after, self.pair.before, self.pair.max_lora_rank, lora_targets(self.pair.adapters))
+        pair = self.pair
+        named_errors("pair", lambda: check_joins(spec, pair.after, pair.before, pair.max_lora_rank, lora_targets(pair.adapters)))
         return spec
 
     async def load(self, serving_models, request: LoadLoRAAdapterRequest) -> str:
@@ -202,7 +204,8 @@ async def unload_lora_adapter(raw_request: Request) -> Response:
     return await _answer(raw_request, work)
 
 
-RUNTIME_ADAPTERS_OFF = "runtime adapters are off: start the server with --allow-runtime-adapters (LDA_ALLOW_RUNTIME_ADAPTERS=1)"
+_SWITCH = setting("pair.runtime_adapters")
+RUNTIME_ADAPTERS_OFF = f"runtime adapters are off: start the server with {_SWITCH.flag} ({_SWITCH.env}=1)"
 
 
 async def _refuse(raw_request: Request) -> JSONResponse:

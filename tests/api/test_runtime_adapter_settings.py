@@ -70,7 +70,7 @@ def test_the_same_model_on_both_sides_shares_its_weights():
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
-        (["--allow-runtime-adapters", "--max-loras", "0"], {}, "max_loras (LDA_MAX_LORAS, --max-loras) must be >= 1"),
+        (["--allow-runtime-adapters", "--max-loras", "0"], {}, "max_loras must be >= 1 and >= the 0 adapters given at start-up; got 0 (set by --max-loras or LDA_MAX_LORAS)"),
         (["--allow-runtime-adapters", "--max-lora-rank", "12"], {}, "max_lora_rank must be one of"),
         ([], {"LDA_ALLOW_RUNTIME_ADAPTERS": "maybe"}, "LDA_ALLOW_RUNTIME_ADAPTERS must be true or false"),
         (["--allow-runtime-adapters"], {"LDA_MAX_LORAS": "some"}, "LDA_MAX_LORAS must be of type int"),
