@@ -204,23 +204,11 @@ async def unload_lora_adapter(raw_request: Request) -> Response:
     return await _answer(raw_request, work)
 
 
-_SWITCH = setting("pair.runtime_adapters")
-RUNTIME_ADAPTERS_OFF = f"runtime adapters are off: start the server with {_SWITCH.flag} ({_SWITCH.env}=1)"
-
-
-async def _refuse(raw_request: Request) -> JSONResponse:
-    return AdapterRouteError(404, f"{raw_request.url.path} is not served: {RUNTIME_ADAPTERS_OFF}", "NotFoundError").response()
-
-
 def replace_vllm_routes(app, allowed: bool) -> None:
     """Take vLLM's own adapter routes out of `app` (mounted when VLLM_ALLOW_RUNTIME_LORA_UPDATING
     was set: they would run before ours, unchecked), then mount ours if runtime adapters are
-    allowed, else a 404 that says how to allow them."""
-    from starlette.routing import Route
-
+    allowed. Not allowed, the paths are left unmounted: `api.routes.refuse_unserved` answers them
+    with the 404 every unserved path gets, naming the switch."""
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in ADAPTER_PATHS]
     if allowed:
         app.include_router(router)
-        return
-    for path in ADAPTER_PATHS:
-        app.router.routes.append(Route(path, _refuse, methods=["GET", "POST"], include_in_schema=False))
