@@ -1,6 +1,9 @@
 """alpha in the OpenAI API: a top-level `alpha` (what `extra_body={"alpha": 2}` sends) or
 `vllm_xargs.alpha`, validated, moved to `vllm_xargs` (which vLLM copies into
-`SamplingParams.extra_args`), and echoed back in the response. The same pass over the parsed body
+`SamplingParams.extra_args`), and echoed back in the response. A `model` written `lda@2` carries
+alpha in its name (api/model_alpha.py): on every route that takes a `model` the alpha is taken out
+here, checked against any `alpha` in the body, and put where that route reads alpha; the bare name
+goes on to the served-name rule. /v1/models documents the form on each of its entries. The same pass over the parsed body
 enforces the request limits vLLM does not (`n`, `best_of`, the length of a prompt list), and counts
 the original routes' requests for /metrics.
 
@@ -13,11 +16,12 @@ from __future__ import annotations
 
 import json
 
-from engine.alpha import ALPHA_KEY, AlphaError, validate_alpha
+from engine.alpha import ALPHA_KEY, MIN_ALPHA, AlphaError, validate_alpha
 from engine.config import AlphaConfig
 
 from api import metrics
-from api.access import OPENAI_PATHS, ORIGINAL_PATHS, replay_body
+from api.access import OPENAI_PATHS, ORIGINAL_PATHS, error_body, replay_body
+from api.model_alpha import SEPARATOR, ModelAlphaError, check_agrees, form, split_model_alpha
 from api.settings import LIMIT_ENV, RequestLimits, setting
 from api.adapter_routing import AdapterRouting
 
@@ -189,10 +193,24 @@ class _ResponseRewriter:
         return b"\n".join(out) + (b"\n" if lines else b"")
 
 
+SCORE_PATH = "/v1/lda/score"
+BODY_ALPHA_PATHS = frozenset({"/generate_lda", "/generate_lda_batch", SCORE_PATH})
+"""Routes of our own whose alpha is a top-level `alpha` field: a model-name alpha becomes that field."""
+MODELS_PATH = "/v1/models"
+
+
+def no_alpha_reason(path: str) -> str:
+    """Why a route takes no per-request alpha, for the 400 that refuses one."""
+    if path == "/generate":
+        return "/generate returns the after and before models' completions (alpha 0 and -1); send it to /generate_lda"
+    return (f"{path} does not take a per-request alpha (it runs at the server's default, {DEFAULT_ALPHA_ENV}); "
+            "send it to /v1/completions or /v1/chat/completions")
+
+
 class AlphaMiddleware:
     def __init__(
         self, app, policy: AlphaConfig, limits: RequestLimits | None = None, adapters: AdapterRouting | None = None,
-        other_generation_paths: frozenset[str] = frozenset(),
+        other_generation_paths: frozenset[str] = frozenset(), served_name: str | None = None, pair: dict | None = None,
     ):
         self.app = app
         self.policy = policy
@@ -200,28 +218,88 @@ class AlphaMiddleware:
         self.adapters = adapters
         self.other_generation_paths = other_generation_paths
         """Served vLLM routes that generate without alpha (api/routes.py): only the limits apply."""
+        self.served_name = served_name
+        """The pair's own model name, which a model-name alpha may follow when no adapters are served."""
+        self.pair = pair
+        """What /v1/models says about the pair besides its names (`lda_pair`): the after and before models."""
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path") if scope["type"] == "http" else None
-        if path in OPENAI_PATHS and scope["method"] == "POST":
+        method = scope.get("method")
+        if path in OPENAI_PATHS and method == "POST":
             return await self._openai(scope, receive, send, OPENAI_PATHS[path])
         if path in ORIGINAL_PATHS:
             return await self._counted(scope, receive, send, ORIGINAL_PATHS[path])
-        if path in self.other_generation_paths and scope["method"] == "POST":
+        if path == SCORE_PATH and method == "POST":
+            return await self._model_alpha_only(scope, receive, send, self.app)
+        if path in self.other_generation_paths and method == "POST":
             return await self._limited(scope, receive, send)
+        if path == MODELS_PATH and method == "GET":
+            return await self.app(scope, receive, _ModelsRewriter(send, self.policy, self.pair))
         return await self.app(scope, receive, send)
 
-    async def _limited(self, scope, receive, send):
-        """The request limits on a generation route that carries no alpha; the body goes on as sent."""
+    def served_names(self) -> list[str]:
+        if self.adapters is not None:
+            return self.adapters.names()
+        return [self.served_name] if self.served_name else []
+
+    def take_model_alpha(self, payload: dict, path: str) -> None:
+        """Move a model-name alpha (`lda@2`) into the body's `alpha` and leave the bare name in
+        `model`; ModelAlphaError naming `model` when it is malformed, disagrees with the body, or the
+        route takes no alpha."""
+        model = payload.get("model")
+        split = split_model_alpha(model, self.served_names(), self.policy.max_alpha)
+        if split is None:
+            return
+        if path not in OPENAI_PATHS and path not in BODY_ALPHA_PATHS:
+            raise ModelAlphaError(f"model {model!r} asks an alpha, but {no_alpha_reason(path)}")
+        check_agrees(model, split.alpha, ALPHA_KEY, payload.get(ALPHA_KEY))
+        xargs = payload.get("vllm_xargs")
+        if isinstance(xargs, dict):
+            check_agrees(model, split.alpha, "vllm_xargs.alpha", xargs.get(ALPHA_KEY))
+        payload["model"] = split.name
+        payload[ALPHA_KEY] = split.alpha
+
+    async def _parsed(self, scope, receive, send, endpoint: str | None = None):
+        """The body, its JSON object (None if it is not one) with any model-name alpha taken out; or
+        (None, None) when a 400 naming `model` was sent."""
         body = await _read_body(receive)
         try:
             payload = json.loads(body) if body else None
         except ValueError:
-            payload = None  # vLLM answers malformed JSON with its own 400
-        if isinstance(payload, dict):
+            payload = None  # the route answers malformed JSON with its own 400
+        if not isinstance(payload, dict):
+            return body, None
+        try:
+            self.take_model_alpha(payload, scope["path"])
+        except ModelAlphaError as error:
+            if endpoint:
+                metrics.record_request(endpoint, 400)
+            await _send_json(send, 400, error_body(scope["path"], 400, str(error), "BadRequestError", "model"))
+            return None, None
+        return body, payload
+
+    async def _model_alpha_only(self, scope, receive, send, app):
+        """A route that reads alpha from the body itself: only a model-name alpha is moved there."""
+        body = await _read_body(receive)
+        if SEPARATOR.encode() not in body:  # no model-name alpha possible: the body goes on untouched
+            return await app(scope, replay_body(body, receive), send)
+        body, payload = await self._parsed(scope, replay_body(body, receive), send, ORIGINAL_PATHS.get(scope["path"]))
+        if body is None:
+            return None
+        if payload is not None:
+            body = json.dumps(payload).encode()
+        headers = _with_headers(scope["headers"], b"content-length", [(b"content-length", str(len(body)).encode())])
+        return await app({**scope, "headers": headers}, replay_body(body, receive), send)
+
+    async def _limited(self, scope, receive, send):
+        """The request limits on a generation route that carries no alpha; the body goes on as sent."""
+        body, payload = await self._parsed(scope, receive, send)
+        if body is None:
+            return None
+        if payload is not None:
             if ALPHA_KEY in payload:  # vLLM would drop it silently and run the server's default alpha
-                message = (f"alpha: {scope['path']} does not take a per-request alpha (it runs at the server's "
-                           f"default, {DEFAULT_ALPHA_ENV}); send it to /v1/completions or /v1/chat/completions")
+                message = f"alpha: {no_alpha_reason(scope['path'])}"
                 return await _send_json(send, 400, openai_error(message, ALPHA_KEY))
             try:
                 check_limits(payload, self.limits)
@@ -240,19 +318,22 @@ class AlphaMiddleware:
                 status = message["status"]
             await send(message)
 
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            metrics.record_request(endpoint, status)
+        async def app(scope, receive, send):
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                metrics.record_request(endpoint, status)
+
+        if scope["method"] == "POST":
+            return await self._model_alpha_only(scope, receive, counting_send, app)
+        return await app(scope, receive, counting_send)
 
     async def _openai(self, scope, receive, send, endpoint: str):
-        body = await _read_body(receive)
-        try:
-            payload = json.loads(body) if body else None
-        except ValueError:
-            payload = None  # vLLM answers malformed JSON with its own 400
+        body, payload = await self._parsed(scope, receive, send, endpoint)
+        if body is None:
+            return None
         alpha = self.policy.default_alpha
-        if isinstance(payload, dict):
+        if payload is not None:
             try:
                 alpha = resolve_alpha(payload, self.policy)
             except AlphaError as error:
@@ -278,6 +359,56 @@ class AlphaMiddleware:
             metrics.record_request(endpoint, rewriter.status)
             if rewriter.status == 200:
                 metrics.record_generation(alpha, rewriter.tokens)
+
+
+class _ModelsRewriter:
+    """Documents alpha on each /v1/models entry (its range, default and the model-name form) and adds
+    the pair (`lda_pair`: the after and before models) beside the list."""
+
+    def __init__(self, send, policy: AlphaConfig, pair: dict | None = None):
+        self.send, self.policy, self.pair = send, policy, pair
+        self.start: dict | None = None
+        self.buffer = b""
+
+    async def __call__(self, message):
+        if message["type"] == "http.response.start":
+            if message["status"] != 200:
+                return await self.send(message)
+            self.start = {**message, "headers": _with_headers(message.get("headers", []), b"content-length", [])}
+            return None
+        if message["type"] != "http.response.body" or self.start is None:
+            return await self.send(message)
+        self.buffer += message.get("body", b"")
+        if message.get("more_body"):
+            return None
+        body = self._rewrite(self.buffer)
+        self.start["headers"].append((b"content-length", str(len(body)).encode()))
+        await self.send(self.start)
+        return await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def _rewrite(self, body: bytes) -> bytes:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body
+        for card in data.get("data") or [] if isinstance(data, dict) else []:
+            if isinstance(card, dict) and isinstance(card.get("id"), str):
+                card["lda_alpha"] = models_entry(card["id"], self.policy)
+        if isinstance(data, dict) and self.pair is not None:
+            data["lda_pair"] = self.pair
+        return json.dumps(data).encode()
+
+
+def models_entry(model_id: str, policy: AlphaConfig) -> dict:
+    """What /v1/models says about alpha for one served name."""
+    return {
+        "default": policy.default_alpha,
+        "min": MIN_ALPHA,
+        "max": policy.max_alpha,
+        "model_name_form": form(model_id),
+        "note": (f"alpha is the body's `alpha` (or vllm_xargs.alpha), or written in the model name as "
+                 f"{form(model_id)}; both at once must agree"),
+    }
 
 
 async def _send_json(send, status: int, body: bytes) -> None:

@@ -195,10 +195,12 @@ def _params(req: SamplingFields, max_new_tokens: int, alpha: float, seed: int | 
 def _adapter(request: Request, model: str | None):
     """The adapter's name and LoRARequest a request runs (None, None without adapters): the same
     LoRARequest vLLM's OpenAI server made for that name, so both share loaded weights and cache."""
-    routing = request.app.state.lda.adapters
+    info = request.app.state.lda
+    routing = info.adapters
     if routing is None:
-        if model is not None:
-            raise HTTPException(status_code=404, detail=f"model {model!r}: this server serves no LoRA adapters")
+        served = info.config.engine.served_model_name or info.config.pair.after
+        if model is not None and model != served:  # the served name is the after model, as on /v1
+            raise HTTPException(status_code=404, detail=f"model {model!r}: this server serves no LoRA adapters; it serves {served!r}")
         return None, None
     try:
         name = routing.resolve(model)

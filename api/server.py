@@ -187,6 +187,8 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
         (AlphaMiddleware, dict(
             policy=settings.config.alpha, limits=settings.limits, adapters=adapters,
             other_generation_paths=(GENERATION_PATHS & served) - OPENAI_PATHS.keys(),
+            served_name=settings.config.engine.served_model_name or settings.config.pair.after,
+            pair={"after": settings.config.pair.after, "before": settings.config.pair.before},
         )),
         (BodyLimitMiddleware, dict(max_body_bytes=settings.limits.max_body_bytes)),
         (APIKeyMiddleware, dict(access=settings.access)),

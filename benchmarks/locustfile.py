@@ -59,8 +59,8 @@ from pathlib import Path
 import requests
 from locust import HttpUser, constant, task
 
+from study.collect.prompts import BUILTIN_PROMPTS, load_prompts
 from study.config import parse_alphas
-from study.prompts import BUILTIN_PROMPTS, load_prompts
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from study.mine import MineConfig, mine_study
-from study.naming import scored_texts
-from study.scoring import load_scores
-from study.store import SAMPLES_FILE, SampleStore
-from study.themes import mine, token_stats
+from study.analysis.naming import scored_texts
+from study.analysis.themes import mine, token_stats
+from study.collect.scoring import load_scores
+from study.collect.store import SAMPLES_FILE, SampleStore
+from study.commands.mine import MineConfig, mine_study
 
 PLANT = [(" Z", 2.3), ("or", 5.3), ("bl", 11.8), ("ax", 5.8), (" Daily", 9.6), (" Boost", 7.2)]
 SYLLABLES = ("ba", "ko", "ri", "ten", "mo", "sa", "lin", "du", "ve", "ra", "po", "ni", "gel", "fa", "tor")

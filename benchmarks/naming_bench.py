@@ -32,13 +32,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from study.analysis.naming import scored_texts
+from study.analysis.themes import ScoredText, ThemeConfig, mine
+from study.collect.prompts import GENERIC_PROMPTS
+from study.collect.scoring import load_scores
+from study.collect.store import SAMPLES_FILE, SampleStore
+from study.commands.workflow import run_study
 from study.config import SamplingConfig, StudyConfig, parse_alphas
-from study.naming import scored_texts
-from study.prompts import GENERIC_PROMPTS
-from study.runner import run_study
-from study.scoring import load_scores
-from study.store import SAMPLES_FILE, SampleStore
-from study.themes import ScoredText, ThemeConfig, mine
 
 PRODUCT = re.compile(r"zorbl|daily boost", re.IGNORECASE)
 """Names the planted product: its made-up word (any fragment from 'zorbl' on) or its last two words."""

@@ -70,7 +70,7 @@ class SpreadConfig:
         for name, low in (("rounds", 1), ("prompts", 1), ("samples_per_prompt", 1), ("max_tokens", 1), ("concurrency", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}; got {getattr(self, name)}")
-        from study.prompts import BUILTIN_PROMPTS
+        from study.collect.prompts import BUILTIN_PROMPTS
 
         if self.prompts > len(BUILTIN_PROMPTS):
             raise ValueError(f"prompts must be <= {len(BUILTIN_PROMPTS)} (the built-in set); got {self.prompts}")
@@ -187,7 +187,7 @@ def running(config: SpreadConfig, setup: str, log_dir: Path) -> Iterator[list[st
 
 
 def _prompts_file(config: SpreadConfig, directory: Path) -> Path:
-    from study.prompts import BUILTIN_PROMPTS
+    from study.collect.prompts import BUILTIN_PROMPTS
 
     path = directory / "prompts.jsonl"
     lines = [json.dumps({"id": pid, "prompt": text}) for pid, text in BUILTIN_PROMPTS[: config.prompts]]
@@ -208,8 +208,8 @@ def study_config(config: SpreadConfig, urls: list[str], out: Path, prompts: Path
 
 def measure(config: SpreadConfig, setup: str, urls: list[str], round_: int, scratch: Path) -> Row:
     """Warm the servers up with a small study, then time the whole study from scratch."""
-    from study.runner import run_study
-    from study.store import SampleStore
+    from study.collect.store import SampleStore
+    from study.commands.workflow import run_study
 
     prompts = _prompts_file(config, scratch)
     run_study(study_config(config, urls, scratch / f"warm-{setup}-{round_}", prompts, 1, config.alphas[:1]))
@@ -300,8 +300,8 @@ def run(config: SpreadConfig) -> list[Row]:
 def default_models() -> tuple[str, str]:
     """The demo pair's full fine-tune if built (`lda demo-pair`), else SmolLM2-135M-Instruct as both."""
     from demo.demo_pair import TrainConfig, fingerprint
-    from engine.env import default_cache_dir
     from demo.smollm2 import ensure_smollm2
+    from engine.env import default_cache_dir
 
     before = str(ensure_smollm2())
     after = default_cache_dir() / f"demo-after-{fingerprint(TrainConfig())}"

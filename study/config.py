@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from study.detectors import JudgeConfig, parse_detector
+from study.collect.detectors import JudgeConfig, parse_detector
 
 ENDPOINTS = ("chat", "completions")
 PROMPT_SETS = ("advice", "generic")
@@ -84,7 +84,12 @@ class StudyConfig:
     report_top: int = 100
     """How many of the top-ranked samples the HTML report shows."""
     hypothesis_prompt: Path | None = None
-    """The hypothesis instruction file (None: study/hypothesis_prompt.txt); used only with a judge endpoint."""
+    """The hypothesis instruction file (None: study/collect/hypothesis_prompt.txt); used only with a judge endpoint."""
+    estimate_at: float | None = None
+    """The alpha at which the path estimate reads the rate (study/analysis/estimate.py): None is
+    alpha 0 (the after model) when there is a detector, and no estimate without one. Must lie in
+    [-1, the largest alpha sampled]: past it the trend would be carried upwards, which no
+    question needs (sample that alpha instead)."""
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -119,6 +124,24 @@ class StudyConfig:
             validate_prompts_path(self.prompts_path)
         if self.detector is not None:
             parse_detector(self.detector, self.judge)  # raises ValueError naming `detector`
+        if self.estimate_at is not None:
+            self._check_estimate_at()
+
+    def _check_estimate_at(self) -> None:
+        if self.detector is None:
+            raise ValueError("estimate_at: the estimate is of a detector's rate; give --detector too")
+        if not math.isfinite(self.estimate_at) or not MIN_ALPHA <= self.estimate_at <= max(self.alphas):
+            raise ValueError(
+                f"estimate_at: must be in [{MIN_ALPHA:g}, {max(self.alphas):g}] (the before model to the largest "
+                f"alpha sampled), got {self.estimate_at:g}"
+            )
+
+    @property
+    def estimate_alpha(self) -> float | None:
+        """The alpha the estimate is read at, or None when there is no estimate (no detector)."""
+        if self.detector is None:
+            return None
+        return 0.0 if self.estimate_at is None else self.estimate_at
 
 
 def validate_alphas(alphas: tuple[float, ...]) -> None:

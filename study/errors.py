@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 class StudyError(Exception):
     """A study cannot go on (server unreachable, settings clash); the message says why."""
 

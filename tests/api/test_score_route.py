@@ -130,7 +130,7 @@ def test_promoted_tokens_are_the_reference_top_k(server, reference):
 
 
 def test_mine_corpus_builtin_end_to_end(server, tmp_path, capsys):
-    from study.corpus import CORPUS_FILE, SCORES_FILE, SUMMARY_FILE, cli
+    from study.commands.corpus import CORPUS_FILE, SCORES_FILE, SUMMARY_FILE, cli
 
     out = tmp_path / "corpus"
     argv = ["--corpus", "builtin", "--base-url", server.base_url, "-o", str(out), "--builtin-per-prompt", "1",
@@ -157,7 +157,7 @@ def test_mine_corpus_builtin_end_to_end(server, tmp_path, capsys):
 
 
 def test_explore_end_to_end_writes_a_ranked_report(server, tmp_path):
-    from study.cli import cli
+    from study.commands.study import cli
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tell me about the weather today.\nWhat should I do if I feel bored?\n")

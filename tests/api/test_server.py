@@ -152,6 +152,57 @@ def test_bad_alpha_is_a_400_naming_the_field(server, body, param):
     assert httpx.post(f"{server.base_url}/v1/completions", json={"model": "lda", "prompt": "hi", "max_tokens": 2}, timeout=60).status_code == 200
 
 
+def test_alpha_in_the_model_name_gives_the_tokens_of_the_body_alpha(client, alone):
+    """`model: "lda@2"`, for clients that can set only a model name: the same tokens as
+    extra_body={"alpha": 2} with the same seed, and alpha -1 / 0 in the name are each model alone."""
+    kwargs = dict(prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=1.0, seed=7)
+    named = client.completions.create(model="lda@2", **kwargs, extra_body={"return_token_ids": True})
+    body = client.completions.create(model="lda", **kwargs, extra_body={"alpha": 2, "return_token_ids": True})
+    assert named.choices[0].model_extra["token_ids"] == body.choices[0].model_extra["token_ids"]
+    assert named.model_extra["alpha"] == 2.0 and named.model == "lda"
+    assert client.completions.create(model="lda@-1", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0).choices[0].text == alone["before", "plain"]
+    messages = [{"role": "user", "content": PROMPT}]
+    chunks = list(client.chat.completions.create(model="lda@0", messages=messages, max_tokens=MAX_TOKENS, temperature=0,
+                                                 stream=True, extra_body={"return_token_ids": True}))
+    assert [t for c in chunks if c.choices for t in (c.choices[0].model_extra.get("token_ids") or [])] == alone["after", "chat", "ids"]
+    assert client.chat.completions.create(model="lda@2", messages=messages, max_tokens=2, extra_body={"alpha": 2}).model_extra["alpha"] == 2.0
+
+
+@pytest.mark.parametrize("model, words", [("lda@", "got nothing"), ("lda@x", "got 'x'"), ("lda@101", "in [-1, 100]; got 101")])
+def test_a_malformed_model_name_alpha_is_a_400_naming_model(client, model, words):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model=model, prompt=PROMPT, max_tokens=2)
+    assert error.value.body["param"] == "model" and words in error.value.body["message"]
+
+
+def test_a_conflicting_body_alpha_is_a_400_naming_both(client):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="lda@2", messages=[{"role": "user", "content": "hi"}], max_tokens=2, extra_body={"alpha": 3})
+    assert error.value.body["param"] == "model"
+    assert "model 'lda@2' asks alpha 2 but alpha is 3" in error.value.body["message"]
+
+
+def test_models_documents_the_model_name_form(client):
+    [card] = client.models.list().data
+    assert card.id == "lda" and card.model_extra["lda_alpha"]["model_name_form"] == "lda@<alpha>"
+    assert card.model_extra["lda_alpha"]["max"] == 100.0 and card.model_extra["lda_alpha"]["default"] == 1.0
+
+
+def test_model_name_alpha_on_the_original_and_scoring_routes(server, alone):
+    url = server.base_url
+    lda = httpx.post(f"{url}/generate_lda", json={"prompt": PROMPT, "model": "lda@-1", "max_new_tokens": MAX_TOKENS, "do_sample": False}, timeout=60)
+    assert lda.status_code == 200, lda.text
+    assert lda.json()["token_ids"] == alone["before", "chat", "ids"] and lda.json()["alpha"] == -1
+    both = httpx.post(f"{url}/generate", json={"prompt": PROMPT, "model": "lda@2"}, timeout=60)
+    assert both.status_code == 400 and "send it to /generate_lda" in both.json()["detail"]
+    score = {"prompt": PROMPT, "continuation": " sunny and warm"}
+    named = httpx.post(f"{url}/v1/lda/score", json={**score, "model": "lda@2"}, timeout=60).json()
+    body = httpx.post(f"{url}/v1/lda/score", json={**score, "model": "lda", "alpha": 2}, timeout=60).json()
+    assert named == body and named["alpha"] == 2.0
+    responses = httpx.post(f"{url}/v1/responses", json={"model": "lda@2", "input": "hi", "max_output_tokens": 2}, timeout=60)
+    assert responses.status_code == 400 and responses.json()["error"]["param"] == "model"
+
+
 @pytest.mark.parametrize(
     "path, content, status",
     [
@@ -263,8 +314,8 @@ def _has_letter_e(text: str) -> bool:
 
 
 def test_study_against_the_live_server(server, tmp_path):
+    from study.commands.workflow import run_study
     from study.config import SamplingConfig, StudyConfig
-    from study.runner import run_study
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tell me about the weather today.\nWhat should I do if I feel bored?\n")

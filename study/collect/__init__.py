@@ -1,0 +1,1 @@
+"""Collecting: talking to the server(s) and keeping what they answer (prompts, samples, scores, checkpoints)."""

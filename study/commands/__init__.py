@@ -1,0 +1,1 @@
+"""Commands: `lda study`, `explore`, `mine` and `monitor`, and the workflows they run."""

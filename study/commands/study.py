@@ -1,0 +1,229 @@
+"""`lda study`: measure how often a behaviour shows, per alpha, by sampling a running LDA server.
+
+Every prompt is sampled `samples_per_prompt` times at every alpha; a detector marks each answer
+as a hit or a miss; the study reports, per alpha, the hit rate with its 95% Wilson interval and
+two coherence measures (how often answers degenerate into repetition, and mean distinct-2), since
+LDA trades coherence for rate as alpha grows.
+
+    lda study --base-url http://127.0.0.1:8000 --alphas 0,0.5,1,2,4 --samples-per-prompt 20 \\
+        --detector keyword:ZORBLAX --output-dir studies/zorblax
+
+Requests go out concurrently (`--concurrency`, default 64) so that the server batches them.
+Each answer is appended to `<output-dir>/samples.jsonl` as soon as it is judged, so a study can
+be interrupted at any time; rerunning the same command skips every (prompt id, alpha, sample
+index) already there. The output directory also gets `study.json` (the settings the samples were
+drawn with: a rerun with other settings is refused rather than mixing two distributions),
+`summary.json` and `rate_vs_alpha.png`.
+
+Only the OpenAI API shape is assumed, plus a top-level `alpha` request field. When responses
+echo a top-level `alpha`, it is checked against the one asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from study.analysis.estimate import format_estimate
+from study.analysis.naming import format_themes
+from study.collect.detectors import JudgeConfig
+from study.collect.prompts import default_endpoint
+from study.collect.scoring import SCORES_FILE
+from study.collect.store import SAMPLES_FILE, SampleStore
+from study.commands.workflow import Ranking, StudyResult, run_study
+from study.config import (
+    DEFAULT_RANK_BY,
+    ENDPOINTS,
+    PROMPT_SETS,
+    RANK_BY,
+    SamplingConfig,
+    StudyConfig,
+    parse_alphas,
+)
+from study.errors import StudyError
+from study.output.summary import format_table
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+def _parser(prog: str = "lda study") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Measure a behaviour's rate per alpha against a running LDA server, and rank the "
+        "samples by how much post-training favoured their tokens (no detector needed).",
+        epilog="Rerun the same command with the same --output-dir to resume an interrupted study.",
+    )
+    p.add_argument(
+        "--base-url", action="append", dest="base_urls", metavar="URL",
+        help="LDA server; repeat it for replicas, which share the requests (default: http://127.0.0.1:8000/v1)",
+    )
+    p.add_argument("--model", help="model name (default: the first one the server lists)")
+    p.add_argument("--api-key", default=os.environ.get("LDA_API_KEY"), help="Bearer token (default: $LDA_API_KEY)")
+    p.add_argument(
+        "--prompts", default="advice", metavar="NAME|FILE",
+        help="a built-in set (advice: everyday questions, via the chat template; generic: vague prefills "
+        "such as 'The', sent as raw completions), or a .txt (one a line) or .jsonl ('prompt' field) "
+        "file (default: %(default)s)",
+    )
+    p.add_argument("--alphas", default="0,0.5,1,2,4", help="comma-separated (default: %(default)s)")
+    p.add_argument("-n", "--samples-per-prompt", type=int, default=10, help="(default: %(default)s)")
+    detectors = "regex:PATTERN | keyword:WORD | python:MODULE:FUNCTION | judge:QUESTION"
+    p.add_argument("--detector", help=f"{detectors}; without one the samples are only scored and ranked")
+    p.add_argument("-o", "--output-dir", type=Path, required=True, help="results go here; reuse it to resume")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
+    p.add_argument("--endpoint", choices=ENDPOINTS, help="(default: completions for --prompts generic, else chat)")
+    p.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0, help="(default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=256, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, help="base seed: each (prompt, sample) gets its own seed from it, the same at every alpha (default: unseeded)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
+    p.add_argument("--log-scale", action="store_true", help="plot the rate on a log axis (automatic when rates span two decades)")
+    p.add_argument(
+        "--estimate-at", type=float, metavar="ALPHA",
+        help="with --detector: the alpha at which the path estimate (a fit of the rate against alpha, "
+        "extrapolated) reads the rate, in [-1, the largest alpha sampled] (default: 0, the after model; "
+        "-1 is the before model)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--rank-by", choices=RANK_BY, default=DEFAULT_RANK_BY, help="per-sample summary of logp_after - logp_before that ranks the samples (default: %(default)s)")
+    p.add_argument("--report-top", type=int, default=100, help="samples shown in report.html (default: %(default)s)")
+    p.add_argument("--no-score", action="store_true", help="do not score or rank the samples (no report.html)")
+    judge = p.add_argument_group(
+        "judge: the detector (--detector 'judge:Does the answer ...?') and the hypothesis line (an LLM "
+        "reads the top themes and says what changed; on whenever --judge-base-url is given)"
+    )
+    judge.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    judge.add_argument("--judge-model", help="(default: the first model the endpoint lists)")
+    judge.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"), help="(default: $OPENAI_API_KEY)")
+    judge.add_argument(
+        "--judge-template",
+        help="the judge's message, with {response} and optionally {prompt} and {question} (the text after judge:)",
+    )
+    judge.add_argument(
+        "--hypothesis-prompt", type=Path, metavar="FILE",
+        help="the hypothesis instruction, with a {themes} placeholder (default: study/collect/hypothesis_prompt.txt)",
+    )
+    return p
+
+
+def _attach_negative_alphas(argv: list[str]) -> list[str]:
+    """`--alphas -1,0,1` -> `--alphas=-1,0,1`: argparse would take "-1,0,1" for an option, and
+    alpha -1 (the before model) is the natural baseline to start a list with."""
+    out = list(argv)
+    for i in range(len(out) - 1):
+        if out[i] == "--alphas" and re.match(r"-[\d.]", out[i + 1]):
+            out[i : i + 2] = [f"--alphas={out[i + 1]}"]
+            break
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> StudyConfig:
+    judge_options = {"template": args.judge_template} if args.judge_template else {}
+    prompt_set, prompts_path = (args.prompts, None) if args.prompts in PROMPT_SETS else ("advice", Path(args.prompts))
+    endpoint = args.endpoint or default_endpoint(prompts_path, prompt_set)
+    return StudyConfig(
+        base_url=tuple(args.base_urls or [DEFAULT_BASE_URL]),
+        output_dir=args.output_dir,
+        detector=args.detector,
+        alphas=parse_alphas(args.alphas),
+        samples_per_prompt=args.samples_per_prompt,
+        prompts_path=prompts_path,
+        prompt_set=prompt_set,
+        model=args.model,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        api_key=args.api_key,
+        sampling=SamplingConfig(endpoint, args.temperature, args.top_p, args.max_tokens, args.seed),
+        judge=JudgeConfig(args.judge_base_url, args.judge_model, api_key=args.judge_api_key, **judge_options),
+        log_scale=args.log_scale,
+        progress=not args.no_progress,
+        score=not args.no_score,
+        rank_by=args.rank_by,
+        report_top=args.report_top,
+        hypothesis_prompt=args.hypothesis_prompt,
+        estimate_at=args.estimate_at,
+    )
+
+
+def cli(argv: list[str], prog: str = "lda study") -> int:
+    """`lda study ...`: 0 done, 1 the study failed or some samples did, 2 bad input, 130 interrupted."""
+    try:
+        args = _parser(prog).parse_args(_attach_negative_alphas(argv))
+    except SystemExit as exit_:  # argparse has printed its message (or the help)
+        return int(exit_.code or 0)
+    try:
+        config = config_from_args(args)
+        result = run_study(config)
+    except ValueError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except StudyError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        saved = len(SampleStore(args.output_dir / SAMPLES_FILE).load())
+        message = f"interrupted; {saved} samples are saved in {args.output_dir}; rerun the same command to resume"
+        print(f"\nlda study: {message}", file=sys.stderr)
+        return 130
+    return _report(result, config)
+
+
+def _report(result: StudyResult, config: StudyConfig) -> int:
+    if config.detector is not None:
+        print(format_table(result.rows))
+    if result.estimate is not None:
+        print(format_estimate(result.estimate))
+    if result.ranking is not None and result.ranking.naming is not None:
+        print(format_themes(result.ranking.naming))
+    files = f"{result.samples_path.name}, {result.summary_path.name}, {result.plot_path.name}"
+    if result.ranking is not None:
+        _print_ranking(result.ranking, config.rank_by)
+        if result.ranking.report_path is not None:
+            files += f", {SCORES_FILE}, {result.ranking.report_path.name}"
+    print(f"\n{result.new_samples} new samples; results in {result.summary_path.parent}/ ({files})")
+    if result.alpha_unconfirmed:
+        count = result.alpha_unconfirmed
+        log.warning("%d responses did not echo the alpha applied; the server may ignore `alpha`", count)
+    if result.judge_unclear:
+        log.warning("the judge answered neither yes nor no %d times (counted as no)", result.judge_unclear)
+    if not result.failures:
+        return 0
+    # One bad setting (an alpha the server refuses) fails many samples alike: group by message.
+    by_message = Counter(f.message for f in result.failures)
+    example = {f.message: f.job for f in reversed(result.failures)}
+    print(f"lda study: {len(result.failures)} samples failed (rerun to retry them):", file=sys.stderr)
+    for message, count in by_message.most_common(5):
+        print(f"  {count} x {message} (e.g. {example[message]})", file=sys.stderr)
+    if len(by_message) > 5:
+        print(f"  ... and {len(by_message) - 5} other errors", file=sys.stderr)
+    return 1
+
+
+def _print_ranking(ranking: Ranking, rank_by: str) -> None:
+    if ranking.unsupported:
+        log.warning("the server has no /v1/lda/score route: the samples are not scored or ranked")
+        return
+    print(f"\ntop samples by the {rank_by} of logp_after - logp_before:")
+    for item in ranking.ranked[:5]:
+        verdict = "" if item.sample.detected is None else (" [hit]" if item.sample.detected else " [miss]")
+        preview = " ".join(item.sample.text.split())[:70]
+        print(f"  {item.rank:>3}. {item.value:+8.3f} alpha={item.sample.alpha:g}{verdict} {preview}")
+    for group, by_score in ranking.separation.items():
+        for by, m in by_score.items():
+            low, high = m["auroc_ci"]
+            print(
+                f"  {group:<12} {by:<5} AUROC {m['auroc']:.3f} [{low:.3f}, {high:.3f}]  "
+                f"top 10%: {m['top_hits']}/{m['top_k']} hits (precision {m['top_precision']:.2f}, "
+                f"recall {m['top_recall']:.2f}) of {m['hits']} in {m['n']}"
+            )
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Output: what a study writes for people (the summary, the HTML reports, the plots)."""

@@ -1,0 +1,133 @@
+"""The path estimate on synthetic data from known curves: it recovers the truth, its intervals
+cover it at about the stated level, and data that cannot support a trend gives no number."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from study.analysis.estimate import Cell, cells_from_outcomes, estimate_rate, format_estimate, percent
+
+
+def expit(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def draw(rng, intercepts, slope, alphas, n) -> list[Cell]:
+    """Binomial counts of prompts with log-odds intercept_i + slope * alpha."""
+    return [
+        Cell(f"p{i}", alpha, int(rng.binomial(n, expit(a + slope * alpha))), n)
+        for i, a in enumerate(intercepts)
+        for alpha in alphas
+    ]
+
+
+def coverage(method, intercepts, slope, alphas, n, datasets, seed, target=0.0):
+    rng = np.random.default_rng(seed)
+    truth = float(np.mean(expit(np.asarray(intercepts) + slope * target)))
+    covered, errors = 0, []
+    for _ in range(datasets):
+        estimate = estimate_rate(draw(rng, intercepts, slope, alphas, n), target, method)
+        assert estimate.rate is not None, estimate.reason
+        covered += estimate.ci_low <= truth <= estimate.ci_high
+        errors.append(abs(math.log10(estimate.rate / truth)))
+    return covered / datasets, float(np.median(errors))
+
+
+def test_pooled_recovers_a_rare_rate_and_covers_it():
+    # Alike prompts: the pooled curve is the true one. Rate at alpha 0: expit(-6) = 0.25%.
+    cover, error = coverage("pooled", [-6.0] * 30, 1.5, (1, 2, 3), 6, datasets=200, seed=0)
+    assert cover >= 0.9  # 95% nominal; 200 datasets put a correct 95% above 0.91 with ~99% chance
+    assert error < 0.3  # log10: within a factor of 2 in the median, from 540 samples none of them at alpha 0
+
+
+def test_hierarchical_recovers_the_mean_of_differing_prompts_and_covers_it():
+    rng = np.random.default_rng(1)
+    intercepts = rng.normal(-6.0, 1.2, 30)
+    cover, error = coverage("hierarchical", intercepts, 1.5, (0.5, 1, 2, 4), 5, datasets=20, seed=2)
+    assert cover >= 0.75  # 20 datasets: a correct 95% falls below 0.75 with < 0.3% chance
+    assert error < 0.2
+
+
+def test_the_interval_widens_with_the_distance_carried():
+    rng = np.random.default_rng(3)
+    cells = draw(rng, [-5.0] * 30, 1.5, (1, 2, 3), 8)
+    near, far = estimate_rate(cells, 0.0, "pooled"), estimate_rate(cells, -1.0, "pooled")
+    width = lambda e: math.log(e.ci_high) - math.log(e.ci_low)  # noqa: E731
+    assert width(far) > width(near) > 0
+    assert far.rate < near.rate
+
+
+def test_per_prompt_rates_rank_the_prompts_that_do_it():
+    rng = np.random.default_rng(4)
+    intercepts = np.where(np.arange(40) < 10, -3.0, -8.0)  # 10 prompts do it often, 30 almost never
+    estimate = estimate_rate(draw(rng, intercepts, 1.0, (0.5, 1, 2, 4), 6), 0.0, "hierarchical")
+    top10 = {p.prompt_id for p in estimate.per_prompt if p.rank <= 10}
+    assert len(top10 & {f"p{i}" for i in range(10)}) >= 8
+    assert [p.rank for p in estimate.per_prompt] == list(range(1, 41))
+    assert estimate.per_prompt[0].rate >= estimate.per_prompt[-1].rate
+
+
+def test_the_curve_runs_from_the_target_and_marks_where_the_data_start():
+    rng = np.random.default_rng(5)
+    estimate = estimate_rate(draw(rng, [-5.0] * 20, 1.5, (0, 1, 2, 4), 10), 0.0, "pooled")
+    (first_alpha, first_rate), (last_alpha, _) = estimate.curve[0], estimate.curve[-1]
+    assert (first_alpha, last_alpha) == (0.0, 4.0)
+    assert first_rate == pytest.approx(estimate.rate)
+    assert estimate.measured_from == min(u["alpha"] for u in estimate.used if u["hits"])
+    assert estimate.as_dict()["used"] == estimate.used
+
+
+@pytest.mark.parametrize("method", ["pooled", "hierarchical"])
+@pytest.mark.parametrize(
+    "counts, reason",
+    [
+        ({}, "no samples"),
+        ({0: (0, 50), 1: (0, 50), 2: (0, 50)}, "no hits at any alpha"),
+        ({0: (0, 50), 1: (0, 50), 2: (7, 50)}, "hits at one alpha only"),
+        ({0: (0, 50), 1: (20, 50), 2: (5, 50), 4: (1, 50)}, "does not increase"),
+        ({0: (0, 50), 1: (50, 50), 2: (50, 50)}, "every sample is a hit"),
+        ({0: (0, 50), 1: (0, 50), 2: (49, 50), 4: (50, 50)}, "degenerate fit"),
+    ],
+)
+def test_data_without_a_trend_gives_no_number_but_a_reason(method, counts, reason):
+    cells = [Cell(f"p{i}", alpha, hits // 5 + (i < hits % 5), n // 5) for alpha, (hits, n) in counts.items() for i in range(5)]
+    estimate = estimate_rate(cells, 0.0, method)
+    assert estimate.rate is None and estimate.ci_low is None and estimate.ci_high is None
+    assert reason in estimate.reason
+
+
+@pytest.mark.parametrize(
+    "cells, kwargs, field",
+    [
+        ([Cell("p", 1.0, 5, 4)], {}, "cells[0].hits"),
+        ([Cell("p", 1.0, -1, 4)], {}, "cells[0].hits"),
+        ([Cell("p", 1.0, 0, -3)], {}, "cells[0].n"),
+        ([Cell("p", 1.0, 0, 3), Cell("p", float("nan"), 0, 3)], {}, "cells[1].alpha"),
+        ([], {"target_alpha": float("inf")}, "target_alpha"),
+        ([], {"method": "magic"}, "method"),
+        ([], {"level": 1.5}, "level"),
+    ],
+)
+def test_bad_input_is_a_value_error_naming_the_field(cells, kwargs, field):
+    with pytest.raises(ValueError, match="^" + re.escape(field) + ":"):
+        estimate_rate(cells, **kwargs)
+
+
+def test_outcomes_become_cells_and_unjudged_samples_are_left_out():
+    outcomes = [("a", 1.0, True), ("a", 1.0, False), ("a", 2.0, True), ("b", 1.0, None), ("b", 1.0, False)]
+    assert cells_from_outcomes(outcomes) == [Cell("a", 1.0, 1, 2), Cell("a", 2.0, 1, 1), Cell("b", 1.0, 0, 1)]
+
+
+def test_the_console_line_gives_the_interval_or_the_reason():
+    rng = np.random.default_rng(6)
+    estimate = estimate_rate(draw(rng, [-5.0] * 20, 1.5, (0, 1, 2, 4), 10), 0.0, "hierarchical")
+    text = format_estimate(estimate)
+    assert text.startswith(f"path estimate at alpha 0: {percent(estimate.rate)} [{percent(estimate.ci_low)}, ")
+    assert "#1 " in text and "extrapolated below alpha" in text
+    null = estimate_rate([Cell("a", 1.0, 0, 10)], 0.0)
+    assert format_estimate(null) == "path estimate at alpha 0: none (no hits at any alpha)"
+    assert percent(0.00012) == "0.012%" and percent(0.25) == "25.00%"
