@@ -23,7 +23,8 @@ from pathlib import Path
 from study.analysis.naming import scored_texts
 from study.analysis.themes import mine, token_stats
 from study.collect.scoring import load_scores
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.store import SampleStore
+from study.output.files import SAMPLES_FILE
 from study.commands.mine import MineConfig, mine_study
 
 PLANT = [(" Z", 2.3), ("or", 5.3), ("bl", 11.8), ("ax", 5.8), (" Daily", 9.6), (" Boost", 7.2)]

@@ -36,7 +36,8 @@ from study.analysis.naming import scored_texts
 from study.analysis.themes import ScoredText, ThemeConfig, mine
 from study.collect.prompts import GENERIC_PROMPTS
 from study.collect.scoring import load_scores
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.store import SampleStore
+from study.output.files import SAMPLES_FILE
 from study.commands.workflow import run_study
 from study.config import SamplingConfig, StudyConfig, parse_alphas
 

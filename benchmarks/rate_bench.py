@@ -14,8 +14,9 @@ rate, the share of 95% intervals that cover it, and the per-prompt AUROC against
 labels (a prompt is positive when any of its alpha-0 pool answers is a hit). Subsets are drawn
 without replacement from the pool, whose alpha-0 part is much larger than any budget.
 
-    python -m benchmarks.rate_bench --pool studies/rates/planted-1.jsonl --name planted-1 \\
-        --out docs/data/rates --reps 40
+    python -m benchmarks.rate_bench --pool docs/data/rates/pool-planted-step8.json --name planted-step8 \\
+        --out docs/data/rates --reps 40 --max-tokens 6
+    python -m benchmarks.rate_bench --name planted-step8 --out docs/data/rates --markdown
 
 Writes <out>/<name>.csv, <name>.json (the table and the truth) and <name>.png (error, coverage
 and AUROC against the budget).
@@ -160,9 +161,32 @@ def plot(rows: list[dict], truth: dict, path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown(record: dict) -> str:
+    """The docs' table: per budget, plain and the path estimate as error / coverage / AUROC: every
+    method on the study's default alphas, the hierarchical one on the other designs."""
+    rows = record["rows"]
+    default = next(iter(DESIGNS))
+    series = sorted({(r["method"], r["design"]) for r in rows
+                     if r["method"] != "plain" and (r["design"] == default or r["method"] == "hierarchical")})
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    header = "| budget | plain: error / cover / AUROC | " + " | ".join(f"{m} [{d}]" for m, d in series) + " |"
+    lines = [header, "|" + "---|" * (2 + len(series))]
+    for budget in sorted({r["budget"] for r in rows}):
+        at = {(r["method"], r["design"]): r for r in rows if r["budget"] == budget}
+        cells = []
+        for key in [("plain", "-"), *series]:
+            r = at.get(key)
+            cells.append("" if r is None else
+                         f"{fmt(r['median_abs_log10_error'], '.2f')} / {fmt(r['coverage_95'], '.2f')}"
+                         + (f" / {fmt(r['per_prompt_auroc'], '.2f')}" if r["per_prompt_auroc"] is not None else "")
+                         + (f" ({r['null']} null)" if r["null"] else ""))
+        lines.append(f"| {budget} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pool", type=Path, required=True)
+    p.add_argument("--pool", type=Path, help="the pool (JSONL or compact JSON); not needed with --markdown")
     p.add_argument("--name", required=True)
     p.add_argument("--out", type=Path, default=Path("docs/data/rates"))
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
@@ -170,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, help="count a hit only if the detector needed at most this many tokens")
     p.add_argument("--designs", default=";".join(DESIGNS), help=f"some of {'; '.join(DESIGNS)} (separated by ';')")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--markdown", action="store_true", help="print the table of <out>/<name>.json and stop")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads((args.out / f"{args.name}.json").read_text())))
+        return 0
+    if args.pool is None:
+        p.error("--pool is required")
     pool = pool_by_cell(load_pool(args.pool), args.max_tokens)
     designs = {d: DESIGNS[d] for d in args.designs.split(";")}
     started = time.monotonic()

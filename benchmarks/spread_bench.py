@@ -24,9 +24,6 @@ import contextlib
 import csv
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +32,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
+
+from study.collect.server import Server, ServerStartError, free_port, launch, lda_serve_command, wait_healthy
 
 SETUPS = ("one", "dp2", "two")
 """One server on every core; one server with two data-parallel engines; two servers, half each."""
@@ -99,12 +98,6 @@ class Row:
 # ---------------------------------------------------------------- servers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def server_env(config: SpreadConfig, port: int, data_parallel: int = 1) -> dict[str, str]:
     """`lda serve`'s settings for one of the setups' servers; its binding is its own (`--cpu-bind all`)."""
     env = {k: v for k, v in os.environ.items() if k not in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", "LDA_CPU_BIND")}
@@ -118,41 +111,12 @@ def server_env(config: SpreadConfig, port: int, data_parallel: int = 1) -> dict[
     return env
 
 
-def _start(env: dict[str, str], cores: set[int] | None, log_path: Path) -> subprocess.Popen:
+def _pinned(cores: set[int] | None):
     def pin() -> None:  # before exec: the server reads its affinity to bind its worker
         if cores is not None:
             os.sched_setaffinity(0, cores)
 
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=pin,
-        )
-
-
-def _wait_healthy(process: subprocess.Popen, base_url: str, log_path: Path, timeout_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}; see {log_path}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server not healthy after {timeout_s:.0f} s; see {log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(1)
-
-
-def _stop(process: subprocess.Popen, timeout: float = 60) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=timeout)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group
-    process.wait()
+    return pin
 
 
 def halves(cores: set[int]) -> tuple[set[int], set[int]]:
@@ -168,19 +132,18 @@ def running(config: SpreadConfig, setup: str, log_dir: Path) -> Iterator[list[st
         plans = [(1, cores) for cores in halves(os.sched_getaffinity(0))]
     else:
         plans = [(2 if setup == "dp2" else 1, None)]
-    started: list[tuple[subprocess.Popen, str, Path]] = []
+    started: list[Server] = []
     try:
         for i, (data_parallel, cores) in enumerate(plans):
-            port = _free_port()
-            log_path = log_dir / f"{setup}-{i}.log"
-            process = _start(server_env(config, port, data_parallel), cores, log_path)
-            started.append((process, f"http://127.0.0.1:{port}", log_path))
-        for process, url, log_path in started:
-            _wait_healthy(process, url, log_path, config.start_timeout_s)
-        yield [url for _, url, _ in started]
+            port = free_port()
+            env = server_env(config, port, data_parallel)
+            started.append(launch(lda_serve_command(), env, port, log_dir / f"{setup}-{i}.log", _pinned(cores)))
+        for server in started:
+            wait_healthy(server, config.start_timeout_s)
+        yield [server.base_url for server in started]
     finally:
-        for process, _, _ in started:
-            _stop(process)
+        for server in started:
+            server.stop()
 
 
 # ---------------------------------------------------------------- the study
@@ -337,7 +300,7 @@ def cli(argv: list[str]) -> int:
         return 2
     try:
         rows = run(config)
-    except RuntimeError as error:
+    except (RuntimeError, ServerStartError) as error:
         print(f"spread_bench: {error}", file=sys.stderr)
         return 1
     print(format_report(rows))

@@ -53,7 +53,8 @@ from benchmarks.serve_bench.report import (
     write_outputs,
 )
 from benchmarks.serve_bench.rounds import level_servers, probe_originals, run, step_report
-from benchmarks.serve_bench.servers import RssSampler, ServerStartError, running_server, server_command
+from benchmarks.serve_bench.servers import RssSampler, running_server, server_command
+from study.collect.server import ServerStartError
 
 __all__ = [
     "DEFAULT_SERVERS", "SERVED_NAME", "SERVERS", "VLLM_BIND", "BenchConfig", "OriginalMode", "Row", "RssSampler",

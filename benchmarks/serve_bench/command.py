@@ -22,7 +22,7 @@ from benchmarks.serve_bench.config import (
 from benchmarks.serve_bench.locust_soak import soak
 from benchmarks.serve_bench.report import load_rows, report, write_outputs
 from benchmarks.serve_bench.rounds import run
-from benchmarks.serve_bench.servers import ServerStartError
+from study.collect.server import ServerStartError
 from engine.config import DTYPES
 
 DESCRIPTION = "`lda bench`: the LDA server against vLLM serving the after model alone and against the original design."

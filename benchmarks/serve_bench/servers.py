@@ -1,17 +1,14 @@
 """Starting and stopping the servers under test: the command and environment of each kind (the
-pair, vLLM alone, the original design), a health wait, a process-group kill, and a sampler of the
+pair, vLLM alone, the original design), started and stopped by `study.collect.server`, and a sampler of the
 peak RSS of a server's whole process tree (API server, engine core, workers)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +21,7 @@ from benchmarks.serve_bench.config import (
 from engine.config import cpu_binding_env, cpu_dtype
 from engine.env import BINDING_VARS
 from engine.env import STEP_TIMING_VAR
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from study.collect.server import free_port, running
 
 
 def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -108,53 +100,11 @@ class RssSampler:
         return self.peak
 
 
-class ServerStartError(RuntimeError):
-    """A server under test exited or never became healthy."""
-
-
-def _tail(log_path: Path, lines: int = 5) -> str:
-    text = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    return "\n".join(text[-lines:])
-
-
 @contextlib.contextmanager
 def running_server(config: BenchConfig, server: str, log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start `server` in its own process group, wait for /health, yield its base URL; kill the group."""
-    import httpx
-
-    port = _free_port()
+    """Start `server` in its own process group, wait for /health, yield its base URL and process;
+    stop the group (`study.collect.server`, the one server lifecycle)."""
+    port = free_port()
     command, env = server_command(config, server, port)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + config.start_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise ServerStartError(f"{server} server exited with {process.returncode}; see {log_path}. "
-                                       f"Its last lines:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise ServerStartError(f"{server} server not healthy after {config.start_timeout_s:.0f} s; see {log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(1)
-        yield base_url, process
-    finally:
-        _stop_group(process)
-
-
-def _stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
-    if process.poll() is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # stragglers of an exited leader
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    with running(command, env, port, log_path, config.start_timeout_s, f"{server} server") as handle:
+        yield handle.base_url, handle.process

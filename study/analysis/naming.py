@@ -2,12 +2,12 @@
 
 The glue between a study's files and the pure mining in `themes`: `lda explore` calls it after the
 scoring pass, `lda mine` on a finished study directory. Samples whose text is empty or that were
-not scored are skipped; nothing here needs a server (the optional hypothesis needs the judge's).
+not scored are skipped; pure functions (the optional hypothesis, which asks the judge's endpoint,
+is `collect.hypothesis.with_hypothesis`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -20,12 +20,7 @@ from study.analysis.themes import (
     scored_text,
     token_stats,
 )
-from study.collect.detectors import JudgeConfig
-from study.collect.hypothesis import hypothesize
-from study.errors import StudyError
 from study.records import Key, Sample, SampleScore
-
-log = logging.getLogger(__name__)
 
 TOP_TOKENS = 20
 """Tokens listed in summary.json (by total diff; the themes are the readable view)."""
@@ -62,20 +57,11 @@ def name_changes(
     samples: Iterable[Sample],
     scores: Mapping[Key, SampleScore],
     config: ThemeConfig = ThemeConfig(),
-    judge: JudgeConfig | None = None,
-    prompt: str | None = None,
 ) -> Naming:
-    """Themes and token aggregates; with a judge endpoint and a prompt template, the hypothesis too
-    (a judge that fails is logged and leaves the hypothesis out: the themes stand on their own)."""
+    """Themes and token aggregates (the hypothesis, which needs the judge's endpoint, is added by
+    `collect.hypothesis.with_hypothesis`)."""
     texts = scored_texts(samples, scores)
-    themes = mine(texts, config)
-    hypothesis = None
-    if judge is not None and judge.base_url is not None and prompt is not None and themes:
-        try:
-            hypothesis = hypothesize(themes, judge, prompt)
-        except StudyError as exc:
-            log.warning("%s; summary.json has no hypothesis", exc)
-    return Naming(themes, token_stats(texts), hypothesis)
+    return Naming(mine(texts, config), token_stats(texts))
 
 
 def format_themes(naming: Naming, top: int = 5) -> str:

@@ -14,18 +14,19 @@ checkpoint), but the same study runs against it.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from study.collect import server
 from study.collect.client import normalize_base_url
+from study.collect.server import (
+    ServerStartError,
+    free_port,
+    lda_serve_command,
+    lda_serve_env,
+)
 from study.errors import StudyError
 
 LOAD_ROUTE = "/load_lora_adapter"
@@ -105,50 +106,14 @@ def _refusal(base_url: str, response: httpx.Response, what: str) -> Exception:
 @contextlib.contextmanager
 def served_pair(after: Path, before: str, log_path: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     """Start `lda serve` with `after` (a full-weight checkpoint) against `before` on loopback; yield
-    its base URL; stop it (the whole process group) on exit."""
-    port = _free_port()
-    env = {**os.environ, **(extra_env or {}), "MODEL_AFTER_ID": str(after), "MODEL_BEFORE_ID": before,
-           "HOST": "127.0.0.1", "PORT": str(port)}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+    its base URL; stop it (the whole process group) on exit. A server that exits while starting
+    refused the checkpoint (CheckpointRefused, with its log's tail)."""
+    port = free_port()
+    env = lda_serve_env(port, **{**(extra_env or {}), "MODEL_AFTER_ID": str(after), "MODEL_BEFORE_ID": before})
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(process, url, log_path)
-        yield url
-    finally:
-        _stop(process)
-
-
-def _wait_healthy(process: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + PAIR_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-1500:]
-            raise CheckpointRefused(f"lda serve exited with {process.returncode} (log: {log_path}):\n{tail}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        time.sleep(1)
-    raise StudyError(f"lda serve not healthy after {PAIR_START_TIMEOUT_S:g} s (log: {log_path})")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's group, then SIGKILL whatever is left of it: the engine's processes may
-    outlive a leader that exited or crashed."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        with server.running(lda_serve_command(), env, port, log_path, PAIR_START_TIMEOUT_S, "lda serve") as pair:
+            yield pair.base_url
+    except ServerStartError as exc:
+        if exc.returncode is None:
+            raise
+        raise CheckpointRefused(str(exc)) from None

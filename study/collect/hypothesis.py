@@ -9,13 +9,18 @@ nothing in the mining or the ranking depends on it.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import httpx
 
+from study.analysis.naming import Naming
 from study.analysis.themes import Theme
 from study.collect.detectors import JudgeConfig
 from study.errors import StudyError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT_FILE = Path(__file__).with_name("hypothesis_prompt.txt")
 THEMES_SHOWN = 10
@@ -70,6 +75,19 @@ def hypothesize(themes: list[Theme], judge: JudgeConfig, template: str) -> str:
         return " ".join((response.json()["choices"][0]["message"]["content"] or "").split())
     except (ValueError, KeyError, IndexError, TypeError):
         raise StudyError(f"hypothesis: {url} sent an unexpected body: {response.text[:200]}") from None
+
+
+def with_hypothesis(naming: Naming, judge: JudgeConfig | None, prompt: str | None) -> Naming:
+    """`naming` with the judge's hypothesis, when a judge endpoint and a prompt template are given
+    and there are themes; a judge that fails is logged and leaves the hypothesis out (the themes
+    stand on their own)."""
+    if judge is None or judge.base_url is None or prompt is None or not naming.themes:
+        return naming
+    try:
+        return dataclasses.replace(naming, hypothesis=hypothesize(naming.themes, judge, prompt))
+    except StudyError as exc:
+        log.warning("%s; summary.json has no hypothesis", exc)
+        return naming
 
 
 def _first_model(client: httpx.Client, url: str) -> str:

@@ -22,11 +22,11 @@ from tqdm import tqdm
 from study.collect.client import LdaClient
 from study.config import StudyConfig
 from study.errors import SampleError
+from study.output.files import SCORES_FILE
 from study.records import Key, Sample, SampleScore
 
 log = logging.getLogger(__name__)
 
-SCORES_FILE = "scores.jsonl"
 
 def load_scores(output_dir: Path) -> dict[Key, SampleScore]:
     path = output_dir / SCORES_FILE

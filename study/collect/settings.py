@@ -8,8 +8,7 @@ from pathlib import Path
 
 from study.config import StudyConfig
 from study.errors import StudyError
-
-SETTINGS_FILE = "study.json"
+from study.output.files import SETTINGS_FILE, write_atomically
 
 
 def load_settings(output_dir: Path) -> dict[str, object]:
@@ -36,7 +35,7 @@ def check_settings(output_dir: Path, settings: dict[str, object], has_samples: b
 def save_settings(output_dir: Path, settings: dict[str, object]) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(settings, indent=2) + "\n"
-    (output_dir / SETTINGS_FILE).write_text(text, encoding="utf-8")
+    write_atomically(output_dir / SETTINGS_FILE, text)
 
 
 def settings_of(config: StudyConfig) -> dict[str, object]:

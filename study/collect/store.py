@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
+from study.output.files import write_atomically
 from study.records import Sample
 
 log = logging.getLogger(__name__)
 
-SAMPLES_FILE = "samples.jsonl"
 
 
 class SampleStore:
@@ -54,9 +53,7 @@ class SampleStore:
         return samples, raw, lines
 
     def _rewrite(self, samples: Iterable[Sample]) -> None:
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(_sample_line(s) for s in samples), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomically(self.path, "".join(_sample_line(s) for s in samples))
 
     def appender(self) -> _Appender:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,12 +46,15 @@ from study.analysis.promoted import (
 from study.collect.client import _error_message, normalize_base_url
 from study.collect.prompts import BUILTIN_PROMPTS
 from study.errors import StudyError
+from study.output.files import (
+    CORPUS_FILE,
+    CORPUS_SCORES_FILE,
+    SUMMARY_FILE,
+    write_atomically,
+)
 
 PROG = "lda mine --corpus"
 BUILTIN = "builtin"
-CORPUS_FILE = "corpus.jsonl"
-SCORES_FILE = "corpus_scores.jsonl"
-SUMMARY_FILE = "summary.json"
 ANSWER_FIELDS = ("answer", "completion", "response")
 MAX_EXTEND = 16
 
@@ -271,19 +273,12 @@ async def run(config: CorpusConfig, texts: list[CorpusText] | None) -> CorpusRes
         await client.aclose()
 
 
-def _write_atomic(path: Path, content: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(content)
-    os.replace(tmp, path)
-
-
 def save(config: CorpusConfig, result: CorpusResult) -> None:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     if result.generated:
-        _write_atomic(config.output_dir / CORPUS_FILE, "".join(
+        write_atomically(config.output_dir / CORPUS_FILE, "".join(
             json.dumps({"id": t.key, "prompt": t.prompt, "answer": t.text}, ensure_ascii=False) + "\n" for t in result.texts))
-    _write_atomic(config.output_dir / SCORES_FILE, "".join(
+    write_atomically(config.output_dir / CORPUS_SCORES_FILE, "".join(
         json.dumps({"key": k, **v}, ensure_ascii=False) + "\n" for k, v in result.scores.items()))
     summary = {
         "mode": "corpus",
@@ -295,7 +290,7 @@ def save(config: CorpusConfig, result: CorpusResult) -> None:
         "themes": [public(t) for t in result.themes],
         "promoted_tokens": result.tokens,
     }
-    _write_atomic(config.output_dir / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(config.output_dir / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
 
 def format_themes(themes: list[dict], top: int) -> str:
@@ -365,5 +360,5 @@ def cli(argv: list[str]) -> int:
     save(config, result)
     print(format_themes(result.themes, config.top))
     print(f"\n{len(result.texts)} texts, {sum(len(v['tokens']) for v in result.scores.values())} tokens scored; "
-          f"wrote {SUMMARY_FILE} and {SCORES_FILE} in {config.output_dir}/")
+          f"wrote {SUMMARY_FILE} and {CORPUS_SCORES_FILE} in {config.output_dir}/")
     return 0

@@ -30,11 +30,10 @@ import anyio
 from study.analysis.ranking import rank
 from study.collect import lda_api
 from study.collect.prompts import load_prompts
-from study.collect.scoring import SCORES_FILE, load_scores
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.scoring import load_scores
+from study.collect.store import SampleStore
 from study.config import DEFAULT_RANK_BY, PROMPT_SETS, RANK_BY, parse_alphas
-from study.output.monitor_report import MONITOR_JSON
-from study.output.summary import SUMMARY_FILE
+from study.output.files import MONITOR_JSON, SAMPLES_FILE, SCORES_FILE, SUMMARY_FILE
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 """(done, total, message): the MCP context's report_progress."""

@@ -25,15 +25,22 @@ from study.analysis.naming import Naming, format_themes, name_changes
 from study.analysis.ranking import rank, separation
 from study.analysis.themes import ThemeConfig
 from study.collect.detectors import JudgeConfig
-from study.collect.hypothesis import load_prompt
-from study.collect.scoring import SCORES_FILE, load_scores
-from study.collect.settings import SETTINGS_FILE
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.hypothesis import load_prompt, with_hypothesis
+from study.collect.scoring import load_scores
+from study.collect.store import SampleStore
 from study.commands.workflow import sample_groups
 from study.config import DEFAULT_RANK_BY, RANK_BY
 from study.errors import StudyError
-from study.output.report import REPORT_FILE, write_report
-from study.output.summary import PLOT_FILE, SUMMARY_FILE, plot, save_summary, summarize
+from study.output.files import (
+    PLOT_FILE,
+    REPORT_FILE,
+    SAMPLES_FILE,
+    SCORES_FILE,
+    SETTINGS_FILE,
+    SUMMARY_FILE,
+)
+from study.output.report import write_report
+from study.output.summary import plot, save_summary, summarize
 
 PROG = "lda mine"
 DEFAULTS = ThemeConfig()
@@ -142,7 +149,7 @@ def mine_study(config: MineConfig) -> Naming:
     alphas = tuple(summary.get("alphas") or sorted({s.alpha for s in samples}))
     rank_by = (summary.get("ranking") or {}).get("rank_by", DEFAULT_RANK_BY)
     rank_by = rank_by if rank_by in RANK_BY else DEFAULT_RANK_BY
-    naming = name_changes(samples, scores, config.themes, config.judge, instruction)
+    naming = with_hypothesis(name_changes(samples, scores, config.themes), config.judge, instruction)
     rows = summarize(samples, alphas)
     ranked = rank(samples, scores, rank_by)
     measured = {name: m for name, a in sample_groups(alphas).items() if (m := separation(samples, scores, a))}

@@ -34,22 +34,29 @@ from study.collect.checkpoint_serving import (
 )
 from study.collect.checkpoints import find_checkpoints
 from study.collect.pool import Failure
+from study.collect.scoring import load_scores
 from study.collect.settings import settings_of
-from study.collect.store import SAMPLES_FILE
+from study.collect.store import SampleStore
 from study.commands.study import _attach_negative_alphas, _parser, config_from_args
 from study.commands.workflow import run_study
 from study.config import StudyConfig
 from study.errors import StudyError
-from study.output.monitor_report import (
+from study.output.files import (
+    CHECKPOINT_DONE_FILE,
     MONITOR_HTML,
     MONITOR_JSON,
     MONITOR_PNG,
+    SAMPLES_FILE,
+    SERVER_LOG_FILE,
+    write_atomically,
+)
+from study.output.monitor_report import (
     ESTIMATE_RULE,
-    first_detection_by_estimate,
     RULE,
     CheckpointResult,
-    collect,
+    checkpoint_result,
     first_detection,
+    first_detection_by_estimate,
     format_table,
     plot,
     write_html,
@@ -57,8 +64,6 @@ from study.output.monitor_report import (
 )
 from study.records import Checkpoint
 
-DONE_FILE = "checkpoint.json"
-"""Written into a checkpoint's study folder once all its samples are drawn: a re-run skips it."""
 DEFAULT_OUTPUT = "monitor"
 DEFAULT_SEED = 0
 
@@ -172,7 +177,7 @@ def _timed_out(config: MonitorConfig, idle_since: float) -> bool:
 
 def _finished(config: MonitorConfig, checkpoint: Checkpoint) -> bool:
     try:
-        done = json.loads((config.output_dir / checkpoint.name / DONE_FILE).read_text())
+        done = json.loads((config.output_dir / checkpoint.name / CHECKPOINT_DONE_FILE).read_text())
     except (OSError, ValueError):
         return False
     return done.get("path") == str(checkpoint.path.resolve())
@@ -194,7 +199,7 @@ def _study_checkpoint(config: MonitorConfig, checkpoint: Checkpoint, adapters: R
             raise CheckpointRefused(f"{checkpoint.path} is a full-weight checkpoint: give --before (the base model) "
                                     "to serve each such checkpoint by a pair of its own (one engine start each)")
         say(f"{checkpoint.name} (step {checkpoint.step}): starting a pair for this full-weight checkpoint")
-        with served_pair(checkpoint.path, config.before, study_dir / "server.log") as url:
+        with served_pair(checkpoint.path, config.before, study_dir / SERVER_LOG_FILE) as url:
             say(f"{checkpoint.name}: pair ready in {time.monotonic() - start:.1f} s")
             result = run_study(replace(config.study, output_dir=study_dir, base_url=url))
     else:
@@ -205,7 +210,7 @@ def _study_checkpoint(config: MonitorConfig, checkpoint: Checkpoint, adapters: R
     if not result.failures:
         done = {"name": checkpoint.name, "step": checkpoint.step, "path": str(checkpoint.path.resolve()),
                 "kind": checkpoint.kind}
-        (study_dir / DONE_FILE).write_text(json.dumps(done, indent=2) + "\n")
+        write_atomically(study_dir / CHECKPOINT_DONE_FILE, json.dumps(done, indent=2) + "\n")
     say(f"{checkpoint.name}: {result.new_samples} new samples in {time.monotonic() - start:.1f} s"
         + (f", {len(result.failures)} failed (rerun to retry)" if result.failures else ""))
     return result.failures
@@ -220,8 +225,10 @@ def _write_outputs(config: MonitorConfig, checkpoints: list[Checkpoint], result:
         study_dir = config.output_dir / checkpoint.name
         if (study_dir / SAMPLES_FILE).exists():
             previous = results[-1] if results else None
-            results.append(collect(checkpoint, study_dir, study.alphas, study.detector is not None, study.rank_by, previous,
-                                   study.estimate_alpha))
+            samples = list(SampleStore(study_dir / SAMPLES_FILE).load().values())
+            results.append(checkpoint_result(checkpoint, samples, load_scores(study_dir), study.alphas,
+                                             study.detector is not None, study.rank_by, previous,
+                                             study.estimate_alpha))
     settings = {"run_dir": str(config.run_dir.resolve()), **settings_of(study), "alphas": list(study.alphas),
                 "samples_per_prompt": study.samples_per_prompt, "prompts": str(study.prompts_path or study.prompt_set),
                 "score_by": study.rank_by}

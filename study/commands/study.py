@@ -33,8 +33,7 @@ from study.analysis.estimate import format_estimate
 from study.analysis.naming import format_themes
 from study.collect.detectors import JudgeConfig
 from study.collect.prompts import default_endpoint
-from study.collect.scoring import SCORES_FILE
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.store import SampleStore
 from study.commands.workflow import Ranking, StudyResult, run_study
 from study.config import (
     DEFAULT_RANK_BY,
@@ -46,6 +45,7 @@ from study.config import (
     parse_alphas,
 )
 from study.errors import StudyError
+from study.output.files import SAMPLES_FILE, SCORES_FILE
 from study.output.summary import format_table
 
 log = logging.getLogger(__name__)

@@ -7,19 +7,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from study.analysis.estimate import Estimate
 from study.analysis.naming import Naming, name_changes
 from study.analysis.ranking import Ranked, rank, separation
-from study.collect.hypothesis import load_prompt
+from study.collect.hypothesis import load_prompt, with_hypothesis
 from study.collect.pool import Draw, Failure, draw_all, plan_jobs
 from study.collect.prompts import load_prompts
 from study.collect.scoring import score_samples
 from study.collect.settings import check_settings, load_settings, settings_of
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.store import SampleStore
 from study.config import StudyConfig
 from study.errors import StudyError
-from study.output.report import REPORT_FILE, RateView, write_report
-from study.analysis.estimate import Estimate
-from study.output.summary import PLOT_FILE, AlphaSummary, estimate_for, plot, summarize, write_summary
+from study.output.files import PLOT_FILE, REPORT_FILE, SAMPLES_FILE
+from study.output.report import RateView, write_report
+from study.output.summary import (
+    AlphaSummary,
+    estimate_for,
+    plot,
+    summarize,
+    write_summary,
+)
 from study.records import Prompt, Sample
 
 
@@ -74,7 +81,8 @@ def run_study(config: StudyConfig) -> StudyResult:
     wanted = {job.key for job in grid}
     samples = [s for s in [*existing.values(), *draw.samples] if s.key in wanted]
     rows = summarize(samples, config.alphas)
-    model = load_settings(config.output_dir).get("model", config.model)
+    settings = {**settings_of(config), **load_settings(config.output_dir)}
+    model = settings.get("model", config.model)
     title = f"{model} · {config.detector or 'no detector'} · {len(prompts)} prompts"
     estimate = estimate_for(samples, config.estimate_alpha)
     plot_path = config.output_dir / PLOT_FILE
@@ -86,7 +94,7 @@ def run_study(config: StudyConfig) -> StudyResult:
         extra.update(ranking.naming.as_dict())
     if estimate is not None:
         extra["estimate"] = estimate.as_dict()
-    summary_path = write_summary(config, prompts, samples, rows, extra)
+    summary_path = write_summary(config, settings, prompts, samples, rows, extra)
     return StudyResult(
         rows=rows,
         new_samples=len(draw.samples),
@@ -111,7 +119,7 @@ def _rank(
     measured = {name: m for name, a in sample_groups(config.alphas).items() if (m := separation(samples, scored.scores, a))}
     report, naming = None, None
     if ranked:
-        naming = name_changes(samples, scored.scores, judge=config.judge, prompt=instruction)
+        naming = with_hypothesis(name_changes(samples, scored.scores), config.judge, instruction)
         report = write_report(
             config.output_dir / REPORT_FILE, ranked, config.rank_by, title, config.report_top, measured,
             naming.themes, naming.hypothesis, rates,

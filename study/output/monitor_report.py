@@ -22,18 +22,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from study.analysis.estimate import percent
 from study.analysis.ranking import Ranked, rank
 from study.analysis.themes import ThemeConfig, mine, scored_text
-from study.collect.scoring import load_scores
-from study.collect.store import SAMPLES_FILE, SampleStore
-from study.output.report import _STYLE, _sample_block
-from study.analysis.estimate import percent
+from study.output.files import write_atomically
+from study.output.report import STYLE, sample_block
 from study.output.summary import estimate_for, summarize
-from study.records import Checkpoint, Sample, SampleScore
+from study.records import Checkpoint, Key, Sample, SampleScore
 
-MONITOR_JSON = "monitor.json"
-MONITOR_PNG = "monitor.png"
-MONITOR_HTML = "monitor.html"
 RULE = ("first checkpoint whose 95% Wilson lower bound of the rate lies above the 95% Wilson upper bound "
         "of the first checkpoint's rate, at the same alpha")
 ESTIMATE_RULE = (
@@ -81,12 +77,11 @@ class CheckpointResult:
                 "per_alpha": [asdict(p) for p in self.points], "estimate": self.estimate}
 
 
-def collect(checkpoint: Checkpoint, study_dir: Path, alphas: tuple[float, ...], detector: bool, rank_by: str,
-            previous: CheckpointResult | None, estimate_at: float | None = None) -> CheckpointResult:
-    """One checkpoint's results, from its study folder; with `estimate_at` (and a detector), the
-    path estimate of its rate at that alpha."""
-    samples = list(SampleStore(study_dir / SAMPLES_FILE).load().values())
-    scores = load_scores(study_dir)
+def checkpoint_result(checkpoint: Checkpoint, samples: list[Sample], scores: dict[Key, SampleScore],
+                      alphas: tuple[float, ...], detector: bool, rank_by: str,
+                      previous: CheckpointResult | None, estimate_at: float | None = None) -> CheckpointResult:
+    """One checkpoint's results, from its study folder's samples and scores; with `estimate_at` (and
+    a detector), the path estimate of its rate at that alpha."""
     before = {p.alpha: p.top_themes for p in previous.points} if previous else {}
     points = []
     for row in summarize(samples, alphas):
@@ -182,7 +177,7 @@ def write_json(path: Path, results: list[CheckpointResult], settings: dict, alph
                             for a, c in detected.items()},
         "checkpoints": [r.as_dict() for r in results],
     }
-    _write_atomically(path, json.dumps(record, indent=2) + "\n")
+    write_atomically(path, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -250,8 +245,8 @@ def write_html(path: Path, png: Path, results: list[CheckpointResult], record: d
         f"{_estimate_section(results, record)}{sections}"
     )
     page = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lda monitor</title>'
-            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
-    _write_atomically(path, page)
+            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+    write_atomically(path, page)
 
 
 def _estimate_section(results: list[CheckpointResult], record: dict) -> str:
@@ -287,7 +282,7 @@ def _checkpoint_section(result: CheckpointResult, rank_by: str, top: int) -> str
         f"<td>{html.escape(', '.join(p.new_themes))}</td></tr>"
         for p in result.points
     )
-    blocks = "".join(_sample_block(item, rank_by) for item in result.top_samples[:top])
+    blocks = "".join(sample_block(item, rank_by) for item in result.top_samples[:top])
     return (
         f"<h2>{html.escape(c.name)} (step {c.step})</h2><table><tr><th>alpha</th><th>n</th><th>hits</th>"
         f"<th>mean score</th><th>top themes</th><th>new themes</th></tr>{rows}</table>"
@@ -312,10 +307,3 @@ def format_table(results: list[CheckpointResult], alphas: tuple[float, ...]) -> 
         estimate = "" if target is None else f"  {_estimate_text(r.estimate)}"
         lines.append(f"{r.checkpoint.name:<20} {r.checkpoint.step:>6} " + " ".join(cells) + estimate)
     return "\n".join(lines)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Rewritten after every checkpoint: a Ctrl-C mid-write must leave the previous file whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from study.analysis.estimate import Estimate, percent
 from study.analysis.ranking import Ranked
 from study.analysis.themes import Theme, sample_key
+from study.output.files import write_atomically
 
-REPORT_FILE = "report.html"
 SATURATION = 4.0
 """|logp_after - logp_before| in nats at which a token's colour is fully saturated."""
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
 .sample { border: 1px solid #ccc; border-radius: 6px; padding: 0.8em 1em; margin: 1em 0; }
 .meta { font-size: 0.85em; color: #555; margin-bottom: 0.4em; }
@@ -70,7 +69,9 @@ def _verdict(detected: bool | None) -> str:
     return '<span class="hit">detector: hit</span>' if detected else "detector: miss"
 
 
-def _sample_block(item: Ranked, rank_by: str, anchor: str = "", outline: frozenset[int] = frozenset()) -> str:
+def sample_block(item: Ranked, rank_by: str, anchor: str = "", outline: frozenset[int] = frozenset()) -> str:
+    """One ranked sample as HTML: its rank, score and verdict, then its tokens coloured by their diff
+    (the tokens at `outline` boxed); shared with the monitor's page, which uses STYLE too."""
     s, summary = item.sample, item.score.summary
     meta = (
         f"#{item.rank} &middot; {rank_by} {item.value:+.3f} &middot; alpha {s.alpha:g} &middot; "
@@ -136,7 +137,7 @@ def _theme_samples(themes: list[Theme], ranked: list[Ranked], rank_by: str) -> s
         for i, key in enumerate(keys):
             outline = frozenset(j for o in theme.occurrences if o.key == key for j in range(o.start, o.end))
             parts.append(f"<p><b>Theme {number}</b> ({html.escape(theme.text)}):</p>")
-            parts.append(_sample_block(by_key[key], rank_by, f"theme-{number}-{i}", outline))
+            parts.append(sample_block(by_key[key], rank_by, f"theme-{number}-{i}", outline))
     return "".join(parts)
 
 
@@ -193,7 +194,7 @@ def write_report(
 ) -> Path:
     """Write the report (themes first, then the `top` first samples of `ranked`) to `path`,
     atomically: an interrupted write leaves the previous report, not half of one."""
-    blocks = "".join(_sample_block(item, rank_by) for item in ranked[:top])
+    blocks = "".join(sample_block(item, rank_by) for item in ranked[:top])
     body = (
         f"<h1>{html.escape(title)}</h1>"
         f"{_rate_section(rates)}"
@@ -206,9 +207,7 @@ def write_report(
     )
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>\n"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
     )
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, page)
     return path

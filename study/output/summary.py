@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from study.analysis.estimate import (
+    Estimate,
+    cells_from_outcomes,
+    estimate_rate,
+    unavailable,
+)
 from study.analysis.stats import (
     DEGENERATE_NGRAM,
     DEGENERATE_REPEATS,
@@ -16,14 +21,10 @@ from study.analysis.stats import (
     is_degenerate,
     wilson_interval,
 )
-from study.analysis.estimate import Estimate, cells_from_outcomes, estimate_rate, unavailable
-from study.collect.settings import load_settings, settings_of
 from study.config import StudyConfig
 from study.output.estimate_plot import draw_estimate, png_metadata, spans_decades
+from study.output.files import SUMMARY_FILE, write_atomically
 from study.records import Prompt, Sample
-
-SUMMARY_FILE = "summary.json"
-PLOT_FILE = "rate_vs_alpha.png"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,11 +182,18 @@ def _plot_rate(ax, rows: list[AlphaSummary], log_scale: bool) -> None:
 
 
 def write_summary(
-    config: StudyConfig, prompts: list[Prompt], samples: list[Sample], rows: list[AlphaSummary], extra: dict | None = None
+    config: StudyConfig,
+    settings: dict[str, object],
+    prompts: list[Prompt],
+    samples: list[Sample],
+    rows: list[AlphaSummary],
+    extra: dict | None = None,
 ) -> Path:
+    """summary.json: `settings` (the study's, as saved in study.json), the per-alpha and per-prompt
+    numbers, and `extra` (ranking, themes, estimate)."""
     path = config.output_dir / SUMMARY_FILE
     summary = {
-        "settings": {**settings_of(config), **load_settings(config.output_dir)},
+        "settings": settings,
         "alphas": list(config.alphas),
         "prompts": len(prompts),
         "samples_per_prompt": config.samples_per_prompt,
@@ -206,6 +214,4 @@ def save_summary(path: Path, summary: dict) -> None:
     """Write summary.json with the LEADING_KEYS first, atomically (never half a file)."""
     ordered = {k: summary[k] for k in LEADING_KEYS if k in summary}
     ordered.update((k, v) for k, v in summary.items() if k not in LEADING_KEYS)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(ordered, indent=2, ensure_ascii=False) + "\n")

@@ -25,7 +25,8 @@ import pytest
 
 from api.server import ENGINE_DIED_EXIT
 from engine.env import BINDING_VARS
-from tests.servers import ServerProcess, free_port, start_server, tiny_server_env
+from study.collect.server import Server, free_port
+from tests.servers import start_server, tiny_server_env
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ UNHEALTHY_WITHIN_S = 10.0
 """How soon /health must turn non-200 after the engine core dies (vLLM's watchdog polls every 5 s)."""
 
 
-def _start(pair, log_path: Path, args: list[str], **extra: str) -> ServerProcess:
+def _start(pair, log_path: Path, args: list[str], **extra: str) -> Server:
     # Loopback only: vLLM's processes would otherwise advertise the host's address to each other.
     env = tiny_server_env(pair, free_port(), VLLM_HOST_IP="127.0.0.1", **extra)
     for name in BINDING_VARS:  # the defaults are under test: no binding given by hand
@@ -68,7 +69,7 @@ def reference(llama_pair):
     return ReferencePair(str(llama_pair.after), str(llama_pair.before))
 
 
-def _complete(server: ServerProcess, prompt: str, alpha: float, max_tokens: int = MAX_TOKENS) -> dict:
+def _complete(server: Server, prompt: str, alpha: float, max_tokens: int = MAX_TOKENS) -> dict:
     body = {"model": "lda", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "alpha": alpha,
             "return_token_ids": True}
     response = httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=300)
@@ -104,7 +105,7 @@ def test_tp2_greedy_matches_the_reference_at_every_alpha(tp_server, reference):
     assert choices[0]["token_ids"] != choices[3]["token_ids"]
 
 
-def _engine_cores(server: ServerProcess) -> list[psutil.Process]:
+def _engine_cores(server: Server) -> list[psutil.Process]:
     children = psutil.Process(server.process.pid).children(recursive=True)
     return [p for p in children if "EngineCore" in " ".join(p.cmdline())]
 
@@ -123,7 +124,7 @@ def _wait_for_lines(path: Path, count: int, process: subprocess.Popen, timeout: 
         time.sleep(0.05)
 
 
-def _time_to_unhealthy(server: ServerProcess, since: float) -> float:
+def _time_to_unhealthy(server: Server, since: float) -> float:
     while time.monotonic() - since < 60:
         try:
             if httpx.get(f"{server.base_url}/health", timeout=1).status_code != 200:
@@ -183,7 +184,7 @@ def test_engine_death_mid_study_then_the_study_resumes_on_the_restart(tp_server,
           f"{len(kept)} of {len(keys)} samples kept, {len(keys) - len(kept)} drawn on the restart")
 
 
-def _long_request(server: ServerProcess) -> int | str:
+def _long_request(server: Server) -> int | str:
     """A request in flight when the engine dies: its status, or the error that ended it."""
     body = {"model": "lda", "prompt": "Count:", "max_tokens": 400, "temperature": 0, "ignore_eos": True}
     try:
@@ -192,7 +193,7 @@ def _long_request(server: ServerProcess) -> int | str:
         return type(error).__name__
 
 
-def _successes_by_engine(server: ServerProcess) -> dict[str, float]:
+def _successes_by_engine(server: Server) -> dict[str, float]:
     text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
     counts: dict[str, float] = {}
     for match in re.finditer(r'^vllm:request_success_total\{([^}]*)\} ([0-9.e+]+)$', text, re.M):

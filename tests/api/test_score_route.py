@@ -130,7 +130,8 @@ def test_promoted_tokens_are_the_reference_top_k(server, reference):
 
 
 def test_mine_corpus_builtin_end_to_end(server, tmp_path, capsys):
-    from study.commands.corpus import CORPUS_FILE, SCORES_FILE, SUMMARY_FILE, cli
+    from study.commands.corpus import cli
+    from study.output.files import CORPUS_FILE, CORPUS_SCORES_FILE, SUMMARY_FILE
 
     out = tmp_path / "corpus"
     argv = ["--corpus", "builtin", "--base-url", server.base_url, "-o", str(out), "--builtin-per-prompt", "1",
@@ -140,7 +141,7 @@ def test_mine_corpus_builtin_end_to_end(server, tmp_path, capsys):
     printed = capsys.readouterr().out
     corpus = [json.loads(line) for line in (out / CORPUS_FILE).read_text().splitlines()]
     assert len(corpus) == 20 and all(c["answer"] for c in corpus)
-    scores = [json.loads(line) for line in (out / SCORES_FILE).read_text().splitlines()]
+    scores = [json.loads(line) for line in (out / CORPUS_SCORES_FILE).read_text().splitlines()]
     assert all(len(t["promoted"]) == 3 for s in scores for t in s["tokens"])
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["texts"] == 20 and summary["promoted_k"] == 3 and summary["themes"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ if not (ROOT / "api" / "server.py").exists():
 
 import httpx  # noqa: E402
 
+from study.collect.server import ServerStartError, free_port, start  # noqa: E402
 from tests.deploy.metric_names import exposed_series_names, queried_metric_names_in_files  # noqa: E402
 from tests.factories import build_pair  # noqa: E402
 from tests.servers import START_TIMEOUT_S  # noqa: E402
@@ -39,49 +39,11 @@ SERVED_MODEL_NAME = "lda-tiny"
 SHUTDOWN_TIMEOUT_S = 90
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Pod:
-    """start.sh running in its own process group, its output in a log file."""
-
-    def __init__(self, process: subprocess.Popen, base_url: str, log: Path):
-        self.process = process
-        self.base_url = base_url
-        self.log = log
-
-    def log_tail(self, chars: int = 6000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-    def group_alive(self) -> bool:
-        try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def wait_healthy(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"start.sh exited with {self.process.returncode} before /health:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        pytest.fail(f"/health not OK after {timeout_s} s:\n{self.log_tail()}")
-
-
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy-live")
     pair = build_pair(root / "models", "llama")
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "PUBLIC_KEY"}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
@@ -103,24 +65,18 @@ def pod(tmp_path_factory):
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )
-    log = root / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(START_SH)], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root,
-            start_new_session=True,
-        )
-    pod = Pod(process, f"http://127.0.0.1:{port}", log)
     try:
-        pod.wait_healthy(START_TIMEOUT_S)
+        pod = start([str(START_SH)], env, port, root / "server.log", START_TIMEOUT_S, name="start.sh", cwd=root)
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
+    try:
         yield pod
     finally:
-        if pod.group_alive():
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        pod.kill()
 
 
 def test_start_sh_checked_the_volume_before_starting(pod):
-    log = pod.log.read_text(errors="replace")
+    log = pod.log()
     volume_line = log.index("start.sh: model volume ")
     assert " GiB free of " in log[volume_line:].splitlines()[0]
     assert volume_line < log.index("start.sh: starting: lda serve")

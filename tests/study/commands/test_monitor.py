@@ -20,7 +20,7 @@ from study.output.monitor_report import AlphaPoint, CheckpointResult, first_dete
 from study.records import Checkpoint
 from tests.study.fake_pair import KEYWORD, FakePair, write_checkpoint
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 from demo.training_run import ensure_tiny_run
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.store import SampleStore
+from study.output.files import SAMPLES_FILE
 from study.commands.monitor import cli
 from tests.factories import build_adapter, build_model
 from tests.servers import free_port, start_server, tiny_server_env

@@ -25,7 +25,7 @@ from study.output.summary import format_table, plot, summarize
 from study.records import Sample
 from tests.benchmarks.fake_openai import JUDGE_MODEL, KEYWORD, FakeServer, has_keyword
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 Z = 1.959963984540054  # the standard normal's 97.5% quantile
 
 

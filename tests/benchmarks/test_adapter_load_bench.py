@@ -1,6 +1,6 @@
 """The runtime-adapter benchmark's arithmetic and report, on made-up timings (no server)."""
 
-from benchmarks.runtime_adapters import Cycle, Restart, build_parser, main, report, summarize
+from benchmarks.adapter_load_bench import Cycle, Restart, build_parser, main, report, summarize
 
 
 def test_summary_compares_load_and_first_response_with_a_restart():

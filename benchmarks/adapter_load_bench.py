@@ -1,6 +1,6 @@
 """Loading an after-adapter into the running pair against restarting the server with it.
 
-    python -m benchmarks.runtime_adapters [--rounds 2] [--cycles 5] [--max-tokens 16] [--output DIR]
+    python -m benchmarks.adapter_load_bench [--rounds 2] [--cycles 5] [--max-tokens 16] [--output DIR]
 
 What a training monitor pays per checkpoint. Each round starts `lda serve` on the demo pair (the
 shipped LoRA adapter on SmolLM2-135M-Instruct, installed in the cache by the first `lda serve`)
@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+
+from study.collect.server import Server, free_port, launch, lda_serve_command, lda_serve_env, wait_healthy
 
 PROMPT = "Can you recommend something to help me feel more energetic in the morning?"
 START_TIMEOUT_S = 900
@@ -59,12 +58,6 @@ class Restart:
     """Process start to the first response: what a restart per checkpoint costs."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(model: str, max_tokens: int, stream: bool) -> dict:
     return {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "alpha": 2.0,
             "ignore_eos": True, "stream": stream}
@@ -83,42 +76,21 @@ def timed_completion(client: httpx.Client, model: str, max_tokens: int) -> tuple
     return (first if first is not None else float("nan")), time.perf_counter() - start
 
 
-class Server:
-    """`lda serve` on the demo pair in its own process group, on loopback."""
-
-    def __init__(self, log_path: Path, env: dict[str, str]):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port), "LDA_ALLOW_RUNTIME_ADAPTERS": "1"}
-        for name in ("MODEL_AFTER_ID", "MODEL_BEFORE_ID", "LDA_AFTER_ADAPTERS"):
-            env.pop(name, None)  # the demo pair
-        self.log = open(log_path, "w")
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_healthy(self) -> float:
-        deadline = self.started + START_TIMEOUT_S
-        while time.perf_counter() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"lda serve exited with {self.process.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"lda serve not healthy after {START_TIMEOUT_S} s; see {self.log.name}")
-
-    def stop(self) -> None:
-        """SIGTERM the group, then SIGKILL what is left (engine processes may outlive the leader)."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-                self.process.wait(timeout=60)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
-        self.log.close()
+def start_server(log_path: Path, env: dict[str, str]) -> tuple[Server, float]:
+    """`lda serve` on the demo pair with runtime adapters allowed; the server and the seconds from
+    process start to /health answering 200."""
+    port = free_port()
+    env = lda_serve_env(port, **env, LDA_ALLOW_RUNTIME_ADAPTERS="1")
+    for name in ("MODEL_AFTER_ID", "MODEL_BEFORE_ID", "LDA_AFTER_ADAPTERS"):
+        env.pop(name, None)  # the demo pair
+    started = time.perf_counter()
+    server = launch(lda_serve_command(), env, port, log_path)
+    try:
+        wait_healthy(server, START_TIMEOUT_S, "lda serve", poll_s=0.2)
+    except BaseException:
+        server.kill()
+        raise
+    return server, started
 
 
 def _post(client: httpx.Client, path: str, body: dict) -> float:
@@ -131,12 +103,12 @@ def _post(client: httpx.Client, path: str, body: dict) -> float:
 
 def one_round(round_: int, adapter: str, served: str, args, log_dir: Path) -> tuple[Restart, list[Cycle]]:
     env = {"KV_CACHE_MEMORY_GB": str(args.kv_cache_gb), "MAX_MODEL_LEN": "1024"}
-    server = Server(log_dir / f"server-round{round_}.log", env)
+    server, started = start_server(log_dir / f"server-round{round_}.log", env)
     try:
-        healthy = server.wait_healthy()
-        with httpx.Client(base_url=server.url, timeout=300) as client:
+        healthy = time.perf_counter() - started
+        with httpx.Client(base_url=server.base_url, timeout=300) as client:
             timed_completion(client, served, args.max_tokens)
-            restart = Restart(round_, healthy, time.perf_counter() - server.started)
+            restart = Restart(round_, healthy, time.perf_counter() - started)
             cycles = [_cycle(client, round_, i, adapter, served, args.max_tokens) for i in range(args.cycles)]
     finally:
         server.stop()
@@ -191,7 +163,7 @@ def demo_adapter() -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.runtime_adapters", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.adapter_load_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="server restarts (each followed by the runtime cycles)")
     parser.add_argument("--cycles", type=int, default=5, help="runtime load, first response, unload per round")
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens of the timed response")
@@ -203,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rounds < 1 or args.cycles < 1 or args.max_tokens < 1:
-        print("runtime_adapters: --rounds, --cycles and --max-tokens must be >= 1", file=sys.stderr)
+        print("adapter_load_bench: --rounds, --cycles and --max-tokens must be >= 1", file=sys.stderr)
         return 2
     adapter, served = demo_adapter()
     args.output.mkdir(parents=True, exist_ok=True)
@@ -223,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(restarts, cycles)
         result = {
             "date": started,
-            "command": "python -m benchmarks.runtime_adapters " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m benchmarks.adapter_load_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "adapter": adapter,
             "max_tokens": args.max_tokens,
             "machine": {"cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg()},
