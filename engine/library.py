@@ -21,6 +21,7 @@ from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair, e
 from engine.lora import lora_requests
 from engine.prompts import FormattedPrompt, PromptFormat, prompt_token_ids, render_prompt
 from engine.tokenizers import CompatibilityReport, check_pair
+from engine.weights import LOAD_METHOD, PairWeights, WeightsLoad
 
 AFTER_ALPHA, BEFORE_ALPHA = 0.0, -1.0
 
@@ -175,6 +176,28 @@ class LDAModelPair:
                 raise RuntimeError(MAIN_GUARD_HELP) from error
             raise
         self.tokenizer = self.llm.get_tokenizer()
+        self.weights = PairWeights(pair)
+
+    def load_weights(self, stack: str, path: str, version: str | None = None) -> WeightsLoad:
+        """Load the full-weight checkpoint folder `path` into one stack ("after" or "before"), in place.
+
+        The folder is checked against the stack's current checkpoint first (config, every tensor and
+        shape, every file readable to its end): a CheckpointError names the field and both values,
+        and the old weights stay. `version` labels the new weights (default: the folder's name); the
+        `weights_versions` property lists both stacks'. A failure half way reloads the previous
+        weights and raises WeightsLoadError (see engine/weights.py). The prefix cache is reset.
+        """
+        plan = self.weights.prepare(stack, path, version)
+        try:
+            [answer, *_] = self.llm.collective_rpc(LOAD_METHOD, args=(plan.stack, str(plan.checkpoint.path), str(plan.previous)))
+        finally:
+            self.llm.reset_prefix_cache()
+        return self.weights.finish(plan, answer)
+
+    @property
+    def weights_versions(self) -> dict[str, str]:
+        """The weight version each stack serves: the startup folders' names until a load."""
+        return self.weights.versions()
 
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit."""
@@ -322,6 +345,7 @@ class LDAModelPair:
         from engine.scoring import assemble_outputs, engine_requests
         from engine.compat.vllm_patches import one_pass_available
 
+        self.weights.check_healthy()
         one_pass = one_pass_available() if one_pass is None else one_pass
         per_item = [engine_requests(item, one_pass) for item in items]
         requests = [r for rs in per_item for r in rs]
@@ -355,6 +379,7 @@ class LDAModelPair:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self.weights.check_healthy()
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}")
         formatted = [self._formatted(p, apply_chat_template, system_prompt, prompt_format) for p in prompts]

@@ -109,6 +109,7 @@ SETTINGS = (
     Setting("--host", "HOST", "server.host", "address to bind"),
     Setting("--port", "PORT", "server.port", "port to bind", kind=int),
     Setting("--prompt-format", "LDA_PROMPT_FORMAT", "server.prompt_format", "prompt format of the original routes: chat, alpaca or raw"),
+    Setting("--allow-weight-loads", "LDA_ALLOW_WEIGHT_LOADS", "server.allow_weight_loads", "serve POST /v1/lda/weights: load a full-weight checkpoint folder into the after or before stack while the server runs", kind=bool),
 )
 """Every setting, in `lda serve --help` order."""
 

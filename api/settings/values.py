@@ -85,6 +85,8 @@ class ServerSettings:
     limits: RequestLimits = field(default_factory=RequestLimits)
     prompt_format: PromptFormat = PromptFormat.CHAT
     """Format of the original routes' prompts when a request names none (a name is parsed)."""
+    allow_weight_loads: bool = False
+    """Whether POST /v1/lda/weights is served (api/weights_routes.py)."""
 
     def __post_init__(self) -> None:
         self.prompt_format = PromptFormat.parse(self.prompt_format, field=setting("server.prompt_format").label)

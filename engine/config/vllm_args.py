@@ -83,6 +83,8 @@ def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, 
         # One-pass scoring packs its values into prompt-logprob columns (engine/one_pass.py); vLLM
         # refuses more than max_logprobs of them (default 20). Costs nothing unless requested.
         max_logprobs=SCORING_MAX_LOGPROBS,
+        # What collective_rpc reaches in the worker: loading full weights into one stack (engine/weights.py).
+        worker_extension_cls="engine.weights.StackWeightsWorker",
     )
     kwargs.update(lora_kwargs(config))
     kwargs.update(parallel_kwargs(opts))
