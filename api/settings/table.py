@@ -74,6 +74,7 @@ SETTINGS = (
     Setting("--after-adapter", "LDA_AFTER_ADAPTERS", "pair.adapters", "a LoRA adapter served as an after model under NAME (repeatable; the OpenAI `model` field picks one)", kind=list, metavar="NAME=PATH"),
     Setting("--max-lora-rank", "LDA_MAX_LORA_RANK", "pair.max_lora_rank", "largest adapter rank to accept (default: the adapters' largest; at least 16 with --allow-runtime-adapters)", kind=int),
     Setting("--max-loras", "LDA_MAX_LORAS", "pair.max_loras", "most LoRA adapters loaded at once, each with its own slot (default: the start-up adapters; with --allow-runtime-adapters, at least 4 and one more than those)", kind=int),
+    Setting("--one-pass", "LDA_ONE_PASS", "pair.one_pass", "an adapter pair (before = the adapters' base) runs both stacks as one pass over the shared base weights (CPU; where it cannot, the engine logs why and runs two passes)", kind=bool),
     Setting("--allow-runtime-adapters", "LDA_ALLOW_RUNTIME_ADAPTERS", "pair.runtime_adapters", f"serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter: add and remove after-adapters while the server runs (also vLLM's {RUNTIME_LORA_VAR})", kind=bool, aliases=(RUNTIME_LORA_VAR,)),
     # Alpha.
     Setting("--default-alpha", "LDA_DEFAULT_ALPHA", "alpha.default_alpha", "alpha for requests that give none", kind=float),

@@ -48,6 +48,11 @@ class PairConfig:
     max_loras: int | None = None
     """vLLM's `max_loras`: the most adapters loaded at once, each with its own slot, so any mix of
     them fits one batch (set by `adapter_pair`); None without LoRA."""
+    one_pass: bool = False
+    """Run a shared-base pair's two stacks as one pass over both stacks' rows (the base weights
+    read once per step; engine/compat/shared_pass.py). Needs an adapter pair whose before model
+    is the adapters' base; where one pass cannot run (a GPU with LoRA, other attention layers) the
+    engine logs why and runs two passes. Off: two passes, the tested default."""
 
     def __post_init__(self) -> None:
         for name in ("after", "before"):
@@ -61,6 +66,11 @@ class PairConfig:
             raise ValueError(
                 f"max_loras must be >= 1 and >= the {len(self.adapters)} adapters given at start-up; "
                 f"got {self.max_loras}"
+            )
+        if self.one_pass and not self.shares_base:
+            raise ValueError(
+                "one_pass needs an adapter pair whose before model is the adapters' base (the stacks then "
+                f"share the base weights); after={self.after!r}, before={self.before!r}, {len(self.adapters)} adapter(s)"
             )
 
     @property

@@ -25,6 +25,7 @@ AFTER_ARCHITECTURES_KEY = "lda_after_architectures"
 DEFAULT_ALPHA_KEY = "lda_default_alpha"
 MAX_ALPHA_KEY = "lda_max_alpha"
 SHARE_BASE_KEY = "lda_share_base"
+ONE_PASS_KEY = "lda_one_pass"
 
 GIB = 1024**3
 
@@ -45,6 +46,7 @@ def hf_overrides(config: LDAConfig) -> dict[str, Any]:
         AFTER_ARCHITECTURES_KEY: _architectures(config.pair.after),
         BEFORE_MODEL_KEY: config.pair.before,
         SHARE_BASE_KEY: config.pair.shares_base,
+        ONE_PASS_KEY: config.pair.one_pass,
         DEFAULT_ALPHA_KEY: config.alpha.default_alpha,
         MAX_ALPHA_KEY: config.alpha.max_alpha,
     }

@@ -64,21 +64,24 @@ def test_each_setting_reads_its_flag_and_its_variable(monkeypatch, row):
     }
     if row.group == "pair" and row.name in ("after", "before", "adapters"):
         pytest.skip("the models: tests/api/test_settings.py and tests/engine/test_adapters.py")
+    pair = PAIR
     if row.name in ("max_lora_rank", "max_loras"):  # LoRA limits only mean something with LoRA on
         monkeypatch.setenv(setting("pair.runtime_adapters").env, "1")
+    if row.name == "one_pass":  # needs stacks that share the base weights
+        pair = ["--model-after", "m", "--model-before", "m", "--allow-runtime-adapters"]
     if row.kind is bool:
         if row.name == "metrics_require_key":
             monkeypatch.setenv(setting("access.api_key").env, "k")
         monkeypatch.setenv(row.env, "1")
-        assert _field(parse_settings(PAIR), row) is (not row.negates)
+        assert _field(parse_settings(pair), row) is (not row.negates)
         monkeypatch.setenv(row.env, "0")
-        assert _field(parse_settings(PAIR), row) is row.negates
-        assert _field(parse_settings([*PAIR, row.flag]), row) is (not row.negates)
+        assert _field(parse_settings(pair), row) is row.negates
+        assert _field(parse_settings([*pair, row.flag]), row) is (not row.negates)
         return
     env_text, flag_text = samples.get(row.kind, {}).get(row.field, ("2", "3"))
     monkeypatch.setenv(row.env, env_text)
-    assert _plain(_field(parse_settings(PAIR), row)) == row.kind(env_text)
-    assert _plain(_field(parse_settings([*PAIR, row.flag, flag_text]), row)) == row.kind(flag_text)
+    assert _plain(_field(parse_settings(pair), row)) == row.kind(env_text)
+    assert _plain(_field(parse_settings([*pair, row.flag, flag_text]), row)) == row.kind(flag_text)
 
 
 def _field(settings: ServerSettings, row):
