@@ -207,6 +207,8 @@ def format_estimate(estimate: Estimate, top_prompts: int = 3) -> str:
         f"({100 * estimate.level:g}% profile interval; {estimate.method} fit of log-odds linear in alpha over "
         f"alphas {used}; extrapolated below alpha {estimate.measured_from:g})"
     ]
+    if estimate.warning:
+        lines.append(f"  warning: {estimate.warning}")
     for p in estimate.per_prompt[:top_prompts]:
         lines.append(f"  #{p.rank} {p.prompt_id}: {percent(p.rate)} ({p.hits} hits in {p.n})")
     return "\n".join(lines)

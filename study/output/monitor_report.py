@@ -37,7 +37,7 @@ ESTIMATE_RULE = (
     "first checkpoint's upper bound (its estimate's, or, when it has none, the Wilson upper bound at the "
     "smallest alpha sampled at or above the target: the rate grows with alpha)"
 )
-ESTIMATE_KEYS = ("target_alpha", "method", "rate", "ci_low", "ci_high", "reason")
+ESTIMATE_KEYS = ("target_alpha", "method", "rate", "ci_low", "ci_high", "reason", "warning")
 """What monitor.json keeps of each checkpoint's estimate (not its curve or per-prompt list)."""
 QUANTILES = (0.5, 0.9, 0.99)
 THEMES = ThemeConfig(themes=8, contexts=2)

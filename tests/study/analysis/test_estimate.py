@@ -145,3 +145,4 @@ def test_a_bent_trend_is_flagged_and_a_straight_one_rarely():
     estimate = estimate_rate(cells, 0.0)
     assert estimate.rate is not None and "stray from the fitted straight trend" in estimate.warning
     assert estimate.straightness["p"] < 0.01
+    assert f"  warning: {estimate.warning}" in format_estimate(estimate)
