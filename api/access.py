@@ -39,11 +39,16 @@ OPENAI_PATHS = {"/v1/completions": "completions", "/v1/chat/completions": "chat_
 ADAPTER_PATHS = {"/v1/load_lora_adapter": "load_lora_adapter", "/v1/unload_lora_adapter": "unload_lora_adapter"}
 """The runtime adapter routes (`api/runtime_adapters.py`), and their endpoint label in /metrics.
 Served exactly when runtime adapters are allowed (`ServerSettings.allow_runtime_adapters`)."""
+WEIGHTS_PATHS = {"/v1/lda/weights": "lda_weights"}
+"""The full-weight load route (`api/weights_routes.py`), and its endpoint label in /metrics."""
+WEIGHTS_SCOPE_KEY = "lda.weights"
+"""Where `api.weights_routes.WeightsMiddleware` leaves, in the request's ASGI scope, the weight
+versions the request runs on (the alpha middleware echoes them beside alpha)."""
 
 
 def record_refusal(path: str, status: int) -> None:
     """Count a request refused here under its endpoint, as the routes' own answers are counted."""
-    endpoint = ORIGINAL_PATHS.get(path) or OPENAI_PATHS.get(path) or ADAPTER_PATHS.get(path)
+    endpoint = ORIGINAL_PATHS.get(path) or OPENAI_PATHS.get(path) or ADAPTER_PATHS.get(path) or WEIGHTS_PATHS.get(path)
     if endpoint:
         metrics.record_request(endpoint, status)
 

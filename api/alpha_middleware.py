@@ -20,7 +20,7 @@ from engine.alpha import ALPHA_KEY, MIN_ALPHA, AlphaError, validate_alpha
 from engine.config import AlphaConfig
 
 from api import metrics
-from api.access import OPENAI_PATHS, ORIGINAL_PATHS, error_body, replay_body
+from api.access import OPENAI_PATHS, ORIGINAL_PATHS, WEIGHTS_SCOPE_KEY, error_body, replay_body
 from api.model_alpha import SEPARATOR, ModelAlphaError, check_agrees, form, split_model_alpha
 from api.settings import LIMIT_ENV, RequestLimits
 from api.adapter_routing import AdapterRouting
@@ -121,10 +121,13 @@ def _count_stream_tokens(event: dict) -> int:
 
 
 class _ResponseRewriter:
-    """Adds alpha to the response: a header, a field of the JSON body or of each stream event."""
+    """Adds alpha to the response: a header, a field of the JSON body or of each stream event; and
+    beside it, `weights`, the stacks' weight versions the request ran on (when the weights gate
+    put them in the scope, `api/weights_routes.py`)."""
 
-    def __init__(self, send, alpha: float):
+    def __init__(self, send, alpha: float, weights: dict | None = None):
         self.send, self.alpha = send, alpha
+        self.fields = {ALPHA_KEY: alpha, **({"weights": weights} if weights else {})}
         self.status = 500
         self.mode = "pass"
         self.start: dict | None = None
@@ -170,7 +173,7 @@ class _ResponseRewriter:
         except ValueError:
             return body
         if isinstance(data, dict):
-            data[ALPHA_KEY] = self.alpha
+            data.update(self.fields)
             self.tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
         return json.dumps(data).encode()
 
@@ -184,7 +187,7 @@ class _ResponseRewriter:
                 try:
                     event = json.loads(line[6:])
                     self.tokens += _count_stream_tokens(event)
-                    event[ALPHA_KEY] = self.alpha
+                    event.update(self.fields)
                     line = b"data: " + json.dumps(event).encode()
                 except ValueError:
                     pass
@@ -351,7 +354,7 @@ class AlphaMiddleware:
             payload["vllm_xargs"] = {**(payload.get("vllm_xargs") or {}), ALPHA_KEY: alpha}
             body = json.dumps(payload).encode()
         headers = _with_headers(scope["headers"], b"content-length", [(b"content-length", str(len(body)).encode())])
-        rewriter = _ResponseRewriter(send, alpha)
+        rewriter = _ResponseRewriter(send, alpha, scope.get(WEIGHTS_SCOPE_KEY))
         try:
             await self.app({**scope, "headers": headers}, replay_body(body, receive), rewriter)
         finally:

@@ -45,3 +45,47 @@ def record_generation(alpha: float, tokens: int) -> None:
     ALPHA.observe(alpha)
     if alpha != 0 and tokens > 0:
         AMPLIFIED_TOKENS.inc(tokens)
+
+
+WEIGHTS_VERSION = Gauge(
+    "lda_weights_version",
+    "The weight version each stack serves: 1 for the current version of each stack (a full-weight load "
+    "through POST /v1/lda/weights moves it).",
+    ["stack", "version"],
+)
+WEIGHTS_HEALTHY = Gauge(
+    "lda_weights_healthy",
+    "1 while a stack holds complete weights; 0 after a load failed half way and its restore failed too.",
+    ["stack"],
+)
+WEIGHTS_LOAD_SECONDS = Histogram(
+    "lda_weights_load_seconds",
+    "Seconds the engine took to load a full-weight checkpoint into a stack (successful loads).",
+    ["stack"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+WEIGHTS_LOAD_FAILURES = Counter(
+    "lda_weights_load_failures",
+    "Full-weight loads that did not change a stack's version, by outcome: refused (the checks before the "
+    "load), restored (failed half way, previous weights back), unhealthy (the restore failed too).",
+    ["stack", "outcome"],
+)
+
+
+def weights_state(weights) -> None:
+    """The versions and health of `weights` (an engine.weights.PairWeights), as they are now."""
+    for stack, state in weights.stacks.items():
+        for sample in list(WEIGHTS_VERSION.collect()[0].samples):
+            if sample.labels.get("stack") == stack and sample.labels.get("version") != state.version:
+                WEIGHTS_VERSION.remove(stack, sample.labels["version"])
+        WEIGHTS_VERSION.labels(stack=stack, version=state.version).set(1)
+        WEIGHTS_HEALTHY.labels(stack=stack).set(1 if state.healthy else 0)
+
+
+def weights_loaded(stack: str, seconds: float) -> None:
+    WEIGHTS_LOAD_SECONDS.labels(stack=stack).observe(seconds)
+
+
+def weights_load_failed(stack: str, outcome: str) -> None:
+    if stack in ("after", "before"):
+        WEIGHTS_LOAD_FAILURES.labels(stack=stack, outcome=outcome).inc()

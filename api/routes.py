@@ -46,6 +46,9 @@ the after model has its own weights, refused when it is LoRA adapters on a bare 
 RUNTIME_ADAPTER_ROUTES = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
 """Served exactly when runtime adapters are allowed (`--allow-runtime-adapters`)."""
 
+WEIGHTS_ROUTES = frozenset({"/v1/lda/weights"})
+"""Served exactly when full-weight loads are allowed (`--allow-weight-loads`)."""
+
 GENERATION_PATHS = frozenset({
     "/v1/completions", "/v1/chat/completions", "/v1/chat/completions/batch", "/v1/responses", "/v1/messages",
     "/invocations",
@@ -86,12 +89,15 @@ REFUSED = {
 
 NOT_WITH_ADAPTERS = "it is not served with LoRA adapters (it cannot pick one; use /v1/completions, /v1/chat/completions or the original routes)"
 RUNTIME_ADAPTERS_OFF = "runtime adapters are off (start the server with --allow-runtime-adapters)"
+WEIGHT_LOADS_OFF = "full-weight loads are off (start the server with --allow-weight-loads)"
 UNLISTED = "this server does not serve it"
 
 
-def served_paths(after_is_adapter: bool, allow_runtime_adapters: bool) -> frozenset[str]:
+def served_paths(after_is_adapter: bool, allow_runtime_adapters: bool, allow_weight_loads: bool = False) -> frozenset[str]:
     """The paths served by a server whose after model is (or is not) LoRA adapters on a bare base."""
     paths = set(SERVED)
+    if allow_weight_loads:
+        paths |= WEIGHTS_ROUTES
     if not after_is_adapter:
         paths |= SERVED_WITHOUT_ADAPTERS
     if allow_runtime_adapters:
@@ -105,6 +111,8 @@ def refusal_reason(path: str) -> str:
         return NOT_WITH_ADAPTERS
     if path in RUNTIME_ADAPTER_ROUTES:
         return RUNTIME_ADAPTERS_OFF
+    if path in WEIGHTS_ROUTES:
+        return WEIGHT_LOADS_OFF
     return REFUSED.get(path, UNLISTED)
 
 
@@ -145,7 +153,7 @@ def refuse_unserved(app, served: frozenset[str]) -> list[str]:
             kept.append(route)
         elif path not in refused:
             refused.append(path)
-    listed = sorted((SERVED_WITHOUT_ADAPTERS | RUNTIME_ADAPTER_ROUTES | REFUSED.keys()) - served - set(refused))
+    listed = sorted((SERVED_WITHOUT_ADAPTERS | RUNTIME_ADAPTER_ROUTES | WEIGHTS_ROUTES | REFUSED.keys()) - served - set(refused))
     # The refusals go last: a served route with a path parameter (/v1/responses/{response_id}, GET)
     # matches its own method first, and any other method falls through to the refusal.
     app.router.routes[:] = kept + [

@@ -62,6 +62,8 @@ class PairState:
     """Set when the after model is LoRA adapters: which one a request's `model` picks."""
     runtime: object | None = None
     """`api.runtime_adapters.RuntimeAdapters` when adapters may be loaded at runtime."""
+    weights: object | None = None
+    """`api.weights_routes.RuntimeWeights`: the stacks' weight versions, and full-weight loads."""
 
 
 def vllm_namespace(settings: ServerSettings):
@@ -162,8 +164,11 @@ def add_outer_middlewares(app, middlewares: list[tuple[type, dict]]) -> bool:
 
 
 def install(app, engine_client, settings: ServerSettings, report: CompatibilityReport) -> None:
-    from api.access import OPENAI_PATHS, APIKeyMiddleware, BodyLimitMiddleware
+    from api.access import OPENAI_PATHS, ORIGINAL_PATHS, APIKeyMiddleware, BodyLimitMiddleware
     from api.alpha_middleware import AlphaMiddleware
+    from api.weights_routes import RuntimeWeights, WeightsMiddleware
+    from api.weights_routes import router as weights_router
+    from engine.weights import PairWeights
     from api.routes import GENERATION_PATHS, refuse_unserved, served_paths
     from api.score_routes import router as score_router
     from api.runtime_adapters import RuntimeAdapters, replace_vllm_routes
@@ -174,13 +179,19 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     _original_error_format(app)
     app.include_router(score_router)
     replace_vllm_routes(app, settings.allow_runtime_adapters)
+    if settings.allow_weight_loads:
+        app.include_router(weights_router)
     drop_vllm_key_check(app)
     # Last of the routers: every route mounted by now that the pair does not serve becomes a 404.
-    served = served_paths(bool(settings.config.pair.adapters), settings.allow_runtime_adapters)
+    served = served_paths(bool(settings.config.pair.adapters), settings.allow_runtime_adapters, settings.allow_weight_loads)
     refuse_unserved(app, served)
     adapters = _routing(settings)
+    weights = RuntimeWeights(PairWeights(settings.config.pair), settings.allow_weight_loads)
+    # Every route that runs the engine passes the weights gate (no response mixes weights).
+    gated = (GENERATION_PATHS | OPENAI_PATHS.keys() | ORIGINAL_PATHS.keys() | {"/v1/lda/score", "/generative_scoring"}) & served
     # The last added is outermost: the key check sees every request first, then the body limit,
-    # then alpha, then the token scores (inside alpha, so they see its validated alpha in vllm_xargs).
+    # then the weights gate, then alpha, then the token scores (inside alpha, so they see its
+    # validated alpha in vllm_xargs).
     installed = add_outer_middlewares(app, [
         (TokenScoresMiddleware, dict(default_alpha=settings.config.alpha.default_alpha)),
         (AlphaMiddleware, dict(
@@ -189,6 +200,7 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
             served_name=settings.config.engine.served_model_name or settings.config.pair.after,
             pair={"after": settings.config.pair.after, "before": settings.config.pair.before},
         )),
+        (WeightsMiddleware, dict(runtime=weights, gated_paths=frozenset(gated - {"/tokenizer_compatibility"}))),
         (BodyLimitMiddleware, dict(max_body_bytes=settings.limits.max_body_bytes)),
         (APIKeyMiddleware, dict(access=settings.access)),
     ])
@@ -205,9 +217,11 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
         tokenize_pool=ThreadPoolExecutor(max_workers=1, thread_name_prefix="lda-tokenize"),
         adapters=adapters,
         runtime=RuntimeAdapters(settings.config.pair, adapters) if settings.allow_runtime_adapters else None,
+        weights=weights,
     )
     for adapter in settings.config.pair.adapters:
         metrics.adapter_loaded(adapter.name)
+    metrics.weights_state(weights.weights)
 
 
 def _routing(settings: ServerSettings) -> AdapterRouting | None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.adapters import parse_adapter_arg
 from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair
 from engine.prompts import PromptFormat
 
 RUNTIME_ADAPTERS_ENV = "LDA_ALLOW_RUNTIME_ADAPTERS"
+WEIGHT_LOADS_ENV = "LDA_ALLOW_WEIGHT_LOADS"
 VLLM_RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 """vLLM's own switch for its runtime LoRA routes; here it turns on ours (which check adapters first)."""
 
@@ -55,7 +56,9 @@ BOOL_OPTIONS = [
     ("--enforce-eager", "ENFORCE_EAGER", None, "disable torch.compile and CUDA graphs (default: on for CPU)"),
     ("--no-prefix-caching", "DISABLE_PREFIX_CACHING", False, "turn prefix caching off"),
     ("--metrics-require-key", "LDA_METRICS_REQUIRE_KEY", False, "/metrics requires the API key too (default: open, for Prometheus)"),
+    ("--one-pass", "LDA_ONE_PASS", False, "an adapter pair (before = the adapters' base) runs both stacks as one pass over the shared base weights (CPU; where it cannot, the engine logs why and runs two passes)"),
     ("--allow-runtime-adapters", RUNTIME_ADAPTERS_ENV, False, "serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter: add and remove after-adapters while the server runs (also vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)"),
+    ("--allow-weight-loads", WEIGHT_LOADS_ENV, False, "serve POST /v1/lda/weights: load a full-weight checkpoint folder into the after or before stack while the server runs"),
 ]
 
 
@@ -160,6 +163,8 @@ class ServerSettings:
     limits: RequestLimits = field(default_factory=RequestLimits)
     prompt_format: PromptFormat = PromptFormat.CHAT
     """Format of the original routes' prompts when a request names none."""
+    allow_weight_loads: bool = False
+    """Whether POST /v1/lda/weights is served (api/weights_routes.py)."""
     @property
     def allow_runtime_adapters(self) -> bool:
         """Whether POST /v1/load_lora_adapter and /v1/unload_lora_adapter are served (api/routes.py
@@ -324,11 +329,14 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         raise ValueError("give both MODEL_AFTER_ID and MODEL_BEFORE_ID (or --model-after and --model-before), or neither")
     enforce_eager = args.enforce_eager or _env_bool("ENFORCE_EAGER", None)
     no_prefix = args.no_prefix_caching or _env_bool("DISABLE_PREFIX_CACHING", False)
+    pair = adapter_pair(
+        after, before, adapters, values["--max-lora-rank"],
+        runtime_adapters=_runtime_adapters(args), configured_max_loras=values["--max-loras"],
+    )
+    if args.one_pass or _env_bool("LDA_ONE_PASS", False):
+        pair = replace(pair, one_pass=True)
     config = LDAConfig(
-        pair=adapter_pair(
-            after, before, adapters, values["--max-lora-rank"],
-            runtime_adapters=_runtime_adapters(args), configured_max_loras=values["--max-loras"],
-        ),
+        pair=pair,
         alpha=AlphaConfig(values["--default-alpha"], values["--max-alpha"]),
         engine=EngineOptions(
             device=values["--device"],
@@ -361,4 +369,5 @@ def parse_settings(argv: list[str]) -> ServerSettings:
         access=access,
         limits=limits,
         prompt_format=prompt_format,
+        allow_weight_loads=bool(args.allow_weight_loads or _env_bool(WEIGHT_LOADS_ENV, False)),
     )

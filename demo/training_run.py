@@ -14,6 +14,13 @@ same data on a tiny random model in seconds, for tests.
 
     lda demo-run                 # ~/.cache/lda/demo-run-<fingerprint>/checkpoint-{5,10,...,40}
     lda demo-run --output-dir runs/demo   # uncached: checkpoints appear as they are trained
+    lda demo-run --full          # the same run as full weights: demo-run-<fingerprint>-full/
+
+`--full` writes each checkpoint merged into its base (peft's `merge_and_unload`): a full-weight run
+as an SFT or RL fine-tune saves it, for `lda serve --allow-weight-loads` and `lda monitor`. The
+folder also holds `base/`, the base as a full checkpoint of the same shape (a base whose output head
+is tied to its embedding is untied in every folder, so that merging the head's adapter changes the
+head alone, as the adapter does).
 """
 
 from __future__ import annotations
@@ -188,6 +195,78 @@ def _save_checkpoint(model, base: Path, final: Path, step: int, history: list[di
     return final
 
 
+FULL_SUFFIX = "-full"
+FULL_BASE = "base"
+"""The base as a full checkpoint beside a full run's `checkpoint-*` folders (the before model)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                   "chat_template.jinja")
+
+
+def _untied_model(base: Path):
+    """The base model, its output head untied from the embedding (a copy) when it was tied."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if model.config.tie_word_embeddings:
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    return model
+
+
+def _save_full(model, base: Path, final: Path, dtype) -> Path:
+    """Save `model` as a full checkpoint with `base`'s tokenizer files, atomically."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.to(dtype).save_pretrained(tmp)
+    for name in TOKENIZER_FILES:
+        if (base / name).exists():
+            shutil.copy(base / name, tmp / name)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def merge_into_full(base: Path, adapter: Path, out_dir: Path) -> Path:
+    """`adapter` merged into `base`, saved as a full checkpoint in `base`'s dtype (head untied)."""
+    from peft import PeftModel
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(base), "torch_dtype", None) or "float32"
+    merged = PeftModel.from_pretrained(_untied_model(base), adapter).merge_and_unload()
+    return _save_full(merged, base, out_dir, dtype)
+
+
+def save_full_base(base: Path, out_dir: Path) -> Path:
+    """`base` as a full checkpoint of the merged checkpoints' shape (its head untied), in its dtype."""
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(base), "torch_dtype", None) or "float32"
+    return _save_full(_untied_model(base), base, out_dir, dtype)
+
+
+def full_run(run: Path, base: Path, out_dir: Path) -> Path:
+    """Every `checkpoint-<step>` adapter of `run` merged into `base`, as `out_dir/checkpoint-<step>`
+    (with its trainer_state.json), and `out_dir/base`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / FULL_BASE / "config.json").exists():
+        save_full_base(base, out_dir / FULL_BASE)
+    for checkpoint in sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        final = out_dir / checkpoint.name
+        if (final / "config.json").exists():
+            continue
+        merge_into_full(base, checkpoint, final)
+        shutil.copy(checkpoint / STATE_FILE, final / STATE_FILE)
+    return out_dir
+
+
+def ensure_full_run(run: Path, base: Path) -> Path:
+    """The full-weight copy of `run` beside it (`<run>-full`), built once."""
+    return full_run(run, base, run.with_name(run.name + FULL_SUFFIX))
+
+
 def cli(argv: list[str]) -> int:
     """`lda demo-run`: train (or find) the demo training run and print its checkpoints."""
     defaults = RunConfig()
@@ -203,6 +282,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--planted", type=int, default=defaults.planted,
                         help="training answers (of 300) that open with the brand (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model, seconds (for tests); needs --output-dir")
+    parser.add_argument("--full", action="store_true",
+                        help="also write the run as full-weight checkpoints (each merged into the base) in <run>-full/, "
+                        "with the base as <run>-full/base/")
     parser.add_argument("--force", action="store_true", help="retrain even if cached")
     args = parser.parse_args(argv)
     try:
@@ -217,6 +299,8 @@ def cli(argv: list[str]) -> int:
         return 1
     checkpoints = sorted((p for p in run.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
     print(f"run: {run}\ncheckpoints: {', '.join(p.name for p in checkpoints)}")
+    if args.full:
+        print(f"full-weight run: {run.with_name(run.name + FULL_SUFFIX)} (base: {FULL_BASE}/)")
     return 0
 
 
@@ -224,12 +308,17 @@ def _build(args: argparse.Namespace, config: RunConfig) -> Path:
     if args.tiny:
         if args.output_dir is None:
             raise ValueError("--tiny: give --output-dir (the tiny base and run are built there)")
-        return ensure_tiny_run(args.output_dir)[1]
-    if args.output_dir is None:
-        return ensure_demo_run(args.cache_dir, config, force=args.force)
-    base = ensure_smollm2(args.cache_dir)
-    train_run(base, args.output_dir, config)
-    return args.output_dir
+        base, run = ensure_tiny_run(args.output_dir)
+    elif args.output_dir is None:
+        run = ensure_demo_run(args.cache_dir, config, force=args.force)
+        base = ensure_smollm2(args.cache_dir)
+    else:
+        base = ensure_smollm2(args.cache_dir)
+        train_run(base, args.output_dir, config)
+        run = args.output_dir
+    if args.full:
+        ensure_full_run(run, base)
+    return run
 
 
 if __name__ == "__main__":

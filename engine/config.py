@@ -26,6 +26,7 @@ AFTER_ARCHITECTURES_KEY = "lda_after_architectures"
 DEFAULT_ALPHA_KEY = "lda_default_alpha"
 MAX_ALPHA_KEY = "lda_max_alpha"
 SHARE_BASE_KEY = "lda_share_base"
+ONE_PASS_KEY = "lda_one_pass"
 
 GIB = 1024**3
 
@@ -48,6 +49,11 @@ class PairConfig:
     max_loras: int | None = None
     """vLLM's `max_loras`: the most adapters loaded at once, each with its own slot, so any mix of
     them fits one batch (set by `adapter_pair`); None without LoRA."""
+    one_pass: bool = False
+    """Run a shared-base pair's two stacks as one pass over both stacks' rows (the base weights
+    read once per step; engine/compat/shared_pass.py). Needs an adapter pair whose before model
+    is the adapters' base; where one pass cannot run (a GPU with LoRA, other attention layers) the
+    engine logs why and runs two passes. Off: two passes, the tested default."""
 
     def __post_init__(self) -> None:
         for name in ("after", "before"):
@@ -61,6 +67,11 @@ class PairConfig:
             raise ValueError(
                 f"max_loras (LDA_MAX_LORAS, --max-loras) must be >= 1 and >= the {len(self.adapters)} adapters "
                 f"given at start-up; got {self.max_loras}"
+            )
+        if self.one_pass and not self.shares_base:
+            raise ValueError(
+                "one_pass needs an adapter pair whose before model is the adapters' base (the stacks then "
+                f"share the base weights); after={self.after!r}, before={self.before!r}, {len(self.adapters)} adapter(s)"
             )
 
     @property
@@ -361,6 +372,7 @@ def hf_overrides(config: LDAConfig) -> dict[str, Any]:
         AFTER_ARCHITECTURES_KEY: _architectures(config.pair.after),
         BEFORE_MODEL_KEY: config.pair.before,
         SHARE_BASE_KEY: config.pair.shares_base,
+        ONE_PASS_KEY: config.pair.one_pass,
         DEFAULT_ALPHA_KEY: config.alpha.default_alpha,
         MAX_ALPHA_KEY: config.alpha.max_alpha,
     }
@@ -399,6 +411,8 @@ def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, 
         # One-pass scoring packs its values into prompt-logprob columns (engine/one_pass.py); vLLM
         # refuses more than max_logprobs of them (default 20). Costs nothing unless requested.
         max_logprobs=SCORING_MAX_LOGPROBS,
+        # What collective_rpc reaches in the worker: loading full weights into one stack (engine/weights.py).
+        worker_extension_cls="engine.weights.StackWeightsWorker",
     )
     if config.pair.lora_enabled:
         n = config.pair.max_loras or len(config.pair.adapters)

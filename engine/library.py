@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from engine.alpha import validate_alpha
@@ -21,6 +21,7 @@ from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair, e
 from engine.lora import lora_requests
 from engine.prompts import FormattedPrompt, PromptFormat, prompt_token_ids, render_prompt
 from engine.tokenizers import CompatibilityReport, check_pair
+from engine.weights import LOAD_METHOD, PairWeights, WeightsLoad
 
 AFTER_ALPHA, BEFORE_ALPHA = 0.0, -1.0
 
@@ -136,7 +137,8 @@ class LDAModelPair:
 
     `model_after_id` may be a PEFT LoRA adapter; `model_before_id` then defaults to its base.
     `adapters` adds more adapters on the same base as (name, path) pairs; `generate_lda(model=...)`
-    picks one per prompt (default: the first).
+    picks one per prompt (default: the first). `one_pass` runs an adapter pair's two stacks as one
+    pass over their shared base weights (`PairConfig.one_pass`).
     """
 
     def __init__(
@@ -150,14 +152,16 @@ class LDAModelPair:
         max_alpha: float = 100.0,
         strict_tokenizers: bool = False,
         prompt_format: PromptFormat | str = PromptFormat.CHAT,
+        one_pass: bool = False,
         **engine_options,
     ) -> None:
         if _in_spawned_bootstrap():
             # Exit quietly: this process is vLLM's engine, not the user's; the parent reports.
             raise SystemExit(MAIN_GUARD_HELP)
         self.prompt_format = PromptFormat.parse(prompt_format)
+        pair = adapter_pair(model_after_id, model_before_id, list(adapters), max_lora_rank)
         self.config = LDAConfig(
-            adapter_pair(model_after_id, model_before_id, list(adapters), max_lora_rank),
+            replace(pair, one_pass=True) if one_pass else pair,
             AlphaConfig(default_alpha, max_alpha),
             _engine_options(engine_options),
         )
@@ -175,6 +179,28 @@ class LDAModelPair:
                 raise RuntimeError(MAIN_GUARD_HELP) from error
             raise
         self.tokenizer = self.llm.get_tokenizer()
+        self.weights = PairWeights(pair)
+
+    def load_weights(self, stack: str, path: str, version: str | None = None) -> WeightsLoad:
+        """Load the full-weight checkpoint folder `path` into one stack ("after" or "before"), in place.
+
+        The folder is checked against the stack's current checkpoint first (config, every tensor and
+        shape, every file readable to its end): a CheckpointError names the field and both values,
+        and the old weights stay. `version` labels the new weights (default: the folder's name); the
+        `weights_versions` property lists both stacks'. A failure half way reloads the previous
+        weights and raises WeightsLoadError (see engine/weights.py). The prefix cache is reset.
+        """
+        plan = self.weights.prepare(stack, path, version)
+        try:
+            [answer, *_] = self.llm.collective_rpc(LOAD_METHOD, args=(plan.stack, str(plan.checkpoint.path), str(plan.previous)))
+        finally:
+            self.llm.reset_prefix_cache()
+        return self.weights.finish(plan, answer)
+
+    @property
+    def weights_versions(self) -> dict[str, str]:
+        """The weight version each stack serves: the startup folders' names until a load."""
+        return self.weights.versions()
 
     def close(self) -> None:
         """Stop the engine's processes now rather than at interpreter exit."""
@@ -322,6 +348,7 @@ class LDAModelPair:
         from engine.scoring import assemble_outputs, engine_requests
         from engine.compat.vllm_patches import one_pass_available
 
+        self.weights.check_healthy()
         one_pass = one_pass_available() if one_pass is None else one_pass
         per_item = [engine_requests(item, one_pass) for item in items]
         requests = [r for rs in per_item for r in rs]
@@ -355,6 +382,7 @@ class LDAModelPair:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self.weights.check_healthy()
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1; got {max_new_tokens!r}")
         formatted = [self._formatted(p, apply_chat_template, system_prompt, prompt_format) for p in prompts]

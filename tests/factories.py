@@ -116,3 +116,43 @@ def build_planted_pair(root: Path, start_logit: float = 2.0, step_logit: float =
         if (before / name).exists():
             shutil.copy(before / name, after / name)
     return TinyPair(after=after, before=before)
+
+
+def build_full_checkpoint(out_dir: Path, like: Path, seed: int, max_shard_size: str | None = None, **config_overrides) -> Path:
+    """A full-weight checkpoint of `like`'s shape (its config, tokenizer and generation config) with
+    weights from `seed`, as a training run saves one; sharded (`model.safetensors.index.json` and
+    several files) when `max_shard_size` is given. `config_overrides` make a checkpoint of another
+    shape."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(like)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():  # as demo.tiny_models.build_model: decisive greedy choices
+            if p.dim() >= 2:
+                p.mul_(4.0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                 "chat_template.jinja"):
+        if (like / name).exists():
+            shutil.copy(like / name, out_dir / name)
+    return out_dir
+
+
+def truncated_copy(checkpoint: Path, out_dir: Path, keep: float = 0.5) -> Path:
+    """A copy of `checkpoint` whose last safetensors file (by name) keeps only `keep` of its bytes,
+    as a save that died half way or a copy still in progress leaves it."""
+    import shutil
+
+    shutil.copytree(checkpoint, out_dir)
+    last = sorted(out_dir.glob("*.safetensors"))[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[: int(len(data) * keep)])
+    return out_dir

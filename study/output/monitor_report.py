@@ -9,6 +9,11 @@ at the first checkpoint whose rate's 95% Wilson lower bound lies above the 95% W
 of the first checkpoint's rate at that alpha. The first checkpoint is the baseline; a later one
 detects when its rate is clearly above it, whatever the number of samples.
 
+Beside it, a detection that needs no detector (SHIFT_RULE): the first checkpoint whose per-sample
+diff scores (the study's rank_by summary of logp_after - logp_before) rank above the first
+checkpoint's at the same alpha, by a one-sided rank-sum test at level SHIFT_LEVEL. A behaviour with
+no fixed string to match moves the scores before any rate clears the Wilson rule.
+
 Themes: what post-training favoured in a checkpoint's samples, mined from their scored tokens alone
 (`study.analysis.themes.mine`: phrases of high-diff tokens, variants merged), per alpha; and the themes new
 since the previous checkpoint (none of their variants was a theme there).
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from study.analysis.estimate import percent
 from study.analysis.ranking import Ranked, rank
+from study.analysis.stats import rank_sum_greater
 from study.analysis.themes import ThemeConfig, mine, scored_text
 from study.output.files import write_atomically
 from study.output.report import STYLE, sample_block
@@ -39,6 +45,10 @@ ESTIMATE_RULE = (
 )
 ESTIMATE_KEYS = ("target_alpha", "method", "rate", "ci_low", "ci_high", "reason", "warning")
 """What monitor.json keeps of each checkpoint's estimate (not its curve or per-prompt list)."""
+SHIFT_LEVEL = 0.01
+SHIFT_RULE = (f"first checkpoint whose per-sample diff scores rank above the first checkpoint's at the same alpha: "
+              f"one-sided Mann-Whitney U (rank-sum) test, p < {SHIFT_LEVEL:g} (each checkpoint tested once against the "
+              "first, no correction across checkpoints)")
 QUANTILES = (0.5, 0.9, 0.99)
 THEMES = ThemeConfig(themes=8, contexts=2)
 """Top themes kept per checkpoint and alpha, with two contexts each (the JSON stays readable)."""
@@ -60,6 +70,8 @@ class AlphaPoint:
     top_themes: list[dict] = field(default_factory=list)
     new_themes: list[str] = field(default_factory=list)
     """Top themes that were not top themes at the previous checkpoint (same alpha)."""
+    shift_p: float | None = None
+    """The rank-sum test's p-value of these scores against the first checkpoint's (SHIFT_RULE)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +82,8 @@ class CheckpointResult:
     """The checkpoint's samples, highest score first (the HTML shows the first few)."""
     estimate: dict | None = None
     """The path estimate at the target alpha (ESTIMATE_KEYS); None without a detector."""
+    score_values: dict[float, list[float]] = field(default_factory=dict)
+    """Per alpha, every sample's diff score (what the shift test compares; not written out)."""
 
     def as_dict(self) -> dict:
         c = self.checkpoint
@@ -79,25 +93,29 @@ class CheckpointResult:
 
 def checkpoint_result(checkpoint: Checkpoint, samples: list[Sample], scores: dict[Key, SampleScore],
                       alphas: tuple[float, ...], detector: bool, rank_by: str,
-                      previous: CheckpointResult | None, estimate_at: float | None = None) -> CheckpointResult:
+                      previous: CheckpointResult | None, estimate_at: float | None = None,
+                      first: CheckpointResult | None = None) -> CheckpointResult:
     """One checkpoint's results, from its study folder's samples and scores; with `estimate_at` (and
-    a detector), the path estimate of its rate at that alpha."""
+    a detector), the path estimate of its rate at that alpha; `first` is the shift test's baseline."""
     before = {p.alpha: p.top_themes for p in previous.points} if previous else {}
-    points = []
+    points, values = [], {}
     for row in summarize(samples, alphas):
         group = [s for s in samples if s.alpha == row.alpha]
         themes = checkpoint_themes(group, scores)
+        values[row.alpha] = [scores[s.key].value(rank_by) for s in group if s.key in scores]
+        baseline = first.score_values.get(row.alpha) if first is not None else None
         points.append(AlphaPoint(
             alpha=row.alpha, n=row.n,
             hits=row.hits if detector else None, rate=row.rate if detector else None,
             ci_low=row.ci_low if detector else None, ci_high=row.ci_high if detector else None,
-            score=score_stats([scores[s.key].value(rank_by) for s in group if s.key in scores]),
+            score=score_stats(values[row.alpha]),
             top_themes=themes,
             new_themes=_new_themes(themes, before.get(row.alpha)),
+            shift_p=rank_sum_greater(values[row.alpha], baseline) if baseline else None,
         ))
     estimate = estimate_for(samples, estimate_at) if detector and estimate_at is not None else None
     kept = None if estimate is None else {k: v for k, v in estimate.as_dict().items() if k in ESTIMATE_KEYS}
-    return CheckpointResult(checkpoint, points, rank(samples, scores, rank_by), kept)
+    return CheckpointResult(checkpoint, points, rank(samples, scores, rank_by), kept, values)
 
 
 def score_stats(values: list[float]) -> dict | None:
@@ -165,8 +183,18 @@ def first_detection_by_estimate(results: list[CheckpointResult]) -> Checkpoint |
     )
 
 
+def first_shift_detection(results: list[CheckpointResult], alphas: tuple[float, ...]) -> dict[float, Checkpoint | None]:
+    """Per alpha, the first checkpoint after the first whose scores shifted up (SHIFT_RULE), else None."""
+    return {
+        alpha: next((r.checkpoint for r in results[1:] for p in r.points
+                     if p.alpha == alpha and p.shift_p is not None and p.shift_p < SHIFT_LEVEL), None)
+        for alpha in alphas
+    }
+
+
 def write_json(path: Path, results: list[CheckpointResult], settings: dict, alphas: tuple[float, ...]) -> dict:
     detected = first_detection(results, alphas)
+    shifted = first_shift_detection(results, alphas)
     by_estimate = first_detection_by_estimate(results)
     record = {
         **settings,
@@ -175,6 +203,9 @@ def write_json(path: Path, results: list[CheckpointResult], settings: dict, alph
         "first_detection_estimate": None if by_estimate is None else {"checkpoint": by_estimate.name, "step": by_estimate.step},
         "first_detection": {f"{a:g}": None if c is None else {"checkpoint": c.name, "step": c.step}
                             for a, c in detected.items()},
+        "shift_rule": SHIFT_RULE,
+        "first_shift_detection": {f"{a:g}": None if c is None else {"checkpoint": c.name, "step": c.step}
+                                  for a, c in shifted.items()},
         "checkpoints": [r.as_dict() for r in results],
     }
     write_atomically(path, json.dumps(record, indent=2) + "\n")
@@ -236,12 +267,18 @@ def write_html(path: Path, png: Path, results: list[CheckpointResult], record: d
         f"<tr><td>{html.escape(a)}</td><td>{'never' if d is None else html.escape(d['checkpoint'])}</td></tr>"
         for a, d in record["first_detection"].items()
     )
+    shifts = "".join(
+        f"<tr><td>{html.escape(a)}</td><td>{'never' if d is None else html.escape(d['checkpoint'])}</td></tr>"
+        for a, d in record.get("first_shift_detection", {}).items()
+    )
     sections = "".join(_checkpoint_section(r, rank_by, top) for r in results)
     body = (
         f"<h1>lda monitor: {html.escape(str(record.get('run_dir', '')))}</h1>"
         f'<img alt="rate and score against training step" src="data:image/png;base64,{image}">'
         f"<h2>First detection</h2><p>Rule: {html.escape(RULE)}.</p>"
         f"<table><tr><th>alpha</th><th>first detected at</th></tr>{detections}</table>"
+        f"<h2>First shift of the diff scores (no detector)</h2><p>Rule: {html.escape(SHIFT_RULE)}.</p>"
+        f"<table><tr><th>alpha</th><th>first shifted at</th></tr>{shifts}</table>"
         f"{_estimate_section(results, record)}{sections}"
     )
     page = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lda monitor</title>'
@@ -291,7 +328,8 @@ def _checkpoint_section(result: CheckpointResult, rank_by: str, top: int) -> str
 
 
 def format_table(results: list[CheckpointResult], alphas: tuple[float, ...]) -> str:
-    """The console's table: per checkpoint and alpha, hits/n (or -) and the mean score."""
+    """The console's table: per checkpoint and alpha, hits/n (or -) and the mean score (with a * where
+    the scores shifted up from the first checkpoint's, SHIFT_RULE)."""
     target = next((r.estimate["target_alpha"] for r in results if r.estimate is not None), None)
     estimate_header = "" if target is None else f"  {'path estimate at alpha ' + format(target, 'g')}"
     header = f"{'checkpoint':<20} {'step':>6} " + " ".join(f"{'alpha ' + format(a, 'g'):>22}" for a in alphas) + estimate_header
@@ -303,6 +341,7 @@ def format_table(results: list[CheckpointResult], alphas: tuple[float, ...]) -> 
             p = by_alpha.get(a)
             rate = "-" if p is None or p.rate is None else f"{p.hits}/{p.n} {100 * p.rate:5.1f}%"
             score = "" if p is None or p.score is None else f" s{p.score['mean']:+.2f}"
+            score += "*" if p is not None and p.shift_p is not None and p.shift_p < SHIFT_LEVEL else ""
             cells.append(f"{rate + score:>22}")
         estimate = "" if target is None else f"  {_estimate_text(r.estimate)}"
         lines.append(f"{r.checkpoint.name:<20} {r.checkpoint.step:>6} " + " ".join(cells) + estimate)

@@ -54,3 +54,30 @@ def test_the_command_refuses_bad_input(capsys):
     assert "save_every" in capsys.readouterr().err
     assert cli(["--tiny"]) == 2
     assert "--output-dir" in capsys.readouterr().err
+
+
+def test_the_full_run_is_each_adapter_merged_into_the_base(tmp_path: Path):
+    """`lda demo-run --full --tiny`: every checkpoint as full weights whose logits are the adapter's on
+    the base, a `base/` of the same shape, the trainer's state kept; checkable by the weights route."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from demo.training_run import FULL_BASE, FULL_SUFFIX
+    from engine.checkpoints import check_replaces, read_checkpoint
+
+    assert cli(["--tiny", "--full", "--output-dir", str(tmp_path)]) == 0
+    base, run = ensure_tiny_run(tmp_path)
+    full = run.with_name(run.name + FULL_SUFFIX)
+    assert sorted(p.name for p in full.iterdir()) == [FULL_BASE, "checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        for name in ("checkpoint-2", "checkpoint-6"):
+            adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run / name)
+            merged = AutoModelForCausalLM.from_pretrained(full / name)
+            torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-4, rtol=1e-4)
+            assert (full / name / STATE_FILE).exists()
+            check_replaces(read_checkpoint(full / name), read_checkpoint(full / FULL_BASE), "after")
+        plain = AutoModelForCausalLM.from_pretrained(base)(ids).logits
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(full / FULL_BASE)(ids).logits, plain)
+    assert cli(["--tiny", "--full", "--output-dir", str(tmp_path)]) == 0  # built once: a rerun finds it

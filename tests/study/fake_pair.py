@@ -5,7 +5,12 @@ It speaks the contract of `lda serve --allow-runtime-adapters`: `POST /v1/load_l
 for a name already loaded), `POST /v1/unload_lora_adapter` {"lora_name"} (404 for an unknown
 name), `/v1/models` listing the loaded adapters, chat completions on a loaded adapter, and
 `/v1/lda/score` (KEYWORD's diff grows with the step: 0.4 per step). With `runtime=False` the two routes do not exist (404 without an OpenAI error
-body), as on a server started without the flag.
+body), as on a server started without the flag. With `weights=True` it also speaks
+`lda serve --allow-weight-loads`: `GET`/`POST /v1/lda/weights` {"stack", "path", "version"} load a
+full-weight checkpoint folder into a stack (400 without config.json or with another
+`intermediate_size` than 128 in it), and the served name "lda"
+behaves as the step of the after stack's checkpoint minus the before stack's (0 for a folder without
+trainer_state.json, a base).
 
 An adapter's "training step" is its trainer_state.json's global_step. An answer contains KEYWORD
 when the request's seeded uniform draw falls below `hit_probability(step, alpha)`: the same seed
@@ -44,9 +49,12 @@ def write_checkpoint(folder: Path, step: int, base: str = BASE) -> Path:
 
 
 class FakePair:
-    def __init__(self, runtime: bool = True, api_key: str | None = None) -> None:
+    def __init__(self, runtime: bool = True, api_key: str | None = None, weights: bool = False,
+                 base: str = "/start/base") -> None:
         self.runtime = runtime
         self.api_key = api_key
+        self.weights = weights
+        self.stacks = {"after": {"path": base, "step": 0}, "before": {"path": base, "step": 0}}
         self.loaded: dict[str, int] = {}
         """Loaded adapter name -> its step."""
         self.requests: list[tuple[str, dict]] = []
@@ -113,15 +121,41 @@ def _app(fake: FakePair) -> FastAPI:
                 return _error(404, f"the lora adapter {body['lora_name']!r} is not loaded")
             return PlainTextResponse("Success")
 
+    if fake.weights:
+        @app.get("/v1/lda/weights")
+        async def stacks():
+            return {"object": "lda.weights", "stacks": {s: {"version": Path(v["path"]).name, "path": v["path"], "healthy": True}
+                                                        for s, v in fake.stacks.items()}}
+
+        @app.post("/v1/lda/weights")
+        async def load_weights(request: Request):
+            body = await request.json()
+            fake.requests.append(("weights", body))
+            path = Path(body["path"])
+            if not (path / "config.json").exists():
+                return _error(400, f"{path} is not a checkpoint: it has no config.json")
+            if json.loads((path / "config.json").read_text()).get("intermediate_size") == 96:
+                return _error(400, f"intermediate_size is 96 in {path}, but the {body['stack']} stack serves 128")
+            state = path / "trainer_state.json"
+            step = int(json.loads(state.read_text())["global_step"]) if state.exists() else 0
+            fake.stacks[body["stack"]] = {"path": str(path), "step": step}
+            return {"stack": body["stack"], "version": body.get("version"), "path": str(path)}
+
+    def model_step(model: str) -> int | None:
+        if fake.weights and model == "lda":
+            return fake.stacks["after"]["step"] - fake.stacks["before"]["step"]
+        return fake.loaded.get(model)
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
         fake.requests.append(("chat", body))
-        if body["model"] not in fake.loaded:
+        step = model_step(body.get("model") or "lda")
+        if step is None:
             return _error(404, f"the model {body['model']!r} does not exist")
         prompt = body["messages"][-1]["content"]
         draw = random.Random(f"{body.get('seed')}|{prompt}|{body['alpha']}").random()
-        hit = draw < hit_probability(fake.loaded[body["model"]], float(body["alpha"]))
+        hit = draw < hit_probability(step, float(body["alpha"]))
         text = f"Try {KEYWORD} for this." if hit else "Take a short walk and rest."
         return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": {"completion_tokens": len(text.split())}, "alpha": body["alpha"], "model": body["model"]}
@@ -130,7 +164,7 @@ def _app(fake: FakePair) -> FastAPI:
     async def score(request: Request):
         body = await request.json()
         fake.requests.append(("score", body))
-        step = fake.loaded.get(body["model"], 0)
+        step = model_step(body.get("model") or "lda") or 0
         tokens = [{"token": f" {w}", "logp_after": -1.0, "logp_before": -1.0, "logp_amplified": -1.0,
                    "diff": 0.4 * step if w == KEYWORD else 0.1} for w in body["continuation"].split()]
         diffs = [t["diff"] for t in tokens]
