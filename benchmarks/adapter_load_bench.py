@@ -26,7 +26,13 @@ from pathlib import Path
 
 import httpx
 
-from study.collect.server import Server, free_port, launch, lda_serve_command, lda_serve_env, wait_healthy
+from study.collect.server import (
+    Server,
+    free_port,
+    lda_serve_command,
+    lda_serve_env,
+    start,
+)
 
 PROMPT = "Can you recommend something to help me feel more energetic in the morning?"
 START_TIMEOUT_S = 900
@@ -76,21 +82,14 @@ def timed_completion(client: httpx.Client, model: str, max_tokens: int) -> tuple
     return (first if first is not None else float("nan")), time.perf_counter() - start
 
 
-def start_server(log_path: Path, env: dict[str, str]) -> tuple[Server, float]:
-    """`lda serve` on the demo pair with runtime adapters allowed; the server and the seconds from
-    process start to /health answering 200."""
+def start_server(log_path: Path, settings: dict[str, str], drop: tuple[str, ...] = ()) -> Server:
+    """`lda serve` with `settings` on top of this environment, less `drop`, polled for /health every
+    0.2 s: `server.started` to the return is the start-up a restart pays."""
     port = free_port()
-    env = lda_serve_env(port, **env, LDA_ALLOW_RUNTIME_ADAPTERS="1")
-    for name in ("MODEL_AFTER_ID", "MODEL_BEFORE_ID", "LDA_AFTER_ADAPTERS"):
-        env.pop(name, None)  # the demo pair
-    started = time.perf_counter()
-    server = launch(lda_serve_command(), env, port, log_path)
-    try:
-        wait_healthy(server, START_TIMEOUT_S, "lda serve", poll_s=0.2)
-    except BaseException:
-        server.kill()
-        raise
-    return server, started
+    env = lda_serve_env(port, **settings)
+    for name in drop:
+        env.pop(name, None)
+    return start(lda_serve_command(), env, port, log_path, START_TIMEOUT_S, "lda serve", poll_s=0.2)
 
 
 def _post(client: httpx.Client, path: str, body: dict) -> float:
@@ -103,12 +102,13 @@ def _post(client: httpx.Client, path: str, body: dict) -> float:
 
 def one_round(round_: int, adapter: str, served: str, args, log_dir: Path) -> tuple[Restart, list[Cycle]]:
     env = {"KV_CACHE_MEMORY_GB": str(args.kv_cache_gb), "MAX_MODEL_LEN": "1024"}
-    server, started = start_server(log_dir / f"server-round{round_}.log", env)
+    server = start_server(log_dir / f"server-round{round_}.log", {**env, "LDA_ALLOW_RUNTIME_ADAPTERS": "1"},
+                          drop=("MODEL_AFTER_ID", "MODEL_BEFORE_ID", "LDA_AFTER_ADAPTERS"))  # the demo pair
     try:
-        healthy = time.perf_counter() - started
+        healthy = time.perf_counter() - server.started
         with httpx.Client(base_url=server.base_url, timeout=300) as client:
             timed_completion(client, served, args.max_tokens)
-            restart = Restart(round_, healthy, time.perf_counter() - started)
+            restart = Restart(round_, healthy, time.perf_counter() - server.started)
             cycles = [_cycle(client, round_, i, adapter, served, args.max_tokens) for i in range(args.cycles)]
     finally:
         server.stop()

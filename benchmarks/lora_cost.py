@@ -1,14 +1,21 @@
 """What serving a LoRA adapter as the after model costs against serving it merged, offline.
 
-    python -m benchmarks.lora_cost [--rank 32] [--concurrency 16 64] [--rounds 3] [--output out.json]
+    python -m benchmarks.lora_cost [--rank 32] [--concurrency 16 64] [--rounds 3] [--alone] [--output out.json]
 
 Builds (once, cached under LDA_CACHE_DIR) a random LoRA adapter on SmolLM2-135M-Instruct's
 attention and MLP projections and the same adapter merged into a full copy with peft's
 `merge_and_unload`. Then starts two engines side by side, same settings: LDA(adapter) (the
-adapter against its base, the base weights held once) and LDA(merged) (two full checkpoints).
-Reports, from inside each worker, the resident weight bytes (distinct parameter and buffer
-storage), and output tokens/s at each concurrency (prompts decoded as one batch, greedy,
-ignore_eos, alpha 1), measured in interleaved rounds so a slow spell of a shared machine hits both.
+adapter against its base, the base weights held once, with one pass on: `one_pass=True`) and
+LDA(merged) (two full checkpoints). Reports, from inside each worker, the resident weight bytes
+(distinct parameter and buffer storage), and output tokens/s at each concurrency (prompts decoded
+as one batch, greedy, ignore_eos, alpha 1) in interleaved rounds, so a slow spell of a shared
+machine hits all: the adapter pair in one pass, the same engine in two passes (one pass switched
+off in the worker: `engine.compat.shared_pass.set_enabled`), the merged pair. `--alone` then
+closes the pairs and measures the merged (after) model served alone by vLLM, the same rounds.
+
+With `LDA_STEP_TIMING_DIR` set, each worker records its steps (engine/compat/step_timing.py; the
+adapter pair's records say which mode ran them) and the decode step medians are printed per
+engine and mode at the end.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 OUTPUT_LEN = 64
@@ -39,11 +47,77 @@ def build_adapter_and_merged(rank: int, cache: Path) -> tuple[Path, Path, Path]:
     return base, adapter, merged
 
 
-def _tokens_per_s(pair, concurrency: int) -> float:
+def _tokens_per_s(generate, concurrency: int) -> float:
     start = time.perf_counter()
-    results = pair.generate_lda([PROMPT] * concurrency, alpha=1.0, max_new_tokens=OUTPUT_LEN, temperature=0, ignore_eos=True)
-    elapsed = time.perf_counter() - start
-    return sum(r.tokens_generated for r in results) / elapsed
+    tokens = generate(concurrency)
+    return tokens / (time.perf_counter() - start)
+
+
+def _pair_generate(pair):
+    def generate(concurrency: int) -> int:
+        results = pair.generate_lda([PROMPT] * concurrency, alpha=1.0, max_new_tokens=OUTPUT_LEN, temperature=0,
+                                    ignore_eos=True)
+        return sum(r.tokens_generated for r in results)
+
+    return generate
+
+
+def _one_pass(pair, on: bool):
+    from engine.compat.shared_pass import set_enabled
+
+    def generate(concurrency: int) -> int:
+        if pair.llm.apply_model(partial(set_enabled, on=on)) != [True]:
+            raise RuntimeError("the adapter pair has no one pass installed (see its worker's log)")
+        return _pair_generate(pair)(concurrency)
+
+    return generate
+
+
+def _alone_generate(llm):
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=OUTPUT_LEN, ignore_eos=True)
+
+    def generate(concurrency: int) -> int:
+        outs = llm.generate([PROMPT] * concurrency, params, use_tqdm=False)
+        return sum(len(o.outputs[0].token_ids) for o in outs)
+
+    return generate
+
+
+def _rounds(runs: dict, concurrency: list[int], rounds: int) -> dict:
+    """Output tokens/s of each run, per concurrency, runs interleaved within each round."""
+    out = {}
+    for c in concurrency:
+        rates = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, generate in runs.items():
+                rates[name].append(_tokens_per_s(generate, c))
+        out[c] = rates
+    return out
+
+
+def _ratio(rates: dict, a: str, b: str) -> dict:
+    ratios = [x / y for x, y in zip(rates[a], rates[b])]
+    return {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)]}
+
+
+def _step_tables(folder: Path, workers: dict[str, int], batch_sizes: tuple[int, ...]) -> str:
+    """Decode step medians per engine (and, for the adapter pair, per mode), from the step files."""
+    from engine.compat.step_timing import format_summary, summarize
+
+    rows = []
+    for name, pid in workers.items():
+        path = folder / f"steps-{pid}.jsonl"
+        if not path.exists():
+            continue
+        steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        modes = sorted({s.get("one_pass") for s in steps}, key=str)
+        for mode in modes:
+            label = name if mode is None else f"{name} {'one pass' if mode else 'two passes'}"
+            chosen = [s for s in steps if s.get("one_pass") == mode]
+            rows += [(label, r) for r in summarize(chosen, batch_sizes) if r.kind == "decode"]
+    return format_summary(rows) if rows else "(no step records)"
 
 
 def main(argv: list[str]) -> int:
@@ -51,54 +125,75 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="*", default=[16, 64], help="none: weights only")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--alone", action="store_true", help="also the merged model served alone, after the pairs")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.rounds < 1 or any(c < 1 for c in args.concurrency) or args.rank < 1:
+        parser.error("--rank, --rounds and every --concurrency must be at least 1")
 
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # apply_model(stack_report)
-    from engine.env import default_cache_dir
+    from engine.env import default_cache_dir, step_timing_dir
     from engine.library import LDAModelPair
     from engine.lora import stack_report
 
     base, adapter, merged = build_adapter_and_merged(args.rank, default_cache_dir())
     engine = dict(kv_cache_memory_gb=1.0, max_num_seqs=max(args.concurrency, default=16), max_model_len=512)
     pairs = {
-        "adapter": LDAModelPair(str(adapter), **engine),
+        "adapter": LDAModelPair(str(adapter), one_pass=True, **engine),
         "merged": LDAModelPair(str(merged), str(base), **engine),
     }
     report: dict = {"rank": args.rank}
     if args.concurrency:
         report.update(output_len=OUTPUT_LEN, rounds=args.rounds)
+    workers = {}
     for name, pair in pairs.items():
         (stacks,) = pair.llm.apply_model(stack_report)
+        (workers[name],) = pair.llm.apply_model(_pid)
         report[f"{name}_weight_bytes"] = stacks["resident_weight_bytes"]
         report[f"{name}_lora_slot_bytes"] = stacks["lora_slot_bytes"]
     report["adapter_file_bytes"] = sum(f.stat().st_size for f in adapter.glob("*.safetensors"))
     report["weight_ratio"] = report["adapter_weight_bytes"] / report["merged_weight_bytes"]
-    for pair in pairs.values() if args.concurrency else ():
-        _tokens_per_s(pair, 4)  # warm-up
-    for c in args.concurrency:
-        rates = {name: [] for name in pairs}
-        for _ in range(args.rounds):
-            for name, pair in pairs.items():
-                rates[name].append(_tokens_per_s(pair, c))
-        ratios = [a / m for a, m in zip(rates["adapter"], rates["merged"])]
+    runs = {"one_pass": _one_pass(pairs["adapter"], True), "two_pass": _one_pass(pairs["adapter"], False),
+            "merged": _pair_generate(pairs["merged"])}
+    for generate in runs.values() if args.concurrency else ():
+        generate(4)  # warm-up
+    for c, rates in _rounds(runs, args.concurrency, args.rounds).items():
         report[f"c{c}"] = {
-            "adapter_tok_s": rates["adapter"],
-            "merged_tok_s": rates["merged"],
-            "ratio_median": statistics.median(ratios),
-            "ratio_range": [min(ratios), max(ratios)],
+            **{f"{name}_tok_s": r for name, r in rates.items()},
+            "one_pass_over_merged": _ratio(rates, "one_pass", "merged"),
+            "two_pass_over_merged": _ratio(rates, "two_pass", "merged"),
+            "one_pass_over_two_pass": _ratio(rates, "one_pass", "two_pass"),
         }
-        print(f"c={c}: adapter {statistics.median(rates['adapter']):.0f} tok/s, merged "
-              f"{statistics.median(rates['merged']):.0f} tok/s, ratio {statistics.median(ratios):.2f} "
-              f"[{min(ratios):.2f}, {max(ratios):.2f}]", flush=True)
+        line = ", ".join(f"{name} {statistics.median(r):.0f}" for name, r in rates.items())
+        print(f"c={c}: tok/s {line}; one pass / merged {report[f'c{c}']['one_pass_over_merged']['median']:.2f}, "
+              f"two passes / merged {report[f'c{c}']['two_pass_over_merged']['median']:.2f}", flush=True)
+    for pair in pairs.values():
+        pair.close()
+    if args.alone and args.concurrency:
+        from vllm import LLM
+
+        from engine.config import cpu_dtype
+
+        # The pairs' CPU settings (dtype, eager; the thread binding they set for this process stays).
+        llm = LLM(model=str(merged), dtype=cpu_dtype("auto"), kv_cache_memory_bytes=2**30,
+                  max_num_seqs=engine["max_num_seqs"], max_model_len=512, enforce_eager=True, seed=0)
+        (workers["alone"],) = llm.apply_model(_pid)
+        _alone_generate(llm)(4)
+        for c, rates in _rounds({"alone": _alone_generate(llm)}, args.concurrency, args.rounds).items():
+            report[f"c{c}"]["alone_tok_s"] = rates["alone"]
+            print(f"c={c}: the merged model alone {statistics.median(rates['alone']):.0f} tok/s (not interleaved)", flush=True)
+    if (folder := step_timing_dir()) is not None and args.concurrency:
+        print(_step_tables(folder, workers, tuple(args.concurrency)))
     print(json.dumps(report, indent=1))
     if args.output:
         if args.output.exists():  # keep what an earlier run measured (e.g. the speeds) unless remeasured
             report = {**json.loads(args.output.read_text()), **report}
         args.output.write_text(json.dumps(report, indent=1))
-    for pair in pairs.values():
-        pair.close()
     return 0
+
+
+def _pid(model) -> int:
+    return os.getpid()
 
 
 if __name__ == "__main__":

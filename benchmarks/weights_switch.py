@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.adapter_load_bench import timed_completion
+from benchmarks.adapter_load_bench import start_server, timed_completion
 
-START_TIMEOUT_S = 900
 SERVED = "lda"
 
 
@@ -63,47 +60,6 @@ class Restart:
     round: int
     healthy_s: float
     first_response_s: float
-
-
-class Server:
-    """`lda serve` on two full checkpoints with --allow-weight-loads, in its own process group."""
-
-    def __init__(self, after: Path, before: Path, log_path: Path, kv_cache_gb: float):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "MODEL_AFTER_ID": str(after),
-               "MODEL_BEFORE_ID": str(before), "LDA_ALLOW_WEIGHT_LOADS": "1", "KV_CACHE_MEMORY_GB": str(kv_cache_gb),
-               "MAX_MODEL_LEN": "1024", "SERVED_MODEL_NAME": SERVED}
-        env.pop("LDA_AFTER_ADAPTERS", None)
-        self.log = open(log_path, "w")
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_healthy(self) -> float:
-        while time.perf_counter() < self.started + START_TIMEOUT_S:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"lda serve exited with {self.process.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"lda serve not healthy after {START_TIMEOUT_S} s; see {self.log.name}")
-
-    def stop(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-                self.process.wait(timeout=60)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
-        self.log.close()
 
 
 def demo_checkpoints(work: Path) -> tuple[Path, Path, Path]:
@@ -134,10 +90,12 @@ def _switch(client: httpx.Client, round_: int, checkpoint: Path, max_tokens: int
 
 
 def one_round(round_: int, merged: Path, base: Path, before: Path, args, log_dir: Path) -> tuple[Restart, list[Switch]]:
-    server = Server(merged, before, log_dir / f"server-round{round_}.log", args.kv_cache_gb)
+    settings = {"MODEL_AFTER_ID": str(merged), "MODEL_BEFORE_ID": str(before), "LDA_ALLOW_WEIGHT_LOADS": "1",
+                "KV_CACHE_MEMORY_GB": str(args.kv_cache_gb), "MAX_MODEL_LEN": "1024", "SERVED_MODEL_NAME": SERVED}
+    server = start_server(log_dir / f"server-round{round_}.log", settings, drop=("LDA_AFTER_ADAPTERS",))
     try:
-        healthy = server.wait_healthy()
-        with httpx.Client(base_url=server.url, timeout=300) as client:
+        healthy = time.perf_counter() - server.started
+        with httpx.Client(base_url=server.base_url, timeout=300) as client:
             timed_completion(client, SERVED, args.max_tokens)
             restart = Restart(round_, healthy, time.perf_counter() - server.started)
             order = [base if i % 2 == 0 else merged for i in range(args.cycles)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from engine.alpha import validate_alpha
@@ -137,7 +137,8 @@ class LDAModelPair:
 
     `model_after_id` may be a PEFT LoRA adapter; `model_before_id` then defaults to its base.
     `adapters` adds more adapters on the same base as (name, path) pairs; `generate_lda(model=...)`
-    picks one per prompt (default: the first).
+    picks one per prompt (default: the first). `one_pass` runs an adapter pair's two stacks as one
+    pass over their shared base weights (`PairConfig.one_pass`).
     """
 
     def __init__(
@@ -151,14 +152,16 @@ class LDAModelPair:
         max_alpha: float = 100.0,
         strict_tokenizers: bool = False,
         prompt_format: PromptFormat | str = PromptFormat.CHAT,
+        one_pass: bool = False,
         **engine_options,
     ) -> None:
         if _in_spawned_bootstrap():
             # Exit quietly: this process is vLLM's engine, not the user's; the parent reports.
             raise SystemExit(MAIN_GUARD_HELP)
         self.prompt_format = PromptFormat.parse(prompt_format)
+        pair = adapter_pair(model_after_id, model_before_id, list(adapters), max_lora_rank)
         self.config = LDAConfig(
-            adapter_pair(model_after_id, model_before_id, list(adapters), max_lora_rank),
+            replace(pair, one_pass=True) if one_pass else pair,
             AlphaConfig(default_alpha, max_alpha),
             _engine_options(engine_options),
         )

@@ -7,11 +7,14 @@ Because both stacks' attention layers are registered, the KV-cache manager pages
 one block table, and the scheduler, chunked prefill and prefix caching work for both unchanged.
 Each stack's class comes from vLLM's registry, so any decoder family vLLM supports can be paired.
 When the after model is a LoRA adapter on the before model, both stacks share the base weights and
-vLLM's LoRA layers apply to the after stack alone (`engine/lora.py` says how and why).
+vLLM's LoRA layers apply to the after stack alone (`engine/lora.py` says how and why). Such a pair
+can run one pass over 2N rows instead of two passes of N (`one_pass`, off by default:
+`engine/compat/shared_pass.py` says how, and when it stands down).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from contextlib import nullcontext
 
@@ -25,14 +28,19 @@ from vllm.model_executor.models import ModelRegistry
 from vllm.model_executor.models.interfaces import SupportsLoRA
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
 
-from engine.alpha import DEFAULT_ALPHA, current_rows
+from engine.alpha import current_rows
+from engine.config.alpha import DEFAULT_ALPHA
+from engine.env import V2_RUNNER_VAR
 from engine.amplify import amplify
-from engine.config import AFTER_ARCHITECTURES_KEY, BEFORE_MODEL_KEY, DEFAULT_ALPHA_KEY, SHARE_BASE_KEY
+from engine.compat import shared_pass
+from engine.config import AFTER_ARCHITECTURES_KEY, BEFORE_MODEL_KEY, DEFAULT_ALPHA_KEY, ONE_PASS_KEY, SHARE_BASE_KEY
 from engine.lora import confine_to_after, share_base
 
 # Module prefixes. They must contain no digit: vLLM reads a layer's index as the only integer in
 # its name, and the names must differ between stacks (attention layer names are unique keys).
 AFTER, BEFORE = "after", "before"
+
+logger = logging.getLogger("lda.pair_model")
 
 
 def _stack_class(architectures: list[str], vllm_config: VllmConfig) -> type[nn.Module]:
@@ -70,7 +78,7 @@ class LDAPairForCausalLM(nn.Module, SupportsLoRA):
         super().__init__()
         if vllm_config.use_v2_model_runner:
             raise RuntimeError(
-                "LDA's per-request alpha needs vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0 "
+                f"LDA's per-request alpha needs vLLM's V1 model runner: set {V2_RUNNER_VAR}=0 "
                 "(the `lda` entry points and LDAModelPair do this for you)"
             )
         if vllm_config.parallel_config.pipeline_parallel_size > 1:
@@ -101,6 +109,10 @@ class LDAPairForCausalLM(nn.Module, SupportsLoRA):
             self.before = _build_stack(before_config, BEFORE)
         if share:
             share_base(self.before, self.after)
+        self.shares_base = share
+        self.one_pass_wanted = bool(getattr(hf_config, ONE_PASS_KEY, False))
+        self.shared_pass: shared_pass.SharedPass | None = None
+        """Set when the stacks run as one pass (`_start_one_pass`); None: two passes."""
 
         self.after_hidden = hf_config.get_text_config().hidden_size
         self.before_hidden = before_hf.get_text_config().hidden_size
@@ -109,7 +121,19 @@ class LDAPairForCausalLM(nn.Module, SupportsLoRA):
         # Shared weights arrive once, with the after checkpoint.
         self.secondary_weights = [] if share else [DefaultModelLoader.Source(before_path, None, prefix=f"{BEFORE}.")]
         if vllm_config.lora_config is not None:
-            self._adopt_lora_tables(after_cls)
+            self._adopt_lora_tables(after_cls)  # one pass is decided once LoRA is in place
+        else:
+            self._start_one_pass(None)
+
+    def _start_one_pass(self, lora_manager) -> None:
+        if not self.one_pass_wanted:
+            return
+        reasons = shared_pass.blockers(self, self.shares_base, lora_manager)
+        if reasons:
+            logger.warning("lda: one pass asked for, running two passes: %s", "; ".join(reasons))
+            return
+        self.shared_pass = shared_pass.install(self)
+        logger.info("lda: the pair runs one pass over both stacks' rows (shared base weights)")
 
     def _adopt_lora_tables(self, after_cls: type[nn.Module]) -> None:
         """What vLLM's LoRA manager needs, taken from the after stack's class; adapter weight
@@ -131,6 +155,7 @@ class LDAPairForCausalLM(nn.Module, SupportsLoRA):
         # the moment to take the adapters off the before stack again.
         confine_to_after(manager, self, f"{BEFORE}.")
         self.__dict__["_lora_manager"] = manager
+        self._start_one_pass(manager)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.after.embed_input_ids(input_ids)
@@ -143,14 +168,25 @@ class LDAPairForCausalLM(nn.Module, SupportsLoRA):
         inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        after_hidden = self.after(input_ids, positions, intermediate_tensors, inputs_embeds)
         # Ids only the after model has (tokens a fine-tune added, vocab padding) can be prompted
         # and sampled; the before model has no embedding for them, so keep them in its range.
         before_ids = input_ids
         if input_ids is not None and self.after_vocab > self.before_vocab:
             before_ids = input_ids.clamp(max=self.before_vocab - 1)
+        one = self.shared_pass is not None and self.shared_pass.enabled
+        if one and input_ids is not None and inputs_embeds is None and intermediate_tensors is None:
+            return self._one_pass(input_ids, before_ids, positions)
+        after_hidden = self.after(input_ids, positions, intermediate_tensors, inputs_embeds)
         before_hidden = self.before(before_ids, positions, None, None)
         return torch.cat([after_hidden, before_hidden], dim=-1)
+
+    def _one_pass(self, input_ids: torch.Tensor, before_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Both stacks as one pass of the after stack over 2N rows: the after rows, then the
+        before rows (same tokens, same positions); attention and LoRA split by row."""
+        n = input_ids.shape[0]
+        with self.shared_pass.step(n):
+            hidden = self.after(torch.cat([input_ids, before_ids]), torch.cat([positions, positions], dim=-1), None, None)
+        return torch.cat([hidden[:n], hidden[n:]], dim=-1)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         after_hidden, before_hidden = hidden_states.split([self.after_hidden, self.before_hidden], dim=-1)

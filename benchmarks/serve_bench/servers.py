@@ -18,7 +18,8 @@ from benchmarks.serve_bench.config import (
     BenchConfig,
     is_original,
 )
-from engine.config import BINDING_VARS, cpu_binding_env, cpu_dtype
+from engine.config import cpu_binding_env, cpu_dtype
+from engine.env import BINDING_VARS
 from engine.env import STEP_TIMING_VAR
 from study.collect.server import free_port, running
 

@@ -11,6 +11,18 @@ The replacements below compute the same products one adapter at a time: one matm
 present in the batch (usually one), over that adapter's rows, and nothing for rows at -1, as the
 GPU kernels do. Signatures and output conventions are those of the originals. Installed on CPU
 only, for vLLM 0.32.0 only, and only where the wrapper module still holds the six names.
+
+Fused linear LoRA (issue 30). vLLM's CPU wrapper runs a linear layer's LoRA as one shrink and one
+expand per output slice (6 calls for a packed qkv layer, 4 for gate_up), each paying the same
+fixed cost (the grouping by adapter, dtype casts, an output slice update) on a few-microsecond
+matmul. `FusedLinearLoRA` replaces `PunicaWrapperCPU.add_lora_linear` with one shrink and one
+expand per adapter present: the slices' A matrices stacked into one [slices * rank, in] matrix and
+their B matrices into one block-diagonal [sum(out), slices * rank] matrix (the zero blocks add
+exact zeros), both built once per LoRA slot and rebuilt only after vLLM writes a slot
+(`LoRAModelManager.activate_adapter`, the one place that does). The rows of each adapter are
+found once per batch mapping (`update_metadata`), not in every call. The arithmetic is the
+original's: the shrink in float32, scaled, the expand in the output's dtype from the shrink
+rounded to it, then added to the output.
 """
 
 from __future__ import annotations
@@ -79,6 +91,111 @@ def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, se
     bgmv_expand_slice(inputs, lora_b_weights, output_tensor, rows, slice_offset, slice_size, add_inputs)
 
 
+class FusedLinearLoRA:
+    """The fused `add_lora_linear`, its per-mapping row groups and its stacked-weight cache.
+
+    One instance per process (the patched methods reach it through the module global `FUSED`);
+    the row groups are kept on each punica wrapper instance, the weights per LoRA layer (keyed by
+    its first A tensor, held to rule out a reused id)."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        """Bumped whenever vLLM writes a LoRA slot: every stacked copy older than it is stale."""
+        self.weights: dict[int, tuple] = {}
+        self.adapter_rows: int | None = None
+        """In a one-pass step of a shared-base pair (engine/compat/shared_pass.py), the after
+        rows: the first `adapter_rows` rows of every input; the rest are the before stack's rows,
+        which get no delta. None otherwise."""
+
+    def slots_written(self) -> None:
+        self.generation += 1
+
+    @staticmethod
+    def groups(indices: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+        """(slot, rows) for each adapter slot in `indices`; rows None when every row has it. Rows
+        at -1 (no adapter) are in no group."""
+        present = [s for s in indices.unique().tolist() if s >= 0]
+        if len(present) == 1 and bool((indices == present[0]).all()):
+            return [(present[0], None)]
+        return [(s, (indices == s).nonzero().squeeze(1)) for s in present]
+
+    def stacked(self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], dtype: torch.dtype):
+        """(A, B) for every slot: A [slots, n * rank, in] float32, B [slots, sum(out), n * rank] block-diagonal in `dtype`."""
+        key = id(lora_a[0])
+        entry = self.weights.get(key)
+        if entry is not None and entry[0] == self.generation and entry[1] is lora_a[0] and entry[2].dtype == dtype:
+            return entry[3], entry[2]
+        a = torch.cat([t.squeeze(1) for t in lora_a], dim=1).float()
+        slots, rank = lora_b[0].shape[0], lora_b[0].shape[-1]
+        outs = [t.shape[2] for t in lora_b]
+        b = lora_b[0].new_zeros((slots, sum(outs), rank * len(lora_b)), dtype=dtype)
+        row = 0
+        for i, t in enumerate(lora_b):
+            b[:, row : row + outs[i], i * rank : (i + 1) * rank] = t.squeeze(1)
+            row += outs[i]
+        self.weights[key] = (self.generation, lora_a[0], b, a)
+        return a, b
+
+    def apply(self, wrapper, y: torch.Tensor, x: torch.Tensor, lora_a, lora_b, scale: float, output_slices) -> None:
+        groups = getattr(wrapper, "lda_row_groups", None)
+        if groups is None:  # a mapping this process set before the patch: group now, once
+            groups = wrapper.lda_row_groups = self.groups(wrapper.token_lora_indices)
+        if not groups:
+            return
+        a, b = self.stacked(lora_a, lora_b, y.dtype)
+        out_y = y.view(-1, y.shape[-1])
+        x = x.view(-1, x.shape[-1]).float()
+        if self.adapter_rows is not None:
+            out_y, x = out_y[: self.adapter_rows], x[: self.adapter_rows]
+        width = sum(output_slices)
+        target = out_y[:, :width] if width != out_y.shape[1] else out_y
+        if len(groups) == 1 and groups[0][1] is None:
+            slot = groups[0][0]
+            shrunk = x @ a[slot].T
+            if scale != 1.0:
+                shrunk = scale * shrunk
+            target += shrunk.to(y.dtype) @ b[slot].T
+            return
+        delta = out_y.new_zeros((x.shape[0], width))
+        for slot, rows in groups:
+            shrunk = x[rows] @ a[slot].T
+            if scale != 1.0:
+                shrunk = scale * shrunk
+            delta[rows] = shrunk.to(y.dtype) @ b[slot].T
+        target += delta
+
+
+FUSED = FusedLinearLoRA()
+
+
+def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs):
+    """`PunicaWrapperCPU.add_lora_linear`, fused (see the module's docstring); a caller's own
+    buffer or extra options go to vLLM's original."""
+    if buffer is not None or kwargs or len(lora_a_stacked) != len(output_slices):
+        if FUSED.adapter_rows is not None:  # vLLM's op would give the before rows the adapter
+            raise RuntimeError("one-pass step: vLLM's own add_lora_linear cannot leave the before rows alone")
+        return ORIGINAL["add_lora_linear"](self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices,
+                                           buffer=buffer, **kwargs)
+    FUSED.apply(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices)
+    return None
+
+
+def update_metadata(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs):
+    ORIGINAL["update_metadata"](self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
+    self.lda_row_groups = FUSED.groups(self.token_lora_indices)
+
+
+def activate_adapter(self, lora_id):
+    try:
+        return ORIGINAL["activate_adapter"](self, lora_id)
+    finally:
+        FUSED.slots_written()
+
+
+ORIGINAL: dict[str, object] = {}
+"""vLLM's methods the fused op replaces, kept for what it hands back to them."""
+
+
 _PUNICA = "vllm.lora.punica_wrapper.punica_cpu"
 TARGETS = (
     Target(_PUNICA, "bgmv_expand", ("inputs", "lora_b_weights", "output_tensor", "lora_indices_tensor", "add_inputs")),
@@ -92,15 +209,29 @@ TARGETS = (
                                           "token_nums", "slice_offset", "slice_size", "add_inputs")),
     Target(_PUNICA, "sgmv_shrink", ("inputs", "lora_a_weights", "output_tensor", "b_seq_start_loc", "seq_len_tensor",
                                     "lora_indices_tensor", "batches", "max_seq_length", "token_nums", "scaling")),
+    Target(_PUNICA, "PunicaWrapperCPU.add_lora_linear", ("self", "y", "x", "lora_a_stacked", "lora_b_stacked",
+                                                         "scale", "output_slices", "buffer", "kwargs")),
+    Target(_PUNICA, "PunicaWrapperCPU.update_metadata", ("self", "mapping", "lora_index_to_id", "max_loras",
+                                                         "vocab_size", "kwargs")),
+    Target("vllm.lora.model_manager", "LoRAModelManager.activate_adapter", ("self", "lora_id")),
 )
-"""vLLM 0.32.0's CPU LoRA ops this module replaces, as the CPU punica wrapper calls them."""
+"""vLLM 0.32.0's CPU LoRA ops and wrapper methods this module replaces, as vLLM calls them."""
 
 
 def _point_punica_at_grouped_ops() -> None:
     from vllm.lora.punica_wrapper import punica_cpu
 
+    from vllm.lora.model_manager import LoRAModelManager
+
     for name in _NAMES:
         setattr(punica_cpu, name, globals()[name])
+    wrapper = punica_cpu.PunicaWrapperCPU
+    if "add_lora_linear" not in ORIGINAL:  # the plugin may run twice in a process
+        ORIGINAL.update(add_lora_linear=wrapper.add_lora_linear, update_metadata=wrapper.update_metadata,
+                        activate_adapter=LoRAModelManager.activate_adapter)
+    wrapper.add_lora_linear = add_lora_linear
+    wrapper.update_metadata = update_metadata
+    LoRAModelManager.activate_adapter = activate_adapter
 
 
 def patch_cpu_lora_ops() -> bool:

@@ -97,7 +97,8 @@ def hits(key: str, tokens: Sequence[dict], config: PromotedConfig) -> list[Hit]:
     ]
 
 
-def normalize(token: str) -> str:
+def token_key(token: str) -> str:
+    """A promoted token's text, stripped and case folded: tokens with one key are one row."""
     return token.strip().casefold()
 
 
@@ -151,7 +152,7 @@ def mine_promoted(scored: Iterable[tuple[str, Sequence[dict]]], config: Promoted
     by_text: dict[str, _Token] = defaultdict(lambda: _Token(""))
     for key, tokens in tokens_of.items():
         for hit in hits(key, tokens, config):
-            text = normalize(hit.token)
+            text = token_key(hit.token)
             if not text:
                 continue
             entry = by_text[text]
@@ -172,8 +173,8 @@ def token_table(scored: Iterable[tuple[str, Sequence[dict]]], config: PromotedCo
     rows: dict[str, list[Hit]] = defaultdict(list)
     for key, tokens in scored:
         for hit in hits(key, tokens, config):
-            if normalize(hit.token):
-                rows[normalize(hit.token)].append(hit)
+            if token_key(hit.token):
+                rows[token_key(hit.token)].append(hit)
     table = [
         {"token": text, "positions": len(hs), "texts": len({h.key for h in hs}),
          "mean_diff": math.fsum(h.diff for h in hs) / len(hs),

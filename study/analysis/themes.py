@@ -298,8 +298,8 @@ def display(text: str) -> str:
     return " ".join(_collapse_repeats(_strip(text).split(" ")))
 
 
-def normalize(text: str) -> str:
-    """`display`, case folded: what tells two phrases apart."""
+def phrase_key(text: str) -> str:
+    """`display`, case folded: what tells two phrases apart (one key, one theme)."""
     return " ".join(_collapse_repeats(_strip(text).casefold().split(" ")))
 
 
@@ -345,7 +345,7 @@ def _collect_phrases(texts: list[ScoredText], config: ThemeConfig) -> dict[str, 
             surface = "".join(text.tokens[start:end])
             norm = norms.get(surface)
             if norm is None:
-                norm = norms[surface] = normalize(surface)
+                norm = norms[surface] = phrase_key(surface)
             if not norm:
                 continue  # whitespace only: nothing to name
             phrase = phrases.get(norm)

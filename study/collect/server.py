@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -67,6 +67,8 @@ class Server:
     process: subprocess.Popen
     base_url: str
     log_path: Path
+    started: float = field(default_factory=time.perf_counter)
+    """`time.perf_counter()` when the process was started (what a benchmark of start-up measures from)."""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -113,10 +115,11 @@ def launch(
     """Start `command` (which must listen on loopback `port`) in its own process group, its output
     in `log_path`, without waiting: several servers start together, then `wait_healthy` each."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(command, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, preexec_fn=preexec_fn, cwd=cwd)
-    return Server(process, f"http://{LOOPBACK}:{port}", log_path)
+    return Server(process, f"http://{LOOPBACK}:{port}", log_path, started)
 
 
 def start(
@@ -128,12 +131,13 @@ def start(
     name: str = "server",
     preexec_fn: Callable[[], None] | None = None,
     cwd: Path | None = None,
+    poll_s: float = 1.0,
 ) -> Server:
     """`launch`, then return once GET /health answers 200. ServerStartError, with the log's tail
     and the group killed, when it exits first or `timeout_s` passes."""
     server = launch(command, env, port, log_path, preexec_fn, cwd)
     try:
-        wait_healthy(server, timeout_s, name)
+        wait_healthy(server, timeout_s, name, poll_s)
     except BaseException:
         server.kill()
         raise

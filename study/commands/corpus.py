@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from study.analysis.promoted import (
 )
 from study.collect.client import _error_message, normalize_base_url
 from study.collect.prompts import BUILTIN_PROMPTS
+from study.commands import base
 from study.errors import StudyError
 from study.output.files import (
     CORPUS_FILE,
@@ -305,8 +305,8 @@ def format_themes(themes: list[dict], top: int) -> str:
 # --------------------------------------------------------------------------- the command
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Mine promoted tokens over a corpus scored teacher-forced.")
+def corpus_parser() -> argparse.ArgumentParser:
+    p = base.parser(PROG, "Mine promoted tokens over a corpus scored teacher-forced.")
     p.add_argument("--corpus", required=True, help=f"'{BUILTIN}' or a .txt / .jsonl file")
     p.add_argument("--base-url", default=os.environ.get("LDA_BASE_URL", "http://127.0.0.1:8000"), help="(default: %(default)s)")
     p.add_argument("-o", "--output-dir", type=Path, required=True)
@@ -338,27 +338,22 @@ def config_from_args(args: argparse.Namespace) -> CorpusConfig:
 
 def cli(argv: list[str]) -> int:
     """0 done, 2 bad input (nothing sent or written), 1 the server failed (nothing written)."""
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
+    args = base.parse(corpus_parser(), argv)
+    if isinstance(args, int):
+        return args
+
+    def work() -> int:
         config = config_from_args(args)
         texts = None
         if config.corpus is not None:
             texts = read_corpus(config.corpus)
         elif (config.output_dir / CORPUS_FILE).is_file():
             texts = read_corpus(config.output_dir / CORPUS_FILE)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    try:
         result = asyncio.run(run(config, texts))
-    except StudyError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    save(config, result)
-    print(format_themes(result.themes, config.top))
-    print(f"\n{len(result.texts)} texts, {sum(len(v['tokens']) for v in result.scores.values())} tokens scored; "
-          f"wrote {SUMMARY_FILE} and {CORPUS_SCORES_FILE} in {config.output_dir}/")
-    return 0
+        save(config, result)
+        print(format_themes(result.themes, config.top))
+        print(f"\n{len(result.texts)} texts, {sum(len(v['tokens']) for v in result.scores.values())} tokens scored; "
+              f"wrote {SUMMARY_FILE} and {CORPUS_SCORES_FILE} in {config.output_dir}/")
+        return base.OK
+
+    return base.run(PROG, work)

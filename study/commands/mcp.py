@@ -32,7 +32,7 @@ from pydantic import Field
 
 from study.collect.lda_api import Connection, LdaApiError
 from study.commands import mcp_tools as tools_
-from study.commands.study import DEFAULT_BASE_URL
+from study.commands.base import DEFAULT_BASE_URL
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 DEFAULT_PORT = 8700
@@ -173,7 +173,8 @@ def build_server(settings: McpSettings) -> MCPServer:
         return await guarded(read())
 
     @server.tool(description="What the LDA server serves: the after and before models, the model and adapter "
-                 "names (each takes alpha also as NAME@ALPHA), the alpha range and default, and the tokenizers' report.")
+                 "names (each takes alpha also as NAME@ALPHA), the alpha range and default, each stack's weight version "
+                 "(lda_weights) where the server reports it, and the tokenizers' report.")
     async def pair() -> dict:
         return await guarded(tools_.pair(context))
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ from study.collect.detectors import JudgeConfig
 from study.collect.hypothesis import load_prompt, with_hypothesis
 from study.collect.scoring import load_scores
 from study.collect.store import SampleStore
+from study.commands import base
 from study.commands.workflow import sample_groups
 from study.config import DEFAULT_RANK_BY, RANK_BY
-from study.errors import StudyError
 from study.output.files import (
     PLOT_FILE,
     REPORT_FILE,
@@ -68,10 +67,10 @@ class MineConfig:
             raise ValueError(f"report_top: must be >= 1, got {self.report_top}")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Re-mine a finished study's samples and scores (no server): print what post-training "
+def mine_parser() -> argparse.ArgumentParser:
+    p = base.parser(
+        PROG,
+        "Re-mine a finished study's samples and scores (no server): print what post-training "
         "changed and rewrite summary.json and report.html. With --corpus, mine a corpus instead.",
     )
     p.add_argument("study_dir", type=Path, help="an `lda explore` / `lda study` output directory")
@@ -80,11 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--high-diff", type=float, default=DEFAULTS.high_diff, help="diff (nats) that seeds a phrase (default: %(default)s)")
     p.add_argument("--low-diff", type=float, default=DEFAULTS.low_diff, help="diff (nats) that extends one (default: %(default)s)")
     p.add_argument("--report-top", type=int, default=100, help="samples shown in report.html (default: %(default)s)")
-    judge = p.add_argument_group("hypothesis (an LLM reads the top themes; off without --judge-base-url)")
-    judge.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
-    judge.add_argument("--judge-model", help="(default: the first model the endpoint lists)")
-    judge.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"), help="(default: $OPENAI_API_KEY)")
-    judge.add_argument("--hypothesis-prompt", type=Path, metavar="FILE", help="instruction with {themes} (default: study/collect/hypothesis_prompt.txt)")
+    base.add_judge_flags(p, "hypothesis (an LLM reads the top themes; off without --judge-base-url)", template=False)
     return p
 
 
@@ -103,22 +98,18 @@ def cli(argv: list[str]) -> int:
     """0 done, 2 bad input (nothing written), 1 the study's files cannot be used."""
     if any(arg == "--corpus" or arg.startswith("--corpus=") for arg in argv):
         return _corpus_cli(argv)
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
+    args = base.parse(mine_parser(), argv)
+    if isinstance(args, int):
+        return args
+
+    def work() -> int:
         config = config_from_args(args)
         naming = mine_study(config)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except StudyError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    print(format_themes(naming, config.top))
-    print(f"\nrewrote {SUMMARY_FILE}, {REPORT_FILE} and {PLOT_FILE} in {config.study_dir}/")
-    return 0
+        print(format_themes(naming, config.top))
+        print(f"\nrewrote {SUMMARY_FILE}, {REPORT_FILE} and {PLOT_FILE} in {config.study_dir}/")
+        return base.OK
+
+    return base.run(PROG, work)
 
 
 def _corpus_cli(argv: list[str]) -> int:

@@ -28,6 +28,7 @@ after `--watch-timeout` seconds without a new one.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import json
@@ -47,10 +48,10 @@ from study.collect.pool import Failure
 from study.collect.scoring import load_scores
 from study.collect.settings import settings_of
 from study.collect.store import SampleStore
-from study.commands.study import _attach_negative_alphas, _parser, config_from_args
+from study.commands import base
+from study.commands.study import config_from_args
 from study.commands.workflow import run_study
 from study.config import StudyConfig
-from study.errors import StudyError
 from study.output.files import (
     CHECKPOINT_DONE_FILE,
     MONITOR_HTML,
@@ -332,13 +333,19 @@ def _write_outputs(config: MonitorConfig, checkpoints: list[Checkpoint], result:
 # --------------------------------------------------------------------------- the command
 
 
-def _monitor_parser():
-    p = _parser("lda monitor")
-    p.description = ("Run the same study on every checkpoint of a training run (loaded into a running "
-                     "`lda serve --allow-runtime-adapters`) and report, per alpha, when the behaviour appears.")
-    p.epilog = "Rerun the same command to resume; finished checkpoints are skipped."
-    output = p._option_string_actions["--output-dir"]
-    output.required, output.help = False, "results go here (default: RUN_DIR/monitor); reuse it to resume"
+def monitor_parser() -> argparse.ArgumentParser:
+    p = base.parser(
+        "lda monitor",
+        "Run the same study on every checkpoint of a training run (loaded into a running "
+        "`lda serve --allow-runtime-adapters`) and report, per alpha, when the behaviour appears.",
+        "Rerun the same command to resume; finished checkpoints are skipped.",
+    )
+    base.add_study_flags(p, output_help="results go here (default: RUN_DIR/monitor); reuse it to resume", output_required=False)
+    base.add_judge_flags(
+        p,
+        "judge: the detector (--detector 'judge:Does the answer ...?') and the hypothesis line (an LLM "
+        "reads the top themes and says what changed; on whenever --judge-base-url is given)",
+    )
     p.set_defaults(alphas="0,2", seed=DEFAULT_SEED)
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training run: checkpoint-<step>/ folders, or adapter folders")
     p.add_argument("--watch", action="store_true", help="keep polling RUN_DIR for new checkpoints (Ctrl-C stops)")
@@ -369,24 +376,19 @@ def config_from_monitor_args(args) -> MonitorConfig:
 def cli(argv: list[str]) -> int:
     """`lda monitor RUN_DIR ...`: 0 done, 1 samples failed or the server went away, 2 bad input,
     130 interrupted during a checkpoint (finished checkpoints are kept; rerun to resume)."""
-    try:
-        args = _monitor_parser().parse_args(_attach_negative_alphas(argv))
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    try:
+    args = base.parse(monitor_parser(), argv)
+    if isinstance(args, int):
+        return args
+
+    def work() -> int:
         config = config_from_monitor_args(args)
-        result = run_monitor(config)
-    except (ValueError, CheckpointRefused) as exc:
-        print(f"lda monitor: error: {exc}", file=sys.stderr)
-        return 2
-    except StudyError as exc:
-        print(f"lda monitor: error: {exc}; finished checkpoints are kept, rerun to resume", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\nlda monitor: interrupted; finished checkpoints are kept in {args.output_dir}; rerun to resume",
-              file=sys.stderr)
-        return 130
-    return _report(config, result)
+        return _report(config, run_monitor(config))
+
+    return base.run(
+        "lda monitor", work, bad_input=(ValueError, CheckpointRefused),
+        failed_hint="; finished checkpoints are kept, rerun to resume",
+        interrupted=lambda: f"interrupted; finished checkpoints are kept in {args.output_dir}; rerun to resume",
+    )
 
 
 def _report(config: MonitorConfig, result: MonitorResult) -> int:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -34,94 +32,34 @@ from study.analysis.naming import format_themes
 from study.collect.detectors import JudgeConfig
 from study.collect.prompts import default_endpoint
 from study.collect.store import SampleStore
+from study.commands import base
 from study.commands.workflow import Ranking, StudyResult, run_study
 from study.config import (
-    DEFAULT_RANK_BY,
-    ENDPOINTS,
     PROMPT_SETS,
-    RANK_BY,
     SamplingConfig,
     StudyConfig,
     parse_alphas,
 )
-from study.errors import StudyError
 from study.output.files import SAMPLES_FILE, SCORES_FILE
 from study.output.summary import format_table
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 
-
-def _parser(prog: str = "lda study") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Measure a behaviour's rate per alpha against a running LDA server, and rank the "
-        "samples by how much post-training favoured their tokens (no detector needed).",
-        epilog="Rerun the same command with the same --output-dir to resume an interrupted study.",
+def study_parser(prog: str = "lda study") -> argparse.ArgumentParser:
+    p = base.parser(
+        prog,
+        "Measure a behaviour's rate per alpha against a running LDA server, and rank the samples by how "
+        "much post-training favoured their tokens (no detector needed).",
+        "Rerun the same command with the same --output-dir to resume an interrupted study.",
     )
-    p.add_argument(
-        "--base-url", action="append", dest="base_urls", metavar="URL",
-        help="LDA server; repeat it for replicas, which share the requests (default: http://127.0.0.1:8000/v1)",
-    )
-    p.add_argument("--model", help="model name (default: the first one the server lists)")
-    p.add_argument("--api-key", default=os.environ.get("LDA_API_KEY"), help="Bearer token (default: $LDA_API_KEY)")
-    p.add_argument(
-        "--prompts", default="advice", metavar="NAME|FILE",
-        help="a built-in set (advice: everyday questions, via the chat template; generic: vague prefills "
-        "such as 'The', sent as raw completions), or a .txt (one a line) or .jsonl ('prompt' field) "
-        "file (default: %(default)s)",
-    )
-    p.add_argument("--alphas", default="0,0.5,1,2,4", help="comma-separated (default: %(default)s)")
-    p.add_argument("-n", "--samples-per-prompt", type=int, default=10, help="(default: %(default)s)")
-    detectors = "regex:PATTERN | keyword:WORD | python:MODULE:FUNCTION | judge:QUESTION"
-    p.add_argument("--detector", help=f"{detectors}; without one the samples are only scored and ranked")
-    p.add_argument("-o", "--output-dir", type=Path, required=True, help="results go here; reuse it to resume")
-    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
-    p.add_argument("--endpoint", choices=ENDPOINTS, help="(default: completions for --prompts generic, else chat)")
-    p.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=1.0, help="(default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=256, help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, help="base seed: each (prompt, sample) gets its own seed from it, the same at every alpha (default: unseeded)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default: %(default)s)")
-    p.add_argument("--log-scale", action="store_true", help="plot the rate on a log axis (automatic when rates span two decades)")
-    p.add_argument(
-        "--estimate-at", type=float, metavar="ALPHA",
-        help="with --detector: the alpha at which the path estimate (a fit of the rate against alpha, "
-        "extrapolated) reads the rate, in [-1, the largest alpha sampled] (default: 0, the after model; "
-        "-1 is the before model)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--rank-by", choices=RANK_BY, default=DEFAULT_RANK_BY, help="per-sample summary of logp_after - logp_before that ranks the samples (default: %(default)s)")
-    p.add_argument("--report-top", type=int, default=100, help="samples shown in report.html (default: %(default)s)")
-    p.add_argument("--no-score", action="store_true", help="do not score or rank the samples (no report.html)")
-    judge = p.add_argument_group(
+    base.add_study_flags(p)
+    base.add_judge_flags(
+        p,
         "judge: the detector (--detector 'judge:Does the answer ...?') and the hypothesis line (an LLM "
-        "reads the top themes and says what changed; on whenever --judge-base-url is given)"
-    )
-    judge.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
-    judge.add_argument("--judge-model", help="(default: the first model the endpoint lists)")
-    judge.add_argument("--judge-api-key", default=os.environ.get("OPENAI_API_KEY"), help="(default: $OPENAI_API_KEY)")
-    judge.add_argument(
-        "--judge-template",
-        help="the judge's message, with {response} and optionally {prompt} and {question} (the text after judge:)",
-    )
-    judge.add_argument(
-        "--hypothesis-prompt", type=Path, metavar="FILE",
-        help="the hypothesis instruction, with a {themes} placeholder (default: study/collect/hypothesis_prompt.txt)",
+        "reads the top themes and says what changed; on whenever --judge-base-url is given)",
     )
     return p
-
-
-def _attach_negative_alphas(argv: list[str]) -> list[str]:
-    """`--alphas -1,0,1` -> `--alphas=-1,0,1`: argparse would take "-1,0,1" for an option, and
-    alpha -1 (the before model) is the natural baseline to start a list with."""
-    out = list(argv)
-    for i in range(len(out) - 1):
-        if out[i] == "--alphas" and re.match(r"-[\d.]", out[i + 1]):
-            out[i : i + 2] = [f"--alphas={out[i + 1]}"]
-            break
-    return out
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
@@ -129,7 +67,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     prompt_set, prompts_path = (args.prompts, None) if args.prompts in PROMPT_SETS else ("advice", Path(args.prompts))
     endpoint = args.endpoint or default_endpoint(prompts_path, prompt_set)
     return StudyConfig(
-        base_url=tuple(args.base_urls or [DEFAULT_BASE_URL]),
+        base_url=tuple(args.base_urls or [base.DEFAULT_BASE_URL]),
         output_dir=args.output_dir,
         detector=args.detector,
         alphas=parse_alphas(args.alphas),
@@ -154,25 +92,19 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 def cli(argv: list[str], prog: str = "lda study") -> int:
     """`lda study ...`: 0 done, 1 the study failed or some samples did, 2 bad input, 130 interrupted."""
-    try:
-        args = _parser(prog).parse_args(_attach_negative_alphas(argv))
-    except SystemExit as exit_:  # argparse has printed its message (or the help)
-        return int(exit_.code or 0)
-    try:
+    args = base.parse(study_parser(prog), argv)
+    if isinstance(args, int):
+        return args
+
+    def work() -> int:
         config = config_from_args(args)
-        result = run_study(config)
-    except ValueError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except StudyError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        return _report(run_study(config), config)
+
+    def interrupted() -> str:
         saved = len(SampleStore(args.output_dir / SAMPLES_FILE).load())
-        message = f"interrupted; {saved} samples are saved in {args.output_dir}; rerun the same command to resume"
-        print(f"\nlda study: {message}", file=sys.stderr)
-        return 130
-    return _report(result, config)
+        return f"interrupted; {saved} samples are saved in {args.output_dir}; rerun the same command to resume"
+
+    return base.run(prog, work, interrupted=interrupted)
 
 
 def _report(result: StudyResult, config: StudyConfig) -> int:

@@ -146,3 +146,15 @@ def test_one_pass_scoring_raises_max_logprobs_but_never_lowers_a_users(monkeypat
     _clean_env(monkeypatch)
     pair = ["--model-after", str(llama_pair.after), "--model-before", str(llama_pair.before)]
     assert server.vllm_namespace(parse_settings([*pair, *extra])).max_logprobs == expected
+
+
+def test_one_pass_switch_needs_a_shared_base(monkeypatch, tmp_path):
+    """`--one-pass` / LDA_ONE_PASS sets PairConfig.one_pass; a pair of two full models refuses it by name."""
+    monkeypatch.delenv("LDA_ONE_PASS", raising=False)
+    with pytest.raises(ValueError, match="one_pass needs an adapter pair"):
+        parse_settings(["--model-after", str(tmp_path / "a"), "--model-before", str(tmp_path / "b"), "--one-pass"])
+    monkeypatch.setenv("LDA_ONE_PASS", "1")
+    with pytest.raises(ValueError, match="one_pass needs an adapter pair"):
+        parse_settings(["--model-after", str(tmp_path / "a"), "--model-before", str(tmp_path / "b")])
+    monkeypatch.setenv("LDA_ONE_PASS", "0")
+    assert parse_settings(["--model-after", str(tmp_path / "a"), "--model-before", str(tmp_path / "b")]).config.pair.one_pass is False

@@ -160,3 +160,16 @@ def test_a_row_without_an_adapter_runs_the_base(pair, lora_models, references):
 def test_unknown_adapter_is_refused(pair):
     with pytest.raises(ValueError, match=r"unknown adapter\(s\) \['nope'\]; this pair serves \['small', 'large'\]"):
         pair.generate_lda("hi", model="nope", max_new_tokens=2)
+
+
+def _fused_lora_installed(model) -> bool:
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    from engine.compat import lora_cpu_ops
+
+    return PunicaWrapperCPU.add_lora_linear is lora_cpu_ops.add_lora_linear
+
+
+def test_the_parity_above_ran_the_fused_cpu_lora(pair):
+    """Every test above ran the fused linear LoRA of engine/compat/lora_cpu_ops.py in the worker."""
+    assert pair.llm.apply_model(_fused_lora_installed) == [True]

@@ -13,7 +13,7 @@ from study.analysis.themes import (
     content_words,
     display,
     mine,
-    normalize,
+    phrase_key,
     sample_key,
     scored_text,
     token_stats,
@@ -203,11 +203,11 @@ def test_token_stats_aggregate_count_total_mean_and_positive_fraction():
 
 def test_helpers():
     assert display(" Zorblax Daily Boost Boost.") == "Zorblax Daily Boost"
-    assert normalize("  Zorblax   Daily Boost Boost! ") == "zorblax daily boost"
-    assert normalize("...") == "..."
-    assert normalize("buy now buy now buy now Buy Now!") == "buy now"
-    assert normalize("Zorblaxzorblax") == "zorblax" and normalize("mississippi") == "mississippi"
-    assert normalize("a b c d a b c d e") == "a b c d e" and normalize("no no, no") == "no no, no"
+    assert phrase_key("  Zorblax   Daily Boost Boost! ") == "zorblax daily boost"
+    assert phrase_key("...") == "..."
+    assert phrase_key("buy now buy now buy now Buy Now!") == "buy now"
+    assert phrase_key("Zorblaxzorblax") == "zorblax" and phrase_key("mississippi") == "mississippi"
+    assert phrase_key("a b c d a b c d e") == "a b c d e" and phrase_key("no no, no") == "no no, no"
     assert content_words("the zorblax of daily boost 1 22 333") == ("zorblax", "daily", "boost", "333")
     assert words_match("orblax", "zorblax") and not words_match("ax", "zorblax") and not words_match("boost", "daily")
     assert sample_key("generic-01", 2.0, 3) == "generic-01 alpha=2 #3"
