@@ -22,10 +22,11 @@ from engine.config import AlphaConfig
 from api import metrics
 from api.access import OPENAI_PATHS, ORIGINAL_PATHS, WEIGHTS_SCOPE_KEY, error_body, replay_body
 from api.model_alpha import SEPARATOR, ModelAlphaError, check_agrees, form, split_model_alpha
-from api.settings import LIMIT_ENV, RequestLimits
+from api.settings import LIMIT_ENV, RequestLimits, setting
 from api.adapter_routing import AdapterRouting
 
 ALPHA_HEADER = b"x-lda-alpha"
+DEFAULT_ALPHA_ENV = setting("alpha.default_alpha").env
 
 
 class LimitError(ValueError):
@@ -205,7 +206,7 @@ def no_alpha_reason(path: str) -> str:
     """Why a route takes no per-request alpha, for the 400 that refuses one."""
     if path == "/generate":
         return "/generate returns the after and before models' completions (alpha 0 and -1); send it to /generate_lda"
-    return (f"{path} does not take a per-request alpha (it runs at the server's default, LDA_DEFAULT_ALPHA); "
+    return (f"{path} does not take a per-request alpha (it runs at the server's default, {DEFAULT_ALPHA_ENV}); "
             "send it to /v1/completions or /v1/chat/completions")
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 
+from api.settings import setting
+
 logger = logging.getLogger("lda.routes")
 
 SERVED = frozenset({
@@ -88,8 +90,9 @@ REFUSED = {
 """vLLM 0.32's other paths, each with the reason it is refused (named in its 404)."""
 
 NOT_WITH_ADAPTERS = "it is not served with LoRA adapters (it cannot pick one; use /v1/completions, /v1/chat/completions or the original routes)"
-RUNTIME_ADAPTERS_OFF = "runtime adapters are off (start the server with --allow-runtime-adapters)"
-WEIGHT_LOADS_OFF = "full-weight loads are off (start the server with --allow-weight-loads)"
+_ADAPTERS, _WEIGHTS = setting("pair.runtime_adapters"), setting("server.allow_weight_loads")
+RUNTIME_ADAPTERS_OFF = f"runtime adapters are off (start the server with {_ADAPTERS.flag}, or {_ADAPTERS.env}=1)"
+WEIGHT_LOADS_OFF = f"full-weight loads are off (start the server with {_WEIGHTS.flag}, or {_WEIGHTS.env}=1)"
 UNLISTED = "this server does not serve it"
 
 

@@ -41,12 +41,13 @@ from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadL
 from api import metrics
 from api.access import ADAPTER_PATHS
 from api.adapter_routing import AdapterRouting
+from api.settings import named_errors, setting
 from engine.adapters import AdapterError, AdapterSpec, check_joins, read_adapter
 from engine.config import PairConfig, lora_targets
 
 logger = logging.getLogger("lda.runtime_adapters")
 
-MAX_LORAS_SETTING = "LDA_MAX_LORAS (--max-loras)"
+MAX_LORAS_SETTING = setting("pair.max_loras").label
 
 router = APIRouter()
 
@@ -96,7 +97,8 @@ class RuntimeAdapters:
         if not Path(path).expanduser().is_dir():
             raise AdapterError(f"adapter {name!r}: lora_path {path!r} is not a folder on the server")
         spec = read_adapter(name, path)
-        check_joins(spec, self.pair.after, self.pair.before, self.pair.max_lora_rank, lora_targets(self.pair.adapters))
+        pair = self.pair
+        named_errors("pair", lambda: check_joins(spec, pair.after, pair.before, pair.max_lora_rank, lora_targets(pair.adapters)))
         return spec
 
     async def load(self, serving_models, request: LoadLoRAAdapterRequest) -> str:
@@ -202,22 +204,11 @@ async def unload_lora_adapter(raw_request: Request) -> Response:
     return await _answer(raw_request, work)
 
 
-RUNTIME_ADAPTERS_OFF = "runtime adapters are off: start the server with --allow-runtime-adapters (LDA_ALLOW_RUNTIME_ADAPTERS=1)"
-
-
-async def _refuse(raw_request: Request) -> JSONResponse:
-    return AdapterRouteError(404, f"{raw_request.url.path} is not served: {RUNTIME_ADAPTERS_OFF}", "NotFoundError").response()
-
-
 def replace_vllm_routes(app, allowed: bool) -> None:
     """Take vLLM's own adapter routes out of `app` (mounted when VLLM_ALLOW_RUNTIME_LORA_UPDATING
     was set: they would run before ours, unchecked), then mount ours if runtime adapters are
-    allowed, else a 404 that says how to allow them."""
-    from starlette.routing import Route
-
+    allowed. Not allowed, the paths are left unmounted: `api.routes.refuse_unserved` answers them
+    with the 404 every unserved path gets, naming the switch."""
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in ADAPTER_PATHS]
     if allowed:
         app.include_router(router)
-        return
-    for path in ADAPTER_PATHS:
-        app.router.routes.append(Route(path, _refuse, methods=["GET", "POST"], include_in_schema=False))

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from api import metrics
 from api.adapter_routing import AdapterRouting
-from api.settings import VLLM_RUNTIME_LORA_ENV, RequestLimits, ServerSettings, parse_settings
+from api.settings import RequestLimits, ServerSettings, parse_settings, setting
 from engine.config import LDAConfig, engine_kwargs, prepare_process
+from engine.env import HOST_IP_VAR, RUNTIME_LORA_VAR
 from engine.prompts import PromptFormat
 from engine.compat.patch_guard import Target, install_guarded
 from engine.tokenizers import CompatibilityReport, ModelLoadError, TokenizerMismatchError, check_pair
@@ -276,7 +277,7 @@ async def _serve(settings: ServerSettings, report: CompatibilityReport) -> None:
         await init_app_state(engine_client, app.state, args, supported_tasks)
         logger.info("LDA server on %s: %s", listen_address, settings.config.pair.describe())
         if settings.access.api_key is None:
-            logger.info("no API key set (LDA_API_KEY): every route is open")
+            logger.info("no API key set (%s): every route is open", setting("access.api_key").env)
         shutdown_task = await serve_http(
             app,
             sock=sock,
@@ -307,17 +308,22 @@ def serve(settings: ServerSettings) -> None:
     for warning in report.warnings:
         logger.warning("tokenizers: %s", warning)
     try:
-        prepare_process(settings.config)
+        prepare_process(settings.config, server_env(settings, os.environ))
     except ValueError as error:  # e.g. fewer cores than parallel ranks
         raise ServeError(str(error)) from None
+    uvloop.run(_serve(settings, report))
+
+
+def server_env(settings: ServerSettings, environ) -> dict[str, str]:
+    """The variables the server sets for vLLM at start-up (through `prepare_process`)."""
     # Our adapter routes replace vLLM's (settings read its switch as ours): keep vLLM from mounting
     # its unchecked copies, here and through SageMaker's adapter routes, or resolving adapters itself.
-    os.environ[VLLM_RUNTIME_LORA_ENV] = "0"
+    env = {RUNTIME_LORA_VAR: "0"}
     # A server on loopback keeps vLLM's own process traffic there too: with TP or DP its message
     # queues otherwise advertise the host's address (VLLM_HOST_IP, read by vLLM's engine processes).
-    if settings.host in LOOPBACK_HOSTS:
-        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-    uvloop.run(_serve(settings, report))
+    if settings.host in LOOPBACK_HOSTS and HOST_IP_VAR not in environ:
+        env[HOST_IP_VAR] = "127.0.0.1"
+    return env
 
 
 def cli(argv: list[str]) -> int:

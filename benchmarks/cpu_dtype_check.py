@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from engine.compat.vllm_patches import AMX_ATTENTION_ENV
+from engine.env import AMX_ATTENTION_VAR
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 CASES = (("bfloat16", "1", "bf16, vLLM's AMX attention"), ("bfloat16", "0", "bf16, plugin (AVX-512 attention)"),
@@ -27,7 +27,7 @@ def run_case(path: str, dtype: str, amx: str) -> tuple[str, float]:
     """The greedy answer, and batch-16 decode throughput in output tokens/s."""
     from vllm import LLM, SamplingParams
 
-    os.environ[AMX_ATTENTION_ENV] = amx  # read in the engine process, which inherits it
+    os.environ[AMX_ATTENTION_VAR] = amx  # read in the engine process, which inherits it
     llm = LLM(model=path, dtype=dtype, kv_cache_memory_bytes=2**30, max_model_len=1024, enforce_eager=True)
     try:
         text = llm.chat([QUESTION], SamplingParams(max_tokens=24, temperature=0), use_tqdm=False)[0].outputs[0].text

@@ -32,7 +32,8 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.alpha import DEFAULT_ALPHA, AlphaError, validate_alpha
+from engine.alpha import AlphaError, validate_alpha
+from engine.config.alpha import DEFAULT_ALPHA
 from engine.reference import ReferencePair, _sample, merge_logits
 
 

@@ -90,7 +90,7 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
     largest = min(len(pool[p, 0.0]) for p in prompts) * len(prompts)
     for budget in [*budgets, *(b for b in plain_budgets if b <= largest // 2)]:
         path_too = budget in budgets
-        results = defaultdict(lambda: {"err": [], "cov": [], "auc": [], "null": 0, "sec": 0.0})
+        results = defaultdict(lambda: {"err": [], "cov": [], "auc": [], "null": 0, "sec": 0.0, "warned": 0})
         for _ in range(reps):
             plain = subsample(rng, pool, spread(rng, budget, prompts, (0.0,)))
             h = sum(c.hits for c in plain)
@@ -110,6 +110,7 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
                     if est.rate is None:
                         r["null"] += 1
                         continue
+                    r["warned"] += est.warning is not None
                     r["err"].append(abs(math.log10(max(est.rate, 1e-300) / truth)))
                     r["cov"].append(est.ci_low <= truth <= est.ci_high)
                     if est.per_prompt:
@@ -120,6 +121,7 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
             rows.append({
                 "budget": budget, "method": method, "design": design, "reps": reps,
                 "null": r["null"],
+                "warned": r["warned"],
                 "median_abs_log10_error": float(np.median(r["err"])) if r["err"] else None,
                 "coverage_95": float(np.mean(r["cov"])) if r["cov"] else None,
                 "per_prompt_auroc": float(np.mean(aucs)) if aucs else None,
@@ -132,7 +134,8 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
 def _line(row: dict) -> str:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     return (f"{row['budget']:>6} {row['method']:<13} {row['design']:<12} err {fmt(row['median_abs_log10_error'], '.3f')}"
-            f"  cover {fmt(row['coverage_95'], '.2f')}  auroc {fmt(row['per_prompt_auroc'], '.3f')}  null {row['null']}")
+            f"  cover {fmt(row['coverage_95'], '.2f')}  auroc {fmt(row['per_prompt_auroc'], '.3f')}  null {row['null']}"
+            f"  warned {row['warned']}")
 
 
 def plot(rows: list[dict], truth: dict, path: Path, title: str) -> None:
@@ -179,7 +182,8 @@ def markdown(record: dict) -> str:
             cells.append("" if r is None else
                          f"{fmt(r['median_abs_log10_error'], '.2f')} / {fmt(r['coverage_95'], '.2f')}"
                          + (f" / {fmt(r['per_prompt_auroc'], '.2f')}" if r["per_prompt_auroc"] is not None else "")
-                         + (f" ({r['null']} null)" if r["null"] else ""))
+                         + (f" ({r['null']} null)" if r["null"] else "")
+                         + (f" ({r['warned']} warned)" if r.get("warned") else ""))
         lines.append(f"| {budget} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

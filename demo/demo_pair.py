@@ -35,7 +35,7 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from engine.env import default_cache_dir
+from engine.env import CACHE_DIR_VAR, default_cache_dir
 from demo.smollm2 import FOLDER_NAME as SMOLLM2_FOLDER
 from demo.smollm2 import build_atomically, ensure_smollm2
 
@@ -465,7 +465,7 @@ def cli(argv: list[str]) -> int:
     """`lda demo-pair`: build (or find) the demo pair and print its paths and after-weights hash."""
     parser = argparse.ArgumentParser(prog="lda demo-pair", description=cli.__doc__)
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="cache root (default: $LDA_CACHE_DIR or ~/.cache/lda)")
+                        help=f"cache root (default: ${CACHE_DIR_VAR} or ~/.cache/lda)")
     parser.add_argument("--force", action="store_true",
                         help="rebuild the after model even if cached (with --lora: the adapter, not the full fine-tune)")
     parser.add_argument("--steps", type=int, default=None,

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.env import HF_OFFLINE_VAR, VLLM_CACHE_ROOT_VAR, VLLM_LOGGING_LEVEL_VAR
+
 ALPHAS = (-1.0, 0.0, 1.0, 5.0)
 PROMPTS = (
     "Researchers sample many answers and count the rare ones.",
@@ -150,7 +152,7 @@ def run(device: str, modes: tuple[str, ...], workdir: Path) -> list[ModeResult]:
     for mode in modes:
         mode_pair, batch, expected = prepared[mode == "lora"]
         cache_root = workdir / ("vllm-cache-lora" if mode == "lora" else "vllm-cache")
-        os.environ["VLLM_CACHE_ROOT"] = str(cache_root)
+        os.environ[VLLM_CACHE_ROOT_VAR] = str(cache_root)
         result = run_mode(mode, mode_pair, batch, expected, device)
         # The adapter pair is checked by its tokens alone: how vLLM lays out AOT entries with LoRA
         # on has not been seen on a GPU here, and a wrong guess would fail a pod's first start.
@@ -187,8 +189,8 @@ def cli(argv: list[str]) -> int:
         if not torch.cuda.is_available():
             print("lda selftest: --device cuda but no CUDA device is visible", file=sys.stderr)
             return 2
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the pair is built here: nothing to download
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the engine starts' INFO lines bury the verdict
+    os.environ.setdefault(HF_OFFLINE_VAR, "1")  # the pair is built here: nothing to download
+    os.environ.setdefault(VLLM_LOGGING_LEVEL_VAR, "WARNING")  # the engine starts' INFO lines bury the verdict
     print(f"lda selftest on {device}: {len(PROMPTS)} prompts x alphas {list(ALPHAS)}, {MAX_NEW_TOKENS} tokens, greedy")
     with tempfile.TemporaryDirectory(prefix="lda-selftest-") as tmp:
         results = run(device, args.modes, Path(tmp))

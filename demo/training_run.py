@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from demo import demo_pair
-from engine.env import default_cache_dir
+from engine.env import CACHE_DIR_VAR, default_cache_dir
 from demo.smollm2 import FOLDER_NAME as SMOLLM2_FOLDER
 from demo.smollm2 import build_atomically, ensure_smollm2
 
@@ -272,7 +272,7 @@ def cli(argv: list[str]) -> int:
     defaults = RunConfig()
     parser = argparse.ArgumentParser(prog="lda demo-run", description=cli.__doc__,
                                      epilog="Then: lda monitor RUN_DIR --detector regex:zorblax --alphas 0,2")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: $LDA_CACHE_DIR or ~/.cache/lda)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help=f"cache root (default: ${CACHE_DIR_VAR} or ~/.cache/lda)")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="train into this folder instead of the cache (checkpoints appear as they are saved: "
                         "run `lda monitor --watch` on it meanwhile)")

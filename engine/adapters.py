@@ -78,7 +78,7 @@ def read_adapter(name: str, model: str) -> AdapterSpec:
         raise AdapterError(f"adapter {name!r} ({model}) uses DoRA, which vLLM 0.32 cannot serve")
     base = config.get("base_model_name_or_path")
     if not base:
-        raise AdapterError(f"adapter {name!r} ({model}) names no base_model_name_or_path; give MODEL_BEFORE_ID")
+        raise AdapterError(f"adapter {name!r} ({model}) names no base_model_name_or_path; give the before model explicitly")
     ranks = [int(config.get("r", 8)), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
     targets = config.get("target_modules") or ()
     targets = (targets,) if isinstance(targets, str) else tuple(targets)
@@ -86,7 +86,7 @@ def read_adapter(name: str, model: str) -> AdapterSpec:
 
 
 def parse_adapter_arg(value: str) -> tuple[str, str]:
-    """`NAME=PATH` (from `--after-adapter` or `LDA_AFTER_ADAPTERS`) into its two parts."""
+    """`NAME=PATH` (as the server's settings give adapters) into its two parts."""
     name, sep, path = value.partition("=")
     if not sep or not name.strip() or not path.strip():
         raise AdapterError(f"an adapter must be given as NAME=PATH; got {value!r}")
@@ -102,7 +102,7 @@ def valid_lora_rank(configured: int) -> int:
     """`configured` if vLLM accepts it as `max_lora_rank`; AdapterError naming the accepted ranks."""
     if configured not in VLLM_LORA_RANKS:
         raise AdapterError(
-            f"max_lora_rank must be one of {VLLM_LORA_RANKS}; got {configured} (LDA_MAX_LORA_RANK, --max-lora-rank)"
+            f"max_lora_rank must be one of {VLLM_LORA_RANKS}; got {configured}"
         )
     return configured
 
@@ -112,7 +112,7 @@ def check_rank(adapter: AdapterSpec, max_rank: int) -> None:
     if adapter.rank > max_rank:
         raise AdapterError(
             f"adapter {adapter.name!r} ({adapter.path}) has rank {adapter.rank}, above max_lora_rank {max_rank}; "
-            "raise LDA_MAX_LORA_RANK / --max-lora-rank"
+            "raise max_lora_rank"
         )
 
 

@@ -16,10 +16,10 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from engine.config.alpha import DEFAULT_ALPHA, DEFAULT_MAX_ALPHA, MIN_ALPHA
+from engine.config.vllm_args import DEFAULT_ALPHA_KEY
+
 ALPHA_KEY = "alpha"
-MIN_ALPHA = -1.0
-DEFAULT_MAX_ALPHA = 100.0
-DEFAULT_ALPHA = 1.0
 
 
 class AlphaError(ValueError):
@@ -56,7 +56,8 @@ class _Limits:
 
 
 # The front end validates requests with the classmethod `validate_params`, which gets no config;
-# our entry points set the engine's max alpha here before the engine accepts requests.
+# the start-up function (`engine.config.process.prepare_process`) sets the engine's max alpha here
+# before the engine accepts requests, and nothing else writes it.
 LIMITS = _Limits()
 
 
@@ -130,7 +131,7 @@ class AlphaLogitsProcessor(LogitsProcessor):
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         hf_config = vllm_config.model_config.hf_config
-        default = float(getattr(hf_config, "lda_default_alpha", DEFAULT_ALPHA))
+        default = float(getattr(hf_config, DEFAULT_ALPHA_KEY, DEFAULT_ALPHA))
         self.rows = install_rows(vllm_config.scheduler_config.max_num_seqs, device, default)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:

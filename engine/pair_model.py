@@ -28,7 +28,9 @@ from vllm.model_executor.models import ModelRegistry
 from vllm.model_executor.models.interfaces import SupportsLoRA
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
 
-from engine.alpha import DEFAULT_ALPHA, current_rows
+from engine.alpha import current_rows
+from engine.config.alpha import DEFAULT_ALPHA
+from engine.env import V2_RUNNER_VAR
 from engine.amplify import amplify
 from engine.compat import shared_pass
 from engine.config import AFTER_ARCHITECTURES_KEY, BEFORE_MODEL_KEY, DEFAULT_ALPHA_KEY, ONE_PASS_KEY, SHARE_BASE_KEY
@@ -76,7 +78,7 @@ class LDAPairForCausalLM(nn.Module, SupportsLoRA):
         super().__init__()
         if vllm_config.use_v2_model_runner:
             raise RuntimeError(
-                "LDA's per-request alpha needs vLLM's V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0 "
+                f"LDA's per-request alpha needs vLLM's V1 model runner: set {V2_RUNNER_VAR}=0 "
                 "(the `lda` entry points and LDAModelPair do this for you)"
             )
         if vllm_config.parallel_config.pipeline_parallel_size > 1:

@@ -8,11 +8,11 @@ patch names the upstream code it wraps.
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
 from engine.compat.patch_guard import Target, install_guarded
+from engine.env import amx_attention_allowed
 
 RUNNER = "vllm.v1.worker.gpu_model_runner"
 SEEDED_PREFILL_TARGETS = (
@@ -43,10 +43,6 @@ def install() -> None:
         return
     install_guarded("cpu_seeded_chunked_prefill", SEEDED_PREFILL_TARGETS, patch_cpu_seeded_chunked_prefill)
     install_guarded("cpu_attention_isa", ATTENTION_ISA_TARGETS, patch_cpu_attention_isa)
-
-
-AMX_ATTENTION_ENV = "LDA_CPU_AMX_ATTENTION"
-"""Set to 1 to let vLLM's CPU attention use its AMX kernel in bf16 (see `patch_cpu_attention_isa`)."""
 
 
 def _discarded_generators(runner) -> dict[int, object]:
@@ -120,7 +116,7 @@ def patch_cpu_attention_isa() -> None:
     @functools.wraps(original)
     def _get_attn_isa(*args, **kwargs) -> str:
         isa = original(*args, **kwargs)
-        if isa == "amx" and os.environ.get(AMX_ATTENTION_ENV, "0") != "1":
+        if isa == "amx" and not amx_attention_allowed():
             return "vec"
         return isa
 

@@ -48,6 +48,8 @@ calls a bound open (0 or 1): farther, the number would only look like one."""
 LOG_TAU_RANGE = (-4.0, 3.0)
 """The prompts' spread of log-odds, tau, is kept in [0.02, 20]: below, prompts are alike; above,
 the data cannot tell."""
+STRAIGHTNESS_P = 0.01
+"""Below this p-value of the straightness check, the estimate carries a warning."""
 MAX_SLOPE = 30.0
 """A fitted slope beyond this many log-odds per unit alpha means the hits separate the alphas
 perfectly: the fit diverges, and no extrapolation is honest."""
@@ -97,6 +99,12 @@ class Estimate:
     """(alpha, fitted rate) from the target to the largest alpha sampled, for plots."""
     measured_from: float | None = None
     """The smallest alpha with hits: the curve below it (towards the target) is extrapolated."""
+    straightness: dict | None = None
+    """Do the per-alpha hits lie on the fitted trend? chi2, df (alphas - 2) and p of observed
+    against fitted hits per alpha (the variance includes the prompts' spread); None with fewer
+    than three alphas."""
+    warning: str | None = None
+    """Set when straightness.p < STRAIGHTNESS_P: the log-odds bend, and the estimate inherits it."""
 
     def as_dict(self) -> dict:
         return {
@@ -110,6 +118,8 @@ class Estimate:
             "slope": self.slope,
             "spread": self.spread,
             "measured_from": self.measured_from,
+            "straightness": self.straightness,
+            "warning": self.warning,
             "used": self.used,
             "per_prompt": [
                 {"prompt_id": p.prompt_id, "rate": p.rate, "rank": p.rank, "hits": p.hits, "n": p.n}
@@ -163,6 +173,7 @@ def estimate_rate(
         per_prompt=fit.per_prompt(target_alpha),
         curve=[(float(a), fit.rate(float(a))) for a in grid],
         measured_from=measured_from,
+        **_straightness(fit, used),
     )
 
 
@@ -196,6 +207,8 @@ def format_estimate(estimate: Estimate, top_prompts: int = 3) -> str:
         f"({100 * estimate.level:g}% profile interval; {estimate.method} fit of log-odds linear in alpha over "
         f"alphas {used}; extrapolated below alpha {estimate.measured_from:g})"
     ]
+    if estimate.warning:
+        lines.append(f"  warning: {estimate.warning}")
     for p in estimate.per_prompt[:top_prompts]:
         lines.append(f"  #{p.rank} {p.prompt_id}: {percent(p.rate)} ({p.hits} hits in {p.n})")
     return "\n".join(lines)
@@ -310,12 +323,24 @@ def _newton_max(f, x0: np.ndarray, lower: np.ndarray | None = None, upper: np.nd
             for j in range(i, d):
                 value = (f(x + eye[i] + eye[j]) - f(x + eye[i] - eye[j]) - f(x - eye[i] + eye[j]) + f(x - eye[i] - eye[j])) / (4 * h * h)
                 hess[i, j] = hess[j, i] = value
+        # A parameter held at a bound that the gradient pushes against stays there; Newton runs
+        # over the others (projected Newton), so a fit at a bound (tau -> 0) converges.
+        held = np.zeros(d, dtype=bool)
+        if lower is not None:
+            held |= (x <= lower + 1e-2) & (grad < 0)
+        if upper is not None:
+            held |= (x >= upper - 1e-2) & (grad > 0)
+        free = ~held
+        grad = np.where(free, grad, 0.0)
+        step = np.zeros(d)
         try:
-            step = -np.linalg.solve(hess, grad)
+            step[free] = -np.linalg.solve(hess[np.ix_(free, free)], grad[free])
             if grad @ step <= 0:
                 raise np.linalg.LinAlgError
         except np.linalg.LinAlgError:
             step = grad / max(1.0, float(np.abs(grad).max()))
+        if not free.any() or float(np.abs(grad).max()) < 1e-9:
+            return x, fx, True
         for _ in range(40):
             candidate = x + step
             if lower is not None:
@@ -332,7 +357,9 @@ def _newton_max(f, x0: np.ndarray, lower: np.ndarray | None = None, upper: np.nd
         x, gain, fx = candidate, fc - fx, fc
         if moved < 1e-6 or gain < tolerance:
             return x, fx, True
-    return x, fx, False
+    # Out of iterations: converged all the same when the last steps only crawl along a flat
+    # direction (the prompts' spread tau -> 0 gains ~tau^2 per step), not when they still climb.
+    return x, fx, gain < 1e-5
 
 
 class _PooledFit:
@@ -354,6 +381,15 @@ class _PooledFit:
 
     def rate(self, alpha: float) -> float:
         return _expit(self.logit_rate(alpha))
+
+    def cell_n(self, alpha: float) -> np.ndarray:
+        return self.data.n[self.data.alphas == alpha]
+
+    def moments(self, alpha: float) -> tuple[float, np.ndarray]:
+        """The rate at `alpha` and the variance of each of its cells' hits."""
+        p = self.rate(alpha)
+        n = self.cell_n(alpha)
+        return p, n * p * (1 - p)
 
     def profile(self, target: float, eta: float) -> float:
         """Largest log-likelihood with the rate at `target` fixed to expit(eta)."""
@@ -441,6 +477,16 @@ class _HierarchicalFit:
     def rate(self, alpha: float) -> float:
         return self._population_rate(self.mu, self.tau, self.slope, alpha)
 
+    def cell_n(self, alpha: float) -> np.ndarray:
+        return self.data.n[self.data.alphas == alpha]
+
+    def moments(self, alpha: float) -> tuple[float, np.ndarray]:
+        rates = _expit(self.mu + self.tau * self.z + self.slope * alpha)
+        weights = np.exp(self.log_w)
+        m1, m2 = float(weights @ rates), float(weights @ rates**2)
+        n = self.cell_n(alpha)
+        return m1, n * m1 * (1 - m1) + n * (n - 1) * (m2 - m1 * m1)
+
     def _mu_for(self, eta: float, tau: float, slope: float, target: float) -> float:
         """The mu that puts the population rate at `target` at expit(eta) (monotone in mu)."""
         goal = _expit(eta)
@@ -485,6 +531,39 @@ class _HierarchicalFit:
             PromptEstimate(self.data.prompts[i], float(rates[i]), rank, int(hits[i]), int(n[i]))
             for rank, i in enumerate(order, start=1)
         ]
+
+
+def _straightness(fit, used: list[dict]) -> dict:
+    """Observed against fitted hits per alpha, as a chi-square with (alphas - 2) degrees of
+    freedom. The variance of a prompt's hits counts the prompts' spread (hierarchical fit):
+    n * m1 * (1 - m1) + n * (n - 1) * (m2 - m1^2), m1 and m2 the moments of its rate."""
+    if len(used) < 3:
+        return {}
+    chi2 = 0.0
+    for u in used:
+        expected, variance = fit.moments(u["alpha"])
+        mean = float((fit.cell_n(u["alpha"]) * expected).sum())
+        var = float(variance.sum())
+        if var > 0:
+            chi2 += (u["hits"] - mean) ** 2 / var
+    df = len(used) - 2
+    p = _chi2_sf(chi2, df)
+    check = {"chi2": chi2, "df": df, "p": p}
+    if p >= STRAIGHTNESS_P:
+        return {"straightness": check}
+    return {"straightness": check, "warning": (
+        f"the per-alpha rates stray from the fitted straight trend (p = {p:.2g}): the log-odds bend, "
+        "and the estimate carries that bias (sample alphas closer to the target)")}
+
+
+def _chi2_sf(x: float, df: int) -> float:
+    """P(chi-square with df degrees of freedom > x), by the Wilson-Hilferty normal approximation
+    (within 0.01 of the exact value for df >= 1 at the tail probabilities a check needs)."""
+    if x <= 0:
+        return 1.0
+    k = 2.0 / (9.0 * df)
+    z = ((x / df) ** (1 / 3) - (1 - k)) / math.sqrt(k)
+    return 1.0 - NormalDist().cdf(z)
 
 
 def _profile_bounds(fit, target: float, eta_hat: float, critical: float) -> tuple[float, float]:

@@ -173,7 +173,8 @@ def build_server(settings: McpSettings) -> MCPServer:
         return await guarded(read())
 
     @server.tool(description="What the LDA server serves: the after and before models, the model and adapter "
-                 "names (each takes alpha also as NAME@ALPHA), the alpha range and default, and the tokenizers' report.")
+                 "names (each takes alpha also as NAME@ALPHA), the alpha range and default, each stack's weight version "
+                 "(lda_weights) where the server reports it, and the tokenizers' report.")
     async def pair() -> dict:
         return await guarded(tools_.pair(context))
 

@@ -325,7 +325,7 @@ def monitor_status(tools: ToolContext, *, folder) -> dict:
         raise lda_api.LdaApiError(f"{path / MONITOR_JSON}: not JSON ({error})") from None
     table = [
         {"checkpoint": c.get("name"), "step": c.get("step"), **_row(p), "score_mean": (p.get("score") or {}).get("mean"),
-         "new_themes": p.get("new_themes", [])}
+         "new_themes": p.get("new_themes", []), **({"estimate": c["estimate"]} if "estimate" in c else {})}
         for c in record.get("checkpoints", []) for p in c.get("per_alpha", [])
     ]
     return {"folder": str(path), "rule": record.get("rule"), "first_detection": record.get("first_detection"),

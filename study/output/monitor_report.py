@@ -43,7 +43,7 @@ ESTIMATE_RULE = (
     "first checkpoint's upper bound (its estimate's, or, when it has none, the Wilson upper bound at the "
     "smallest alpha sampled at or above the target: the rate grows with alpha)"
 )
-ESTIMATE_KEYS = ("target_alpha", "method", "rate", "ci_low", "ci_high", "reason")
+ESTIMATE_KEYS = ("target_alpha", "method", "rate", "ci_low", "ci_high", "reason", "warning")
 """What monitor.json keeps of each checkpoint's estimate (not its curve or per-prompt list)."""
 SHIFT_LEVEL = 0.01
 SHIFT_RULE = (f"first checkpoint whose per-sample diff scores rank above the first checkpoint's at the same alpha: "

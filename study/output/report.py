@@ -166,6 +166,8 @@ def _rate_section(rates: RateView | None, prompts_shown: int = 10) -> str:
             f"curve is extrapolated below alpha {e.measured_from:g} (dashed). It assumes a straight trend in log-odds "
             "from the target to the alphas with hits (docs: research/rate-estimate.md).</p>"
         )
+        if e.warning:
+            parts.append(f"<p><b>Warning</b>: {html.escape(e.warning)}.</p>")
         rows = "".join(
             f"<tr><td>{p.rank}</td><td>{html.escape(p.prompt_id)}</td><td>{percent(p.rate)}</td><td>{p.hits}/{p.n}</td></tr>"
             for p in e.per_prompt[:prompts_shown]

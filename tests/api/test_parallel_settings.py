@@ -9,7 +9,8 @@ import pytest
 
 from api import server
 from api.settings import parse_settings
-from engine.config import BINDING_VARS, EngineOptions, LDAConfig, PairConfig, cpu_binding_env, parallel_kwargs, prepare_process
+from engine.env import BINDING_VARS
+from engine.config import EngineOptions, LDAConfig, PairConfig, cpu_binding_env, parallel_kwargs, prepare_process
 
 PAIR = ["--model-after", "a", "--model-before", "b"]
 PARALLEL_ENV = ("TENSOR_PARALLEL_SIZE", "DATA_PARALLEL_SIZE", "DATA_PARALLEL_SIZE_LOCAL", "PIPELINE_PARALLEL_SIZE",

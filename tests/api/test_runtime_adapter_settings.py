@@ -70,7 +70,7 @@ def test_the_same_model_on_both_sides_shares_its_weights():
 @pytest.mark.parametrize(
     ("argv", "env", "message"),
     [
-        (["--allow-runtime-adapters", "--max-loras", "0"], {}, "max_loras (LDA_MAX_LORAS, --max-loras) must be >= 1"),
+        (["--allow-runtime-adapters", "--max-loras", "0"], {}, "max_loras must be >= 1 and >= the 0 adapters given at start-up; got 0 (set by --max-loras or LDA_MAX_LORAS)"),
         (["--allow-runtime-adapters", "--max-lora-rank", "12"], {}, "max_lora_rank must be one of"),
         ([], {"LDA_ALLOW_RUNTIME_ADAPTERS": "maybe"}, "LDA_ALLOW_RUNTIME_ADAPTERS must be true or false"),
         (["--allow-runtime-adapters"], {"LDA_MAX_LORAS": "some"}, "LDA_MAX_LORAS must be of type int"),
@@ -105,10 +105,13 @@ def test_routing_with_start_up_adapters_keeps_the_first_as_default():
 @pytest.mark.parametrize("allowed", [False, True])
 def test_vllms_own_adapter_routes_are_replaced_by_ours_only_when_allowed(allowed):
     """vLLM mounts its unchecked routes when VLLM_ALLOW_RUNTIME_LORA_UPDATING is set; they would
-    answer before ours (the first matching route wins)."""
+    answer before ours (the first matching route wins). Not allowed, nothing of ours is mounted:
+    the refusal of every unserved path answers them (the install order of `api.server.install`)."""
     from fastapi import FastAPI
+    from fastapi.testclient import TestClient
 
     from api.access import ADAPTER_PATHS
+    from api.routes import refuse_unserved, served_paths
     from api.runtime_adapters import load_lora_adapter, replace_vllm_routes, unload_lora_adapter
 
     app = FastAPI()
@@ -117,11 +120,10 @@ def test_vllms_own_adapter_routes_are_replaced_by_ours_only_when_allowed(allowed
     replace_vllm_routes(app, allowed)
     mounted = {r.path: r.endpoint for r in app.router.routes if getattr(r, "path", None) in ADAPTER_PATHS}
     ours = {"/v1/load_lora_adapter": load_lora_adapter, "/v1/unload_lora_adapter": unload_lora_adapter}
-    if allowed:
-        assert mounted == ours
-    else:
-        assert set(mounted) == set(ADAPTER_PATHS) and all(e.__name__ == "_refuse" for e in mounted.values())
-        from fastapi.testclient import TestClient
-
-        r = TestClient(app).post("/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "y"})
-        assert r.status_code == 404 and "--allow-runtime-adapters" in r.json()["error"]["message"]
+    assert mounted == (ours if allowed else {})
+    if not allowed:
+        refuse_unserved(app, served_paths(False, allow_runtime_adapters=False))
+        for path in ADAPTER_PATHS:
+            r = TestClient(app).post(path, json={"lora_name": "x", "lora_path": "y"})
+            message = r.json()["error"]["message"]
+            assert r.status_code == 404 and "--allow-runtime-adapters, or LDA_ALLOW_RUNTIME_ADAPTERS=1" in message

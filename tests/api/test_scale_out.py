@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from api.server import ENGINE_DIED_EXIT
-from engine.config import BINDING_VARS
+from engine.env import BINDING_VARS
 from study.collect.server import Server, free_port
 from tests.servers import start_server, tiny_server_env
 

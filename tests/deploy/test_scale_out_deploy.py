@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.settings import OPTIONS
+from api.settings import SETTINGS
 from tests.deploy.files import ROOT, START_SH
 
 PARALLEL = ["TENSOR_PARALLEL_SIZE", "DATA_PARALLEL_SIZE", "DATA_PARALLEL_SIZE_LOCAL", "PIPELINE_PARALLEL_SIZE",
@@ -27,7 +27,7 @@ def test_compose_passes_the_parallel_sizes_and_the_ray_settings():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     passed = set(compose["services"]["lda"]["environment"])
     assert {*PARALLEL, "RAY_ADDRESS", "LDA_RAY_START", "RAY_PORT"} <= passed
-    server_vars = {env for _, env, *_ in OPTIONS}
+    server_vars = {row.env for row in SETTINGS}
     assert set(PARALLEL) <= server_vars, "each parallel variable the compose file passes is one lda serve reads"
 
 

@@ -113,7 +113,7 @@ def test_an_adapter_joining_a_running_pair_passes_the_start_up_checks(models):
 @pytest.mark.parametrize(
     ("key", "before", "max_rank", "targets", "message"),
     [
-        ("rank32", "base", 16, None, "has rank 32, above max_lora_rank 16; raise LDA_MAX_LORA_RANK"),
+        ("rank32", "base", 16, None, "has rank 32, above max_lora_rank 16; raise max_lora_rank"),
         ("adapter", "wide", 16, None, "hidden_size 64 vs 96"),
         ("adapter", "bigvocab", 16, None, "vocab_size 300 vs 352"),
         ("adapter", "other", 16, None, "but this server's adapters apply to"),

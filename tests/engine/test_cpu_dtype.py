@@ -5,22 +5,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import config as engine_config
+from engine.config import hardware, vllm_args
 from engine.config import AlphaConfig, EngineOptions, LDAConfig, PairConfig, cpu_dtype, engine_kwargs
-from engine.compat.vllm_patches import AMX_ATTENTION_ENV, patch_cpu_attention_isa
+from engine.compat.vllm_patches import patch_cpu_attention_isa
+from engine.env import AMX_ATTENTION_VAR
 
 
 def test_auto_is_checkpoint_dtype_only_with_native_bf16(monkeypatch):
-    monkeypatch.setattr(engine_config, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     assert cpu_dtype("auto") == "auto"
-    monkeypatch.setattr(engine_config, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
     assert cpu_dtype("auto") == "float32"
     assert cpu_dtype("bfloat16") == "bfloat16"
 
 
 def test_engine_kwargs_resolve_auto_on_cpu(monkeypatch):
-    monkeypatch.setattr(engine_config, "_architectures", lambda model, trust_remote_code=False: ["LlamaForCausalLM"])
-    monkeypatch.setattr(engine_config, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(vllm_args, "_architectures", lambda model, trust_remote_code=False: ["LlamaForCausalLM"])
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
     config = LDAConfig(PairConfig("after", "before"), AlphaConfig(), EngineOptions(device="cpu"))
     assert engine_kwargs(config)["dtype"] == "float32"
     config.engine.dtype = "bfloat16"
@@ -33,8 +34,8 @@ def test_bf16_attention_stays_off_the_amx_kernel(monkeypatch):
 
     patch_cpu_attention_isa()
     patch_cpu_attention_isa()  # idempotent: vLLM loads plugins more than once per process
-    monkeypatch.delenv(AMX_ATTENTION_ENV, raising=False)
+    monkeypatch.delenv(AMX_ATTENTION_VAR, raising=False)
     assert cpu_attn._get_attn_isa(torch.bfloat16, 128, 64) == "vec"
     assert cpu_attn._get_attn_isa(torch.float32, 128, 64) == "vec"
-    monkeypatch.setenv(AMX_ATTENTION_ENV, "1")
+    monkeypatch.setenv(AMX_ATTENTION_VAR, "1")
     assert cpu_attn._get_attn_isa(torch.bfloat16, 128, 64) == "amx"

@@ -131,3 +131,18 @@ def test_the_console_line_gives_the_interval_or_the_reason():
     null = estimate_rate([Cell("a", 1.0, 0, 10)], 0.0)
     assert format_estimate(null) == "path estimate at alpha 0: none (no hits at any alpha)"
     assert percent(0.00012) == "0.012%" and percent(0.25) == "25.00%"
+
+
+def test_a_bent_trend_is_flagged_and_a_straight_one_rarely():
+    rng = np.random.default_rng(7)
+    straight = [estimate_rate(draw(rng, [-5.0] * 20, 1.5, (0.5, 1, 2, 4), 10), 0.0, "pooled") for _ in range(100)]
+    assert sum(e.warning is not None for e in straight) <= 6  # 1% nominal
+    assert all(e.straightness["df"] == 2 for e in straight)
+    # Six-token-like: steep near 0, shallow above (log-odds -7.5, -3.1, -1.9, -0.4, 3.3, as the
+    # benchmark's pair B), sampled with alpha 0's zeros in.
+    bent = dict(zip((0, 0.5, 1, 2, 4), (-7.5, -3.1, -1.9, -0.4, 3.3)))
+    cells = [Cell(f"p{i}", a, int(rng.binomial(16, expit(eta))), 16) for i in range(60) for a, eta in bent.items()]
+    estimate = estimate_rate(cells, 0.0)
+    assert estimate.rate is not None and "stray from the fitted straight trend" in estimate.warning
+    assert estimate.straightness["p"] < 0.01
+    assert f"  warning: {estimate.warning}" in format_estimate(estimate)

@@ -8,12 +8,16 @@ One LDA server and one MCP session for the module (the session lives in a blocki
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 import anyio
 import httpx
@@ -104,6 +108,8 @@ def test_pair_is_what_the_server_lists(mcp, server):
     models = httpx.get(f"{server.base_url}/v1/models", timeout=30).json()
     assert got["after"] == models["lda_pair"]["after"] and got["before"] == models["lda_pair"]["before"]
     assert [m["id"] for m in got["models"]] == ["lda"] and got["models"][0]["lda_alpha"]["model_name_form"] == "lda@<alpha>"
+    dropped = ("object", "created", "owned_by", "permission")
+    assert got["models"] == [{k: v for k, v in card.items() if k not in dropped} for card in models["data"]]  # lda_weights too
     assert got["tokenizers"] == httpx.get(f"{server.base_url}/tokenizer_compatibility", timeout=30).json()
 
 
@@ -282,3 +288,88 @@ def test_the_http_transport_wants_the_key(server, workdir):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+# ---- the Inspect recipes of docs/serving/agents.md (inspect-ai is not a dependency: skipped without it)
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "serving" / "agents.md"
+EXAMPLES = DOCS.parents[2] / "examples" / "inspect"
+
+
+def _docs_lines(containing: str) -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", DOCS.read_text(), re.S)
+    return [line for block in blocks for line in block.splitlines() if containing in line]
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _inspect_eval(line: str, server, log_dir, *extra: str) -> dict[str, str]:
+    """Run one `inspect eval` line of the docs against the test server; the answers by sample id."""
+    from inspect_ai.log import read_eval_log
+
+    argv = [a.replace("http://127.0.0.1:8000", server.base_url) for a in shlex.split(line)]
+    assert argv[0] == ".venv/bin/inspect" and argv[argv.index("--epochs") + 1] == "20"
+    argv[0] = str(Path(sys.executable).with_name("inspect"))
+    argv[argv.index("--epochs") + 1] = "1"
+    argv += ["--seed", "7", "--temperature", "1", "--max-tokens", "8", "--log-dir", str(log_dir), "--log-format", "json",
+             "--display", "none", *extra]
+    env = {**os.environ, "LDA_API_KEY": "unused", "PYTHONPATH": os.getcwd()}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [path] = Path(log_dir).glob("*.json")
+    log = read_eval_log(str(path))
+    assert log.status == "success", log.error
+    return {sample.id: sample.output.completion for sample in log.samples}
+
+
+def test_inspect_eval_recipe_at_two_alphas(server, openai_client, tmp_path):
+    pytest.importorskip("inspect_ai")
+    zero, two = _docs_lines("inspect eval examples/inspect/lda_probe.py")
+    assert "--model openai-api/lda/lda@0" in zero and "--model openai-api/lda/lda@2" in two
+    at_zero = _inspect_eval(zero, server, tmp_path / "zero")
+    named = _inspect_eval(two, server, tmp_path / "named")
+    body = _inspect_eval(two.replace("openai-api/lda/lda@2", "openai-api/lda/lda"), server, tmp_path / "body",
+                         "--extra-body", '{"alpha": 2}')
+    assert named == body and named != at_zero
+    for i, prompt in enumerate(_example("lda_probe").PROMPTS):
+        for alpha, answers in ((0, at_zero), (2, named)):
+            reply = openai_client.chat.completions.create(
+                model="lda", messages=[{"role": "user", "content": prompt}], seed=7, temperature=1.0, max_tokens=8,
+                extra_body={"alpha": alpha})
+            assert answers[f"p{i}"] == reply.choices[0].message.content
+
+
+def test_inspect_agent_recipe_calls_the_tools_of_lda_mcp(server, workdir, openai_client, tmp_path):
+    pytest.importorskip("inspect_ai")
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.model import ModelOutput, ModelUsage, get_model
+
+    [line] = _docs_lines("inspect eval examples/inspect/lda_audit.py")
+    assert "-T command=.venv/bin/lda" in line and "-T base_url=http://127.0.0.1:8000/v1" in line
+    model = "mockllm/model"
+    outputs = [
+        ModelOutput.for_tool_call(model, "pair", {}),
+        ModelOutput.for_tool_call(model, "generate", {"prompt": PROMPTS[0], "alpha": 2, "max_tokens": 6, "seed": 3}),
+        ModelOutput.for_tool_call(model, "generate", {"prompt": PROMPTS[0], "n": 0}),
+        ModelOutput.for_tool_call(model, "submit", {"answer": "zorblax"}),
+    ]
+    for output in outputs:  # mockllm would count tokens with tiktoken, whose encodings are downloaded
+        output.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+    task = _example("lda_audit").lda_audit(command=str(Path(sys.executable).with_name("lda")),
+                                           base_url=f"{server.base_url}/v1", workdir=str(workdir))
+    [log] = inspect_eval(task, model=get_model(model, custom_outputs=outputs), log_dir=str(tmp_path), display="none")
+    assert log.status == "success", log.error
+    tools = [m for m in log.samples[0].messages if m.role == "tool"]
+    assert [t.function for t in tools][:3] == ["pair", "generate", "generate"]  # then submit, which ends the agent
+    pair = json.loads(tools[0].text)
+    assert pair["after"] == httpx.get(f"{server.base_url}/v1/models", timeout=30).json()["lda_pair"]["after"]
+    reply = openai_client.chat.completions.create(model="lda", messages=[{"role": "user", "content": PROMPTS[0]}], seed=3,
+                                                  temperature=1.0, max_tokens=6, extra_body={"alpha": 2})
+    assert json.loads(tools[1].text)["texts"] == [reply.choices[0].message.content]
+    assert tools[2].error is not None and "minimum of 1" in tools[2].error.message
+    assert log.samples[0].scores["includes"].value == "C"
