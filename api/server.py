@@ -59,8 +59,8 @@ class PairState:
     prompt_format: PromptFormat
     tokenize_pool: ThreadPoolExecutor
     """Where the original routes format and tokenize prompts, off the event loop."""
-    adapters: AdapterRouting | None = None
-    """Set when the after model is LoRA adapters: which one a request's `model` picks."""
+    adapters: AdapterRouting
+    """Which after model a request's `model` picks (`api.adapter_routing`: one rule for every route)."""
     runtime: object | None = None
     """`api.runtime_adapters.RuntimeAdapters` when adapters may be loaded at runtime."""
     weights: object | None = None
@@ -225,10 +225,9 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     metrics.weights_state(weights.weights)
 
 
-def _routing(settings: ServerSettings) -> AdapterRouting | None:
+def _routing(settings: ServerSettings) -> AdapterRouting:
+    """The `model` rule's names: the served name, and the adapters (none without LoRA)."""
     pair = settings.config.pair
-    if not pair.lora_enabled:
-        return None
     served = settings.config.engine.served_model_name or pair.after
     return AdapterRouting(served, [a.name for a in pair.adapters], has_default=bool(pair.adapters))
 

@@ -73,6 +73,27 @@ def test_models_lists_the_served_name(client):
     assert [m.id for m in client.models.list().data] == ["lda"]
 
 
+MODEL_RULE_BODIES = {
+    "/generate_lda": {"prompt": PROMPT, "max_new_tokens": 2},
+    "/generate_lda_batch": {"prompts": [PROMPT], "max_new_tokens": 2},
+    "/generate": {"prompt": PROMPT, "max_new_tokens": 2},
+    "/v1/lda/score": {"prompt": PROMPT, "continuation": " It is"},
+    "/v1/completions": {"prompt": PROMPT, "max_tokens": 2},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 2},
+}
+
+
+@pytest.mark.parametrize("path", MODEL_RULE_BODIES)
+def test_the_served_name_is_accepted_on_every_route_and_nothing_else(server, path):
+    """One `model` rule (api/adapter_routing.py): on a pair without LoRA the served name runs the
+    after model on every route family, and another name is a 404 listing the names served."""
+    body = MODEL_RULE_BODIES[path]
+    ok = httpx.post(f"{server.base_url}{path}", json={**body, "model": "lda"}, timeout=120)
+    assert ok.status_code == 200, ok.text
+    missing = httpx.post(f"{server.base_url}{path}", json={**body, "model": "nope"}, timeout=60)
+    assert missing.status_code == 404 and "`nope` does not exist. Models served: lda" in missing.text
+
+
 @pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/v1/unload_lora_adapter"])
 def test_runtime_adapter_routes_are_not_served_unless_allowed(server, pair, path):
     r = httpx.post(f"{server.base_url}{path}", json={"lora_name": "x", "lora_path": str(pair.after)}, timeout=60)
