@@ -325,8 +325,25 @@ def server_env(settings: ServerSettings, environ) -> dict[str, str]:
     return env
 
 
-def cli(argv: list[str]) -> int:
+PROJECT_LOGGER = "lda"
+"""The parent of every logger of this project (`lda.server`, `lda.routes`, ...)."""
+
+
+def configure_logging() -> None:
+    """INFO lines of `lda.*` in the server's log, whatever vLLM's imports do to the root logger.
+
+    vLLM's SageMaker routes (mounted by its `build_app`) import model_hosting_container_standards,
+    which sets the root logger's level to its SAGEMAKER_CONTAINER_LOG_LEVEL (default ERROR) at import;
+    vLLM restores the handlers' levels but not the root's. Our loggers then inherited ERROR and every
+    INFO line after the engine start ("LDA server on ...", the served routes) was dropped. The
+    project's logger keeps its own level, so it no longer inherits the root's.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(PROJECT_LOGGER).setLevel(logging.INFO)
+
+
+def cli(argv: list[str]) -> int:
+    configure_logging()
     try:
         settings = parse_settings(argv)
     except ValueError as error:

@@ -69,6 +69,12 @@ def _complete(client, **kwargs):
     return client.completions.create(model="lda", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0, **kwargs)
 
 
+def test_start_up_info_lines_are_in_the_log(server):
+    """`lda.*` INFO lines after the engine start (vLLM's imports set the root logger to ERROR)."""
+    log = server.log()
+    assert "INFO lda.server: LDA server on " in log and "INFO lda.routes: serving " in log
+
+
 def test_models_lists_the_served_name(client):
     assert [m.id for m in client.models.list().data] == ["lda"]
 
