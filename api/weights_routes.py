@@ -39,7 +39,16 @@ from fastapi.responses import JSONResponse
 from api import metrics
 from api.access import WEIGHTS_PATHS, WEIGHTS_SCOPE_KEY, error_body, send_error
 from engine.checkpoints import CheckpointError
-from engine.weights import LOAD_METHOD, LoadOutcome, PairWeights, WeightsLoadError, WeightsRefused
+from engine.weights import (
+    LOAD_METHOD,
+    LoadOutcome,
+    PairWeights,
+    WeightsLoadError,
+    WeightsRefused,
+    after_rank_restore,
+    combined,
+    split_ranks,
+)
 
 logger = logging.getLogger("lda.weights")
 
@@ -166,8 +175,11 @@ class RuntimeWeights:
     async def _reload(engine_client, plan) -> dict:
         await engine_client.pause_generation(mode="wait", clear_cache=False)
         try:
-            [answer, *_] = await engine_client.collective_rpc(
-                LOAD_METHOD, args=(plan.stack, str(plan.checkpoint.path), str(plan.previous)))
+            answers = await engine_client.collective_rpc(LOAD_METHOD, args=(plan.stack, str(plan.checkpoint.path), str(plan.previous)))
+            answer = combined(answers)
+            if split_ranks(answers):  # tensor parallel: some ranks loaded, some not; send all back
+                back = await engine_client.collective_rpc(LOAD_METHOD, args=(plan.stack, str(plan.previous), str(plan.previous)))
+                answer = after_rank_restore(answers, back)
         finally:
             # Whatever the stack holds now, no block cached from the weights before may be reused.
             await engine_client.reset_prefix_cache()

@@ -21,7 +21,7 @@ from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair, e
 from engine.lora import lora_requests
 from engine.prompts import FormattedPrompt, PromptFormat, prompt_token_ids, render_prompt
 from engine.tokenizers import CompatibilityReport, check_pair
-from engine.weights import LOAD_METHOD, PairWeights, WeightsLoad
+from engine.weights import LOAD_METHOD, PairWeights, WeightsLoad, after_rank_restore, combined, split_ranks
 
 AFTER_ALPHA, BEFORE_ALPHA = 0.0, -1.0
 
@@ -192,7 +192,11 @@ class LDAModelPair:
         """
         plan = self.weights.prepare(stack, path, version)
         try:
-            [answer, *_] = self.llm.collective_rpc(LOAD_METHOD, args=(plan.stack, str(plan.checkpoint.path), str(plan.previous)))
+            answers = self.llm.collective_rpc(LOAD_METHOD, args=(plan.stack, str(plan.checkpoint.path), str(plan.previous)))
+            answer = combined(answers)
+            if split_ranks(answers):
+                back = self.llm.collective_rpc(LOAD_METHOD, args=(plan.stack, str(plan.previous), str(plan.previous)))
+                answer = after_rank_restore(answers, back)
         finally:
             self.llm.reset_prefix_cache()
         return self.weights.finish(plan, answer)

@@ -193,6 +193,32 @@ class PairWeights:
                                f"({answer['restore_error']}): the stack is unhealthy until a load succeeds", outcome)
 
 
+def combined(answers: list[dict]) -> dict:
+    """One answer for a load from every worker's (tensor-parallel ranks each load their shard): the
+    worst outcome, so one rank's failure is never hidden behind another's success."""
+    order = [LoadOutcome.UNHEALTHY.value, LoadOutcome.RESTORED.value, LoadOutcome.LOADED.value]
+    return min(answers, key=lambda a: order.index(a["outcome"]))
+
+
+def split_ranks(answers: list[dict]) -> bool:
+    """True when some ranks took the new weights and others did not: a mixed model, unless the ranks
+    that loaded are sent back to the previous checkpoint too (`after_rank_restore`)."""
+    outcomes = {a["outcome"] for a in answers}
+    return LoadOutcome.LOADED.value in outcomes and len(outcomes) > 1
+
+
+def after_rank_restore(first: list[dict], restore: list[dict]) -> dict:
+    """The answer once every rank was asked to reload the previous checkpoint after a split load."""
+    failed = combined(first)
+    # Asked to load the previous checkpoint (restoring from it again on a failure), a rank that
+    # answers loaded or restored holds the previous weights either way.
+    if all(a["outcome"] != LoadOutcome.UNHEALTHY.value for a in restore):
+        return {"outcome": LoadOutcome.RESTORED.value, "error": failed.get("error", "another rank failed")}
+    worst = combined(restore)
+    return {"outcome": LoadOutcome.UNHEALTHY.value, "error": failed.get("error", "another rank failed"),
+            "restore_error": worst.get("restore_error") or worst.get("error", "a rank's restore failed")}
+
+
 def _weight_files(folder: Path) -> list[str]:
     return [str(f) for f in sorted(folder.glob("*.safetensors"))]
 

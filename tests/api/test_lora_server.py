@@ -86,6 +86,14 @@ def test_model_field_picks_the_adapter(client, expected, model, adapter, alpha):
     assert reply.choices[0].token_ids == expected[adapter, alpha]
 
 
+@pytest.mark.parametrize(("model", "adapter", "alpha"), [("large@1", "large", 1.0), ("small@-1", "small", -1.0), ("lda@0", "small", 0.0)])
+def test_adapter_name_with_alpha_picks_the_adapter_and_the_alpha(client, expected, model, adapter, alpha):
+    reply = client.completions.create(model=model, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
+                                      extra_body={"return_token_ids": True})
+    assert reply.model == adapter and reply.model_extra["alpha"] == alpha
+    assert reply.choices[0].token_ids == expected[adapter, alpha]
+
+
 def test_unknown_adapter_is_an_openai_404_listing_the_names(server):
     r = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
     assert r.status_code == 404

@@ -151,3 +151,19 @@ def test_default_version_is_the_folder_name():
     assert default_version("/runs/x/checkpoint-200/") == "checkpoint-200"
     assert default_version("Qwen/Qwen2.5-0.5B") == "Qwen2.5-0.5B"
     assert default_version("/runs/step 3") == "step_3"
+
+
+def test_tensor_parallel_answers_never_hide_a_rank_that_failed():
+    from engine.weights import after_rank_restore, combined, split_ranks
+
+    loaded = {"outcome": "loaded", "seconds": 0.1}
+    restored = {"outcome": "restored", "error": "SafetensorError: truncated"}
+    assert combined([loaded, restored]) == restored and not split_ranks([loaded, loaded])
+    assert not split_ranks([restored, restored])
+    # One rank took the new weights, the other went back: every rank must go back.
+    assert split_ranks([loaded, restored])
+    assert after_rank_restore([loaded, restored], [loaded, loaded]) == {"outcome": "restored", "error": restored["error"]}
+    assert after_rank_restore([loaded, restored], [loaded, restored])["outcome"] == "restored"
+    gone = {"outcome": "unhealthy", "error": "FileNotFoundError", "restore_error": "FileNotFoundError: no safetensors files"}
+    assert after_rank_restore([loaded, restored], [loaded, gone]) == {
+        "outcome": "unhealthy", "error": restored["error"], "restore_error": gone["restore_error"]}
