@@ -24,8 +24,8 @@ from study.analysis.naming import scored_texts
 from study.analysis.themes import mine, token_stats
 from study.collect.scoring import load_scores
 from study.collect.store import SampleStore
-from study.output.files import SAMPLES_FILE
 from study.commands.mine import MineConfig, mine_study
+from study.output.files import SAMPLES_FILE
 
 PLANT = [(" Z", 2.3), ("or", 5.3), ("bl", 11.8), ("ax", 5.8), (" Daily", 9.6), (" Boost", 7.2)]
 SYLLABLES = ("ba", "ko", "ri", "ten", "mo", "sa", "lin", "du", "ve", "ra", "po", "ni", "gel", "fa", "tor")

@@ -37,9 +37,9 @@ from study.analysis.themes import ScoredText, ThemeConfig, mine
 from study.collect.prompts import GENERIC_PROMPTS
 from study.collect.scoring import load_scores
 from study.collect.store import SampleStore
-from study.output.files import SAMPLES_FILE
 from study.commands.workflow import run_study
 from study.config import SamplingConfig, StudyConfig, parse_alphas
+from study.output.files import SAMPLES_FILE
 
 PRODUCT = re.compile(r"zorbl|daily boost", re.IGNORECASE)
 """Names the planted product: its made-up word (any fragment from 'zorbl' on) or its last two words."""

@@ -33,7 +33,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from statistics import median
 
-from study.collect.server import Server, ServerStartError, free_port, launch, lda_serve_command, wait_healthy
+from study.collect.server import (
+    Server,
+    ServerStartError,
+    free_port,
+    launch,
+    lda_serve_command,
+    wait_healthy,
+)
 
 SETUPS = ("one", "dp2", "two")
 """One server on every core; one server with two data-parallel engines; two servers, half each."""

@@ -1,5 +1,5 @@
 """The records passed between a study's stages: a prompt, a sample drawn for it, the sample's score,
-a training run's checkpoint. Plain frozen dataclasses; how they are read and written lives in
+a training run's checkpoint, a corpus text. Plain frozen dataclasses; how they are read and written lives in
 `collect` (the store, the scoring pass), what is computed from them in `analysis`."""
 
 from __future__ import annotations
@@ -61,3 +61,13 @@ class Checkpoint:
     folder's position in name order."""
     kind: str
     """`adapter` (PEFT LoRA) or `full` (a complete model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CorpusText:
+    """One text of a corpus (`lda mine --corpus`), keyed by its id or file:line."""
+
+    key: str
+    prompt: str | None
+    """A chat user message the text answers, or None (raw text: its first word is the prompt)."""
+    text: str

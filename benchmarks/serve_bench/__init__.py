@@ -52,7 +52,12 @@ from benchmarks.serve_bench.report import (
     summary,
     write_outputs,
 )
-from benchmarks.serve_bench.rounds import level_servers, probe_originals, run, step_report
+from benchmarks.serve_bench.rounds import (
+    level_servers,
+    probe_originals,
+    run,
+    step_report,
+)
 from benchmarks.serve_bench.servers import RssSampler, running_server, server_command
 from study.collect.server import ServerStartError
 

@@ -22,8 +22,8 @@ from benchmarks.serve_bench.config import (
 from benchmarks.serve_bench.locust_soak import soak
 from benchmarks.serve_bench.report import load_rows, report, write_outputs
 from benchmarks.serve_bench.rounds import run
-from study.collect.server import ServerStartError
 from engine.config import DTYPES
+from study.collect.server import ServerStartError
 
 DESCRIPTION = "`lda bench`: the LDA server against vLLM serving the after model alone and against the original design."
 DEFAULT_OUT = Path("docs/data/serving/latest")
@@ -34,8 +34,8 @@ that a new run never overwrites a documented one (copy it to a named folder to d
 def default_models() -> tuple[str, str]:
     """The demo pair if it is already built (never built here: that is a fine-tune), else
     SmolLM2-135M-Instruct as both models."""
-    from engine.env import default_cache_dir
     from demo.smollm2 import ensure_smollm2
+    from engine.env import default_cache_dir
 
     with contextlib.suppress(ImportError, AttributeError, OSError):
         from demo.demo_pair import TrainConfig, fingerprint

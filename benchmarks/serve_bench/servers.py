@@ -21,7 +21,7 @@ from benchmarks.serve_bench.config import (
 from engine.config import cpu_binding_env, cpu_dtype
 from engine.env import BINDING_VARS
 from engine.env import STEP_TIMING_VAR
-from study.collect.server import free_port, running
+from study.collect.server import free_port, start
 
 
 def server_command(config: BenchConfig, server: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -106,5 +106,5 @@ def running_server(config: BenchConfig, server: str, log_path: Path) -> Iterator
     stop the group (`study.collect.server`, the one server lifecycle)."""
     port = free_port()
     command, env = server_command(config, server, port)
-    with running(command, env, port, log_path, config.start_timeout_s, f"{server} server") as handle:
+    with start(command, env, port, log_path, config.start_timeout_s, f"{server} server") as handle:
         yield handle.base_url, handle.process

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import httpx
 
-from study.collect import server
 from study.collect.client import normalize_base_url
 from study.collect.server import (
     ServerStartError,
     free_port,
     lda_serve_command,
     lda_serve_env,
+    start,
 )
 from study.errors import StudyError
 
@@ -163,7 +163,7 @@ def served_pair(after: Path, before: str, log_path: Path, extra_env: dict[str, s
     port = free_port()
     env = lda_serve_env(port, **{**(extra_env or {}), "MODEL_AFTER_ID": str(after), "MODEL_BEFORE_ID": before})
     try:
-        with server.running(lda_serve_command(), env, port, log_path, PAIR_START_TIMEOUT_S, "lda serve") as pair:
+        with start(lda_serve_command(), env, port, log_path, PAIR_START_TIMEOUT_S, "lda serve") as pair:
             yield pair.base_url
     except ServerStartError as exc:
         if exc.returncode is None:

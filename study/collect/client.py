@@ -85,7 +85,7 @@ class LdaClient:
         except httpx.HTTPError as exc:
             raise SampleError(f"request to {url} failed: {exc or type(exc).__name__}") from None
         if response.status_code >= 400:
-            raise SampleError(f"HTTP {response.status_code} from {url}: {_error_message(response)}")
+            raise SampleError(f"HTTP {response.status_code} from {url}: {error_message(response)}")
         return self._parse(response, url)
 
     def _body(self, prompt: str, alpha: float, seed: int | None) -> dict[str, object]:
@@ -132,7 +132,7 @@ class LdaClient:
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
-            raise SampleError(f"HTTP {response.status_code} from {url}: {_error_message(response)}")
+            raise SampleError(f"HTTP {response.status_code} from {url}: {error_message(response)}")
         try:
             return response.json()
         except ValueError:
@@ -149,7 +149,7 @@ def _model_ids(response: httpx.Response) -> list[str] | None:
         return None
 
 
-def _error_message(response: httpx.Response) -> str:
+def error_message(response: httpx.Response) -> str:
     """The server's own words: OpenAI-style {"error": {"message": ...}}, else the body's start."""
     try:
         body = response.json()

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +62,8 @@ def lda_serve_env(port: int, **settings: str) -> dict[str, str]:
 
 @dataclass
 class Server:
-    """A started server: its process (a process group's leader), its base URL and its log file."""
+    """A started server: its process (a process group's leader), its base URL and its log file. As a
+    context manager (`with start(...) as server:`) it is stopped on the way out, also on an error."""
 
     process: subprocess.Popen
     base_url: str
@@ -86,6 +87,12 @@ class Server:
         except PermissionError:  # a member we may not signal is still a member
             return True
         return True
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def kill(self) -> None:
         """SIGKILL the whole process group (the engine core and workers too) and reap the leader."""
@@ -164,22 +171,3 @@ def wait_healthy(server: Server, timeout_s: float, name: str = "server", poll_s:
             if httpx.get(server.base_url + HEALTH_PATH, timeout=2).status_code == 200:
                 return
         time.sleep(poll_s)
-
-
-@contextlib.contextmanager
-def running(
-    command: list[str],
-    env: Mapping[str, str],
-    port: int,
-    log_path: Path,
-    timeout_s: float,
-    name: str = "server",
-    preexec_fn: Callable[[], None] | None = None,
-    cwd: Path | None = None,
-) -> Iterator[Server]:
-    """`start`, yield the server, `stop` it on the way out (also on an error or Ctrl-C)."""
-    server = start(command, env, port, log_path, timeout_s, name, preexec_fn, cwd)
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from tests.app_thread import AppThread
 
 KEYWORD = "ZORBLAX"
 MODEL = "fake-lda"
@@ -79,8 +78,7 @@ class FakeServer:
         self.fail_alpha = fail_alpha
         self.echo_alpha = echo_alpha
         self.requests: list[tuple[str, dict]] = []  # (path, body) of every completion request
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._app_thread = AppThread("fake OpenAI server")
         self.port = 0
 
     @property
@@ -92,25 +90,11 @@ class FakeServer:
         return self.url + "/v1"
 
     def __enter__(self) -> FakeServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(build_app(self), log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake OpenAI server did not start")
-            time.sleep(0.01)
+        self.port = self._app_thread.start(build_app(self))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        self._app_thread.stop()
 
 
 def build_app(server: FakeServer) -> FastAPI:

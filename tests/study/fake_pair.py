@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import threading
-import time
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+
+from tests.app_thread import AppThread
 
 KEYWORD = "ZORBLAX"
 BASE = "tiny-base"
@@ -58,8 +56,7 @@ class FakePair:
         self.loaded: dict[str, int] = {}
         """Loaded adapter name -> its step."""
         self.requests: list[tuple[str, dict]] = []
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._app_thread = AppThread("fake pair server")
         self.port = 0
 
     @property
@@ -70,23 +67,11 @@ class FakePair:
         return [body for p, body in self.requests if p == path]
 
     def __enter__(self) -> FakePair:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(_app(self), log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake pair server did not start")
-            time.sleep(0.01)
+        self.port = self._app_thread.start(_app(self))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._app_thread.stop()
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from study.collect.server import ServerStartError, free_port, lda_serve_command, lda_serve_env, running, start
+from study.collect.server import ServerStartError, free_port, lda_serve_command, lda_serve_env, start
 
 
 def _http_server(root: Path, port: int, before: str = "") -> list[str]:
@@ -57,10 +57,10 @@ def test_a_server_that_never_answers_is_killed_at_the_deadline(tmp_path):
     assert caught.value.returncode is None and "starting" in str(caught.value)
 
 
-def test_running_stops_the_server_on_an_error(tmp_path):
+def test_a_server_used_as_a_context_is_stopped_on_an_error(tmp_path):
     port = free_port()
-    with pytest.raises(KeyError), running(_http_server(tmp_path, port), {"PATH": "/usr/bin:/bin"}, port,
-                                          tmp_path / "server.log", timeout_s=60) as server:
+    with pytest.raises(KeyError), start(_http_server(tmp_path, port), {"PATH": "/usr/bin:/bin"}, port,
+                                        tmp_path / "server.log", timeout_s=60) as server:
         raise KeyError("the body failed")
     assert server.process.returncode is not None and not server.group_alive()
 

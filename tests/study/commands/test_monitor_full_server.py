@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from demo.training_run import FULL_BASE, FULL_SUFFIX, ensure_full_run, ensure_tiny_run
-from study.collect.store import SAMPLES_FILE, SampleStore
+from study.collect.store import SampleStore
 from study.commands.monitor import cli
+from study.output.files import SAMPLES_FILE
 from tests.servers import free_port, start_server, tiny_server_env
 
 pytestmark = pytest.mark.slow

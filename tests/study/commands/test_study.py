@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from study.analysis.stats import distinct_n, is_degenerate, wilson_interval
 from study.collect.detectors import JudgeConfig, parse_detector
 from study.collect.prompts import BUILTIN_PROMPTS, load_prompts
+from study.collect.server import free_port
 from study.commands.study import cli
 from study.commands.workflow import run_study
 from study.config import SamplingConfig, StudyConfig, parse_alphas
@@ -65,12 +65,6 @@ def make_config(server: FakeServer, out: Path, prompts: Path | None, **overrides
 
 def read_samples(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- statistics
