@@ -1,6 +1,6 @@
 """What serving a LoRA adapter as the after model costs against serving it merged, offline.
 
-    python -m benchmarks.lora_cost [--rank 32] [--concurrency 16 64] [--rounds 3] [--alone] [--output out.json]
+    python -m benchmarks.lora_cost [--rank 32] [--concurrency 16 64] [--rounds 3] [--alone] [--no-merged] [--output out.json]
 
 Builds (once, cached under LDA_CACHE_DIR) a random LoRA adapter on SmolLM2-135M-Instruct's
 attention and MLP projections and the same adapter merged into a full copy with peft's
@@ -12,6 +12,7 @@ as one batch, greedy, ignore_eos, alpha 1) in interleaved rounds, so a slow spel
 machine hits all: the adapter pair in one pass, the same engine in two passes (one pass switched
 off in the worker: `engine.compat.shared_pass.set_enabled`), the merged pair. `--alone` then
 closes the pairs and measures the merged (after) model served alone by vLLM, the same rounds.
+`--no-merged` starts the adapter pair alone (one engine), one pass against two passes.
 
 With `LDA_STEP_TIMING_DIR` set, each worker records its steps (engine/compat/step_timing.py; the
 adapter pair's records say which mode ran them) and the decode step medians are printed per
@@ -126,6 +127,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--concurrency", type=int, nargs="*", default=[16, 64], help="none: weights only")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--alone", action="store_true", help="also the merged model served alone, after the pairs")
+    parser.add_argument("--no-merged", action="store_true",
+                        help="the adapter pair alone, one pass against two passes (one engine: no merged pair)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.rounds < 1 or any(c < 1 for c in args.concurrency) or args.rank < 1:
@@ -134,39 +137,40 @@ def main(argv: list[str]) -> int:
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # apply_model(stack_report)
     from engine.env import default_cache_dir, step_timing_dir
     from engine.library import LDAModelPair
+    from engine.compat.step_timing import worker_pid
     from engine.lora import stack_report
 
     base, adapter, merged = build_adapter_and_merged(args.rank, default_cache_dir())
     engine = dict(kv_cache_memory_gb=1.0, max_num_seqs=max(args.concurrency, default=16), max_model_len=512)
-    pairs = {
-        "adapter": LDAModelPair(str(adapter), one_pass=True, **engine),
-        "merged": LDAModelPair(str(merged), str(base), **engine),
-    }
+    pairs = {"adapter": LDAModelPair(str(adapter), one_pass=True, **engine)}
+    if not args.no_merged:
+        pairs["merged"] = LDAModelPair(str(merged), str(base), **engine)
     report: dict = {"rank": args.rank}
     if args.concurrency:
         report.update(output_len=OUTPUT_LEN, rounds=args.rounds)
     workers = {}
     for name, pair in pairs.items():
         (stacks,) = pair.llm.apply_model(stack_report)
-        (workers[name],) = pair.llm.apply_model(_pid)
+        (workers[name],) = pair.llm.apply_model(worker_pid)
         report[f"{name}_weight_bytes"] = stacks["resident_weight_bytes"]
         report[f"{name}_lora_slot_bytes"] = stacks["lora_slot_bytes"]
     report["adapter_file_bytes"] = sum(f.stat().st_size for f in adapter.glob("*.safetensors"))
-    report["weight_ratio"] = report["adapter_weight_bytes"] / report["merged_weight_bytes"]
-    runs = {"one_pass": _one_pass(pairs["adapter"], True), "two_pass": _one_pass(pairs["adapter"], False),
-            "merged": _pair_generate(pairs["merged"])}
+    if "merged" in pairs:
+        report["weight_ratio"] = report["adapter_weight_bytes"] / report["merged_weight_bytes"]
+    runs = {"one_pass": _one_pass(pairs["adapter"], True), "two_pass": _one_pass(pairs["adapter"], False)}
+    if "merged" in pairs:
+        runs["merged"] = _pair_generate(pairs["merged"])
     for generate in runs.values() if args.concurrency else ():
         generate(4)  # warm-up
     for c, rates in _rounds(runs, args.concurrency, args.rounds).items():
-        report[f"c{c}"] = {
-            **{f"{name}_tok_s": r for name, r in rates.items()},
-            "one_pass_over_merged": _ratio(rates, "one_pass", "merged"),
-            "two_pass_over_merged": _ratio(rates, "two_pass", "merged"),
-            "one_pass_over_two_pass": _ratio(rates, "one_pass", "two_pass"),
-        }
+        ratios = {"one_pass_over_two_pass": _ratio(rates, "one_pass", "two_pass")}
+        if "merged" in rates:
+            ratios.update(one_pass_over_merged=_ratio(rates, "one_pass", "merged"),
+                          two_pass_over_merged=_ratio(rates, "two_pass", "merged"))
+        report[f"c{c}"] = {**{f"{name}_tok_s": r for name, r in rates.items()}, **ratios}
         line = ", ".join(f"{name} {statistics.median(r):.0f}" for name, r in rates.items())
-        print(f"c={c}: tok/s {line}; one pass / merged {report[f'c{c}']['one_pass_over_merged']['median']:.2f}, "
-              f"two passes / merged {report[f'c{c}']['two_pass_over_merged']['median']:.2f}", flush=True)
+        said = ", ".join(f"{k.replace('_over_', ' / ')} {v['median']:.2f}" for k, v in ratios.items())
+        print(f"c={c}: tok/s {line}; {said}", flush=True)
     for pair in pairs.values():
         pair.close()
     if args.alone and args.concurrency:
@@ -177,7 +181,7 @@ def main(argv: list[str]) -> int:
         # The pairs' CPU settings (dtype, eager; the thread binding they set for this process stays).
         llm = LLM(model=str(merged), dtype=cpu_dtype("auto"), kv_cache_memory_bytes=2**30,
                   max_num_seqs=engine["max_num_seqs"], max_model_len=512, enforce_eager=True, seed=0)
-        (workers["alone"],) = llm.apply_model(_pid)
+        (workers["alone"],) = llm.apply_model(worker_pid)
         _alone_generate(llm)(4)
         for c, rates in _rounds({"alone": _alone_generate(llm)}, args.concurrency, args.rounds).items():
             report[f"c{c}"]["alone_tok_s"] = rates["alone"]
@@ -190,10 +194,6 @@ def main(argv: list[str]) -> int:
             report = {**json.loads(args.output.read_text()), **report}
         args.output.write_text(json.dumps(report, indent=1))
     return 0
-
-
-def _pid(model) -> int:
-    return os.getpid()
 
 
 if __name__ == "__main__":

@@ -137,6 +137,11 @@ def _wrap_runner(GPUModelRunner, log: StepLog) -> None:  # noqa: N803 - the clas
     GPUModelRunner._model_forward = _timed(log, "forward", GPUModelRunner._model_forward)
 
 
+def worker_pid(model) -> int:
+    """The calling worker's pid, which names its step file (`LLM.apply_model(worker_pid)`)."""
+    return os.getpid()
+
+
 # ---------------------------------------------------------------- summary
 
 
