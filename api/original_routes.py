@@ -27,6 +27,7 @@ from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 
 from api import metrics
+from api.adapter_routing import after_adapter
 from api.settings import LIMIT_ENV
 from engine.alpha import AlphaError, validate_alpha
 from engine.prompts import FormattedPrompt, PromptFormat, prompt_token_ids, render_prompt
@@ -193,25 +194,12 @@ def _params(req: SamplingFields, max_new_tokens: int, alpha: float, seed: int | 
 
 
 def _adapter(request: Request, model: str | None):
-    """The adapter's name and LoRARequest a request runs (None, None without adapters): the same
-    LoRARequest vLLM's OpenAI server made for that name, so both share loaded weights and cache."""
-    info = request.app.state.lda
-    routing = info.adapters
-    if routing is None:
-        served = info.config.engine.served_model_name or info.config.pair.after
-        if model is not None and model != served:  # the served name is the after model, as on /v1
-            raise HTTPException(status_code=404, detail=f"model {model!r}: this server serves no LoRA adapters; it serves {served!r}")
-        return None, None
+    """The adapter's name and LoRARequest a request runs (`after_adapter`: the rule of every
+    route), a 404 in FastAPI's format for a name not served."""
     try:
-        name = routing.resolve(model)
+        return after_adapter(request.app, model)
     except LookupError as error:
         raise HTTPException(status_code=404, detail=str(error)) from error
-    if name is None:  # a pair started without adapters: the served name is the after model itself
-        return None, None
-    lora = request.app.state.openai_serving_models.lora_requests.get(name)
-    if lora is None:  # unloaded at runtime between the routing's answer and this one
-        raise HTTPException(status_code=404, detail=f"The model `{name}` was just unloaded")
-    return name, lora
 
 
 def _after_id(info, lora) -> str:

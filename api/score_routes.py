@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from vllm.exceptions import VLLMValidationError
 
+from api.adapter_routing import after_adapter
 from engine.alpha import AlphaError, validate_alpha
 from engine.prompts import PromptFormat, prompt_token_ids, render_prompt
 from engine.one_pass import MAX_PROMOTED_K
@@ -157,7 +158,7 @@ async def score(raw_request: Request):
     except ScoringError as error:
         return _error(str(error), str(error).split(":", 1)[0])
     try:
-        lora = adapter_request(raw_request.app, req.model)
+        _, lora = after_adapter(raw_request.app, req.model)
     except LookupError as error:
         return _error(str(error), "model", 404)
     try:
@@ -168,21 +169,3 @@ async def score(raw_request: Request):
         return _error(str(error), None, 503)
     return {"object": "lda.score", "model": req.model, **body}
 
-
-def adapter_request(app, model: str | None):
-    """The LoRARequest the after model runs for `model` (None when the server serves no adapters);
-    LookupError, listing the names served, for an unknown one."""
-    info = app.state.lda
-    routing = info.adapters
-    if routing is None:
-        served = info.config.engine.served_model_name or info.config.pair.after
-        if model is not None and model != served:
-            raise LookupError(f"The model `{model}` does not exist. Models served: {served}")
-        return None
-    name = routing.resolve(model)
-    if name is None:  # a pair started without adapters: the served name is the after model itself
-        return None
-    lora = app.state.openai_serving_models.lora_requests.get(name)
-    if lora is None:  # unloaded at runtime between the routing's answer and this one
-        raise LookupError(f"The model `{name}` was just unloaded")
-    return lora

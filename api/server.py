@@ -59,8 +59,8 @@ class PairState:
     prompt_format: PromptFormat
     tokenize_pool: ThreadPoolExecutor
     """Where the original routes format and tokenize prompts, off the event loop."""
-    adapters: AdapterRouting | None = None
-    """Set when the after model is LoRA adapters: which one a request's `model` picks."""
+    adapters: AdapterRouting
+    """Which after model a request's `model` picks (`api.adapter_routing`: one rule for every route)."""
     runtime: object | None = None
     """`api.runtime_adapters.RuntimeAdapters` when adapters may be loaded at runtime."""
     weights: object | None = None
@@ -225,10 +225,9 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     metrics.weights_state(weights.weights)
 
 
-def _routing(settings: ServerSettings) -> AdapterRouting | None:
+def _routing(settings: ServerSettings) -> AdapterRouting:
+    """The `model` rule's names: the served name, and the adapters (none without LoRA)."""
     pair = settings.config.pair
-    if not pair.lora_enabled:
-        return None
     served = settings.config.engine.served_model_name or pair.after
     return AdapterRouting(served, [a.name for a in pair.adapters], has_default=bool(pair.adapters))
 
@@ -326,8 +325,25 @@ def server_env(settings: ServerSettings, environ) -> dict[str, str]:
     return env
 
 
-def cli(argv: list[str]) -> int:
+PROJECT_LOGGER = "lda"
+"""The parent of every logger of this project (`lda.server`, `lda.routes`, ...)."""
+
+
+def configure_logging() -> None:
+    """INFO lines of `lda.*` in the server's log, whatever vLLM's imports do to the root logger.
+
+    vLLM's SageMaker routes (mounted by its `build_app`) import model_hosting_container_standards,
+    which sets the root logger's level to its SAGEMAKER_CONTAINER_LOG_LEVEL (default ERROR) at import;
+    vLLM restores the handlers' levels but not the root's. Our loggers then inherited ERROR and every
+    INFO line after the engine start ("LDA server on ...", the served routes) was dropped. The
+    project's logger keeps its own level, so it no longer inherits the root's.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger(PROJECT_LOGGER).setLevel(logging.INFO)
+
+
+def cli(argv: list[str]) -> int:
+    configure_logging()
     try:
         settings = parse_settings(argv)
     except ValueError as error:

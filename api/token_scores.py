@@ -88,10 +88,11 @@ class TokenScoresMiddleware:
 
 
 async def _attach(app, response: dict, alpha: float, kept_ids: bool, model: str | None) -> None:
-    from api.score_routes import adapter_request, attribution
+    from api.adapter_routing import after_adapter
+    from api.score_routes import attribution
 
     engine, tokenizer = app.state.engine_client, app.state.lda.tokenizer
-    lora = adapter_request(app, model)  # the alpha middleware already pointed `model` at an adapter
+    _, lora = after_adapter(app, model)  # the alpha middleware already pointed `model` at an adapter
     shared_prompt = response.get("prompt_token_ids")  # chat: one prompt for all choices
     for choice in response.get("choices", []):
         prompt_ids = choice.get("prompt_token_ids") or shared_prompt or []

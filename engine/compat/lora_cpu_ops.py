@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.compat.patch_guard import Target, install_guarded
+from engine.compat.patch_guard import Target, install_guarded, mismatch
 
 _NAMES = ("bgmv_expand", "bgmv_expand_slice", "bgmv_shrink", "sgmv_expand", "sgmv_expand_slice", "sgmv_shrink")
 
@@ -242,3 +242,9 @@ def patch_cpu_lora_ops() -> bool:
     if not current_platform.is_cpu():
         return False
     return install_guarded("cpu_lora_ops", TARGETS, _point_punica_at_grouped_ops)
+
+
+def grouped_ops_mismatch() -> str | None:
+    """Why the grouped ops would not install in this vLLM (None: they would). Checked at start in
+    the server's process; the engine's processes install them from the same vLLM."""
+    return mismatch(TARGETS)

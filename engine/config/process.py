@@ -16,6 +16,13 @@ from engine.config.hardware import cpu_binding_env
 from engine.config.options import LDAConfig
 from engine.env import BINDING_VARS, V2_RUNNER_VAR
 
+SLOT_GUARD_REFUSAL = (
+    "runtime adapters with no adapter at start-up on CPU need this project's grouped LoRA ops "
+    "(engine/compat/lora_cpu_ops.py), which cannot be installed here ({why}): requests naming the served "
+    "model run without an adapter (LoRA slot -1), which vLLM 0.32's own CPU ops answer with the last "
+    "loaded adapter's weights, silently. Give an adapter at start-up (it becomes the served name's "
+    "default), or serve on a GPU"
+)
 RAY_ON_CPU_REFUSAL = (
     "distributed_executor_backend=ray needs GPUs: vLLM 0.32's CPU platform has no Ray device key "
     "(vllm/v1/executor/ray_utils.py refuses it deep in the engine start); on CPU leave the backend unset (mp)"
@@ -29,12 +36,19 @@ def process_env(config: LDAConfig, environ: Mapping[str, str]) -> dict[str, str]
     The pair's per-request alpha rides on the V1 model runner's logits-processor hooks; vLLM 0.32
     picks Model Runner V2 on GPUs, whose hooks differ, so we select V1 (the model refuses V2).
     On CPU, the workers get every core, split over the local ranks (`cpu_binding_env`), unless the
-    user set vLLM's binding variables; fewer cores than ranks raises ValueError.
+    user set vLLM's binding variables; fewer cores than ranks raises ValueError. Also refused: Ray
+    on CPU, and rows without an adapter (runtime adapters, none at start-up) on CPU where the
+    grouped LoRA ops that leave such rows alone cannot be installed (SLOT_GUARD_REFUSAL).
     """
     opts = config.engine
     on_cpu = opts.resolved_device() == "cpu"
     if on_cpu and opts.distributed_executor_backend == "ray":
         raise ValueError(RAY_ON_CPU_REFUSAL)
+    if on_cpu and config.pair.runtime_adapters and not config.pair.adapters:
+        from engine.compat.lora_cpu_ops import grouped_ops_mismatch
+
+        if why := grouped_ops_mismatch():
+            raise ValueError(SLOT_GUARD_REFUSAL.format(why=why))
     env = {V2_RUNNER_VAR: "0"}
     if on_cpu and opts.cpu_bind == "all" and not any(name in environ for name in BINDING_VARS):
         env.update(cpu_binding_env(ranks=opts.local_ranks))

@@ -69,8 +69,35 @@ def _complete(client, **kwargs):
     return client.completions.create(model="lda", prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0, **kwargs)
 
 
+def test_start_up_info_lines_are_in_the_log(server):
+    """`lda.*` INFO lines after the engine start (vLLM's imports set the root logger to ERROR)."""
+    log = server.log()
+    assert "INFO lda.server: LDA server on " in log and "INFO lda.routes: serving " in log
+
+
 def test_models_lists_the_served_name(client):
     assert [m.id for m in client.models.list().data] == ["lda"]
+
+
+MODEL_RULE_BODIES = {
+    "/generate_lda": {"prompt": PROMPT, "max_new_tokens": 2},
+    "/generate_lda_batch": {"prompts": [PROMPT], "max_new_tokens": 2},
+    "/generate": {"prompt": PROMPT, "max_new_tokens": 2},
+    "/v1/lda/score": {"prompt": PROMPT, "continuation": " It is"},
+    "/v1/completions": {"prompt": PROMPT, "max_tokens": 2},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 2},
+}
+
+
+@pytest.mark.parametrize("path", MODEL_RULE_BODIES)
+def test_the_served_name_is_accepted_on_every_route_and_nothing_else(server, path):
+    """One `model` rule (api/adapter_routing.py): on a pair without LoRA the served name runs the
+    after model on every route family, and another name is a 404 listing the names served."""
+    body = MODEL_RULE_BODIES[path]
+    ok = httpx.post(f"{server.base_url}{path}", json={**body, "model": "lda"}, timeout=120)
+    assert ok.status_code == 200, ok.text
+    missing = httpx.post(f"{server.base_url}{path}", json={**body, "model": "nope"}, timeout=60)
+    assert missing.status_code == 404 and "`nope` does not exist. Models served: lda" in missing.text
 
 
 @pytest.mark.parametrize("path", ["/v1/load_lora_adapter", "/v1/unload_lora_adapter"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from study.collect.server import free_port
 from tests.deploy.files import START_SH, tool
 
 STUB_SERVER = """
@@ -198,9 +199,7 @@ def _wait_for_banner(port: int, timeout_s: float = 10) -> bytes:
 
 @pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="openssh-server is not installed here (the image has it)")
 def test_start_sh_starts_sshd_when_public_key_is_set(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKzkPdH7U7GFAgll29uMgY6SELJSIC8Vex7msB3sbYdN test@deploy"
     process = _start(
         tmp_path, sys.executable, "-c", STUB_SERVER,

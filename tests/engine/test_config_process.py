@@ -54,3 +54,37 @@ def test_the_server_turns_vllms_adapter_routes_off_and_keeps_loopback_traffic_lo
     assert server_env(parse_settings(pair), {}) == {RUNTIME_LORA_VAR: "0", HOST_IP_VAR: "127.0.0.1"}
     assert server_env(parse_settings(pair), {HOST_IP_VAR: "10.0.0.2"}) == {RUNTIME_LORA_VAR: "0"}
     assert server_env(parse_settings([*pair, "--host", "0.0.0.0"]), {}) == {RUNTIME_LORA_VAR: "0"}
+
+
+def _runtime_lora(adapters=()) -> LDAConfig:
+    pair = PairConfig("a", "b", adapters=adapters, max_lora_rank=16, runtime_adapters=True, max_loras=4)
+    return LDAConfig(pair, engine=EngineOptions(device="cpu"))
+
+
+def test_rows_without_an_adapter_are_refused_where_the_cpu_guard_cannot_hold(monkeypatch):
+    """With runtime adapters and none at start-up, the served name runs at LoRA slot -1; on CPU only
+    the grouped ops leave such rows alone (vLLM's give them the last slot's weights)."""
+    from engine.adapters import AdapterSpec
+    from engine.compat import lora_cpu_ops
+
+    assert lora_cpu_ops.grouped_ops_mismatch() is None  # the pinned vLLM: the guard holds, start
+    process_env(_runtime_lora(), {})
+    monkeypatch.setattr(lora_cpu_ops, "grouped_ops_mismatch", lambda: "vLLM is 0.33.0, the patch is written for 0.32.0")
+    with pytest.raises(ValueError, match=r"cannot be installed here \(vLLM is 0.33.0.*LoRA slot -1.*last loaded adapter"):
+        process_env(_runtime_lora(), {})
+    spec = AdapterSpec("small", "/x", "a", 8, ("q_proj",))
+    process_env(_runtime_lora(adapters=(spec,)), {})  # every row carries the default adapter
+    gpu = _runtime_lora()
+    gpu.engine.device = "cuda"
+    process_env(gpu, {})  # the GPU kernels skip slot -1
+
+
+def test_the_server_refuses_to_start_naming_the_slot(monkeypatch, capsys):
+    from api import server
+    from engine.compat import lora_cpu_ops
+
+    monkeypatch.setattr(lora_cpu_ops, "grouped_ops_mismatch", lambda: "vLLM is 0.33.0, the patch is written for 0.32.0")
+    monkeypatch.setattr(server, "check_pair", lambda after, before: type("Report", (), {"warnings": []})())
+    assert server.cli(["--model-after", "a", "--model-before", "b", "--device", "cpu", "--allow-runtime-adapters"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lda serve: runtime adapters with no adapter at start-up") and "Traceback" not in err
