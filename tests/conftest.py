@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,28 @@ os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 # never see theirs. A handled signal resets to the default in a child, so handle it here.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the run with the pytest summary as its last lines.
+
+    Once an engine has run in this process, Triton's nanobind module lists hundreds of "leaked"
+    objects while the interpreter finalises, after the summary (harmless: the process is exiting).
+    Everything pytest reports is done by now, so leave without the finalisation, with pytest's
+    exit status. Runs that never imported Triton exit normally.
+    """
+    if "triton" in sys.modules and _EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[_EXIT_STATUS])
 
 
 @pytest.fixture(scope="session")
