@@ -139,7 +139,7 @@ def _alpha(info, req: AlphaField) -> float:
         raise _bad_request(str(error)) from error
 
 
-def _max_new_tokens(info, req: GenerateRequest | LDABatchRequest) -> int:
+def bounded_new_tokens(info, req: GenerateRequest | LDABatchRequest) -> int:
     """The request's max_new_tokens within LDA_MAX_TOKENS: 400 naming the limit when it asks for
     more; the default (80) lowered to the limit when the request gives none."""
     limits = info.limits
@@ -168,7 +168,7 @@ def _prepare(info, names: list[str], prompts: list[str], req: SamplingFields, ma
     return prepared
 
 
-async def _prepare_off_loop(info, names, prompts, req: SamplingFields, max_new_tokens: int) -> list[Prepared]:
+async def prepare_off_loop(info, names, prompts, req: SamplingFields, max_new_tokens: int) -> list[Prepared]:
     texts = dict(zip(names, prompts)) | {"system_prompt": req.system_prompt}
     if too_long := info.limits.too_many_chars(texts):
         _field, message = too_long
@@ -193,7 +193,7 @@ def _params(req: SamplingFields, max_new_tokens: int, alpha: float, seed: int | 
     )
 
 
-def _adapter(request: Request, model: str | None):
+def request_adapter(request: Request, model: str | None):
     """The adapter's name and LoRARequest a request runs (`after_adapter`: the rule of every
     route), a 404 in FastAPI's format for a name not served."""
     try:
@@ -257,9 +257,9 @@ def _completion(prepared: Prepared, out, scores: dict | None = None, adapter: st
 async def generate_lda(req: LDAGenerateRequest, raw_request: Request) -> LDAGenerateResponse:
     info = raw_request.app.state.lda
     alpha = _alpha(info, req)
-    adapter, lora = _adapter(raw_request, req.model)
-    max_new_tokens = _max_new_tokens(info, req)
-    [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, max_new_tokens)
+    adapter, lora = request_adapter(raw_request, req.model)
+    max_new_tokens = bounded_new_tokens(info, req)
+    [prepared] = await prepare_off_loop(info, ["prompt"], [req.prompt], req, max_new_tokens)
     out = await _complete(raw_request, prepared, _params(req, max_new_tokens, alpha, req.seed), lora)
     metrics.record_generation(alpha, len(out.token_ids))
     scores = await _token_scores(raw_request, prepared, out.token_ids, alpha, lora) if req.lda_token_scores else None
@@ -279,10 +279,10 @@ async def generate_lda_batch(req: LDABatchRequest, raw_request: Request) -> LDAB
     if len(req.prompts) > limit:
         raise _bad_request(f"prompts has {len(req.prompts)} items; the limit is {LIMIT_ENV['max_batch_prompts']}={limit}")
     alpha = _alpha(info, req)
-    adapter, lora = _adapter(raw_request, req.model)
+    adapter, lora = request_adapter(raw_request, req.model)
     names = [f"prompts[{i}]" for i in range(len(req.prompts))]
-    max_new_tokens = _max_new_tokens(info, req)
-    prepared = await _prepare_off_loop(info, names, req.prompts, req, max_new_tokens)
+    max_new_tokens = bounded_new_tokens(info, req)
+    prepared = await prepare_off_loop(info, names, req.prompts, req, max_new_tokens)
     # Prompt i gets seed + i, so repeated prompts give different samples (as LDAModelPair does).
     params = [_params(req, max_new_tokens, alpha, None if req.seed is None else req.seed + i) for i in range(len(prepared))]
     outs = await _complete_all(raw_request, prepared, params, lora)
@@ -317,9 +317,9 @@ async def _token_scores(request: Request, prepared: Prepared, token_ids, alpha: 
 @with_cancellation
 async def generate(req: GenerateRequest, raw_request: Request) -> GenerateResponse:
     info = raw_request.app.state.lda
-    adapter, lora = _adapter(raw_request, req.model)
-    max_new_tokens = _max_new_tokens(info, req)
-    [prepared] = await _prepare_off_loop(info, ["prompt"], [req.prompt], req, max_new_tokens)
+    adapter, lora = request_adapter(raw_request, req.model)
+    max_new_tokens = bounded_new_tokens(info, req)
+    [prepared] = await prepare_off_loop(info, ["prompt"], [req.prompt], req, max_new_tokens)
     params = [_params(req, max_new_tokens, alpha, req.seed) for alpha in (0.0, -1.0)]
     after, before = await _complete_all(raw_request, [prepared, prepared], params, lora)
     metrics.record_generation(0.0, len(after.token_ids))

@@ -54,7 +54,7 @@ def _error(message: str, param: str | None, status: int = 400) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def _prompt_ids(tokenizer, req: ScoreRequest) -> list[int]:
+def prompt_ids(tokenizer, req: ScoreRequest) -> list[int]:
     if (req.messages is None) == (req.prompt is None):
         raise ScoringError("messages: give exactly one of `messages` (chat) or `prompt` (raw text)")
     if req.messages is not None:
@@ -86,7 +86,7 @@ def build_input(info, req: ScoreRequest) -> ScoreInput:
     """Validate and tokenize one request; ScoringError/AlphaError name the field."""
     alpha = info.config.alpha.default_alpha if req.alpha is None else validate_alpha(req.alpha, info.config.alpha.max_alpha)
     item = ScoreInput(
-        _prompt_ids(info.tokenizer, req), _continuation_ids(info.tokenizer, req.continuation), alpha, req.promoted_k
+        prompt_ids(info.tokenizer, req), _continuation_ids(info.tokenizer, req.continuation), alpha, req.promoted_k
     )
     vocab = len(info.tokenizer)
     if any(not 0 <= t < vocab for t in item.continuation_token_ids):

@@ -186,7 +186,7 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     # Last of the routers: every route mounted by now that the pair does not serve becomes a 404.
     served = served_paths(bool(settings.config.pair.adapters), settings.allow_runtime_adapters, settings.allow_weight_loads)
     refuse_unserved(app, served)
-    adapters = _routing(settings)
+    adapters = build_routing(settings)
     weights = RuntimeWeights(PairWeights(settings.config.pair), settings.allow_weight_loads)
     # Every route that runs the engine passes the weights gate (no response mixes weights).
     gated = (GENERATION_PATHS | OPENAI_PATHS.keys() | ORIGINAL_PATHS.keys() | {"/v1/lda/score", "/generative_scoring"}) & served
@@ -225,7 +225,7 @@ def install(app, engine_client, settings: ServerSettings, report: CompatibilityR
     metrics.weights_state(weights.weights)
 
 
-def _routing(settings: ServerSettings) -> AdapterRouting:
+def build_routing(settings: ServerSettings) -> AdapterRouting:
     """The `model` rule's names: the served name, and the adapters (none without LoRA)."""
     pair = settings.config.pair
     served = settings.config.engine.served_model_name or pair.after

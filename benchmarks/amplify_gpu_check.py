@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from engine.amplify import _amplify_triton, amplify_torch
+from engine.amplify import amplify_triton, amplify_torch
 
 CASES = [(rows, vocab, dtype) for dtype in (torch.bfloat16, torch.float32) for vocab in (49152, 100352) for rows in (1, 64, 256, 1024)]
 # Prompt logprobs over a long prompt: 16384 rows x Qwen2.5's 152064 columns is 2.5e9 elements, past
@@ -58,14 +58,14 @@ def check(rows: int, vocab: int, dtype: torch.dtype) -> tuple[float, float, floa
     a = (torch.randn(rows, vocab, device="cuda", generator=g) * 5).to(dtype)
     b = (torch.randn(rows, vocab - 48, device="cuda", generator=g) * 5).to(dtype)  # padded vocab
     alpha = torch.tensor([-1.0, 0.0, 0.3, 20.0], device="cuda").repeat(rows // 4 + 1)[:rows]
-    got = _amplify_triton(a.clone(), b, alpha)
+    got = amplify_triton(a.clone(), b, alpha)
     sample = _sample_rows(rows, vocab).to(a.device)
     ref = _expected(a[sample], b[sample], alpha[sample])
     err = (got[sample].double() - ref).abs().max().item()
     del got, ref
     moved = a.numel() * a.element_size() + b.numel() * b.element_size() + a.numel() * 4
     # float32 inputs are merged in place; timing on the same buffer is fine once checked.
-    t_triton = _time(lambda: _amplify_triton(a, b, alpha))
+    t_triton = _time(lambda: amplify_triton(a, b, alpha))
     t_torch = _time(lambda: amplify_torch(a, b, alpha))
     return err, t_triton, moved / t_triton / 1e9, t_torch
 

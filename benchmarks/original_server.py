@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.alpha import AlphaError, validate_alpha
 from engine.config.alpha import DEFAULT_ALPHA
-from engine.reference import ReferencePair, _sample, merge_logits
+from engine.reference import ReferencePair, merge_logits, sample_token
 
 
 @dataclass(slots=True)
@@ -62,7 +62,7 @@ def stream_tokens(pair: ReferencePair, job: Job) -> Iterator[int]:
         before_out = pair.before(ids.clamp(max=pair.before_vocab - 1), use_cache=True)
         for step in range(job.max_tokens):
             logits = merge_logits(after_out.logits[0, -1], before_out.logits[0, -1], job.alpha)
-            token = _sample(logits, job.temperature, job.top_p, generator)
+            token = sample_token(logits, job.temperature, job.top_p, generator)
             yield token
             if (token in pair.eos_ids and not job.ignore_eos) or step == job.max_tokens - 1:
                 return
@@ -101,7 +101,7 @@ def batch_tokens(pair: ReferencePair, jobs: list[Job]) -> Iterator[list[int]]:
         before_out = pair.before(input_ids=ids.clamp(max=clamp), attention_mask=mask, position_ids=positions, use_cache=True)
         for step in range(steps):
             logits = merge_rows(after_out.logits[:, -1], before_out.logits[:, -1], alpha)
-            tokens = [_sample(logits[i], job.temperature, job.top_p, generators[i]) for i, job in enumerate(jobs)]
+            tokens = [sample_token(logits[i], job.temperature, job.top_p, generators[i]) for i, job in enumerate(jobs)]
             yield tokens
             if step == steps - 1:
                 return

@@ -29,7 +29,7 @@ def amplify(after: torch.Tensor, before: torch.Tensor, alpha: torch.Tensor) -> t
     if alpha.shape != (after.shape[0],):
         raise ValueError(f"alpha must have one value per row ({after.shape[0]}); got {tuple(alpha.shape)}")
     if after.is_cuda and triton is not None:
-        return _amplify_triton(after, before, alpha)
+        return amplify_triton(after, before, alpha)
     return amplify_torch(after, before, alpha)
 
 
@@ -69,7 +69,7 @@ if triton is not None:
         tl.store(out_ptr + row * out_stride + cols, merged, mask=in_a)
 
 
-def _amplify_triton(after: torch.Tensor, before: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+def amplify_triton(after: torch.Tensor, before: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     rows, vocab_a = after.shape
     shared = min(vocab_a, before.shape[1])
     after = after if after.stride(1) == 1 else after.contiguous()

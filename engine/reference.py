@@ -30,7 +30,7 @@ def merge_logits(after: torch.Tensor, before: torch.Tensor, alpha: float) -> tor
     return merged
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
     if temperature == 0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -79,7 +79,7 @@ class ReferencePair:
         tokens: list[int] = []
         for _ in range(max_new_tokens):
             logits = merge_logits(after_out.logits[0, -1], before_out.logits[0, -1], alpha)
-            token = _sample(logits, temperature, top_p, generator)
+            token = sample_token(logits, temperature, top_p, generator)
             tokens.append(token)
             if token in self.eos_ids and not ignore_eos:
                 return ReferenceOutput(tokens, "stop")

@@ -33,7 +33,7 @@ from study.collect.prompts import load_prompts
 from study.collect.scoring import load_scores
 from study.collect.store import SampleStore
 from study.config import DEFAULT_RANK_BY, PROMPT_SETS, RANK_BY, parse_alphas
-from study.output.files import MONITOR_JSON, SAMPLES_FILE, SCORES_FILE, SUMMARY_FILE
+from study.output.files import MONITOR_JSON, REPORT_FILE, SAMPLES_FILE, SCORES_FILE, SUMMARY_FILE
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 """(done, total, message): the MCP context's report_progress."""
@@ -254,7 +254,7 @@ async def explore(tools: ToolContext, progress: Progress, *, prompts, alphas, sa
     rank_by = (summary.get("ranking") or {}).get("rank_by", DEFAULT_RANK_BY)
     return {
         "folder": str(run.folder),
-        "report": str(run.folder / "report.html"),
+        "report": str(run.folder / REPORT_FILE),
         "themes": summary.get("themes", [])[:top],
         "hypothesis": summary.get("hypothesis"),
         "top_samples": top_samples(run.folder, rank_by if rank_by in RANK_BY else DEFAULT_RANK_BY, top),

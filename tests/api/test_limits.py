@@ -12,7 +12,7 @@ import pytest
 from fastapi import HTTPException
 
 from api.alpha_middleware import LimitError, check_limits, check_responses_input
-from api.original_routes import LDABatchRequest, _max_new_tokens, _prepare_off_loop
+from api.original_routes import LDABatchRequest, bounded_new_tokens, prepare_off_loop
 from api.settings import RequestLimits
 from engine.prompts import PromptFormat
 
@@ -65,13 +65,13 @@ def test_max_tokens_setting_must_be_a_positive_integer(value):
 )
 def test_original_routes_length_within_the_limit(fields, limit, expected):
     info = SimpleNamespace(limits=RequestLimits(max_tokens=limit))
-    assert _max_new_tokens(info, LDABatchRequest(prompts=["p"], **fields)) == expected
+    assert bounded_new_tokens(info, LDABatchRequest(prompts=["p"], **fields)) == expected
 
 
 def test_original_routes_asking_more_than_the_limit_is_a_400_naming_it():
     info = SimpleNamespace(limits=RequestLimits(max_tokens=50))
     with pytest.raises(HTTPException) as error:
-        _max_new_tokens(info, LDABatchRequest(prompts=["p"], max_new_tokens=51))
+        bounded_new_tokens(info, LDABatchRequest(prompts=["p"], max_new_tokens=51))
     assert error.value.status_code == 400 and error.value.detail == "max_new_tokens is 51; the limit is LDA_MAX_TOKENS=50"
 
 
@@ -99,7 +99,7 @@ def _info(tokenizer):
 def _prepare(info, prompts, **fields):
     req = LDABatchRequest(prompts=prompts, **fields)
     names = [f"prompts[{i}]" for i in range(len(prompts))]
-    return asyncio.run(_prepare_off_loop(info, names, req.prompts, req, 5))
+    return asyncio.run(prepare_off_loop(info, names, req.prompts, req, 5))
 
 
 def test_prompts_are_tokenized_in_the_worker_thread():

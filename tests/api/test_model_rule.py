@@ -14,8 +14,8 @@ from fastapi import HTTPException
 
 from api.adapter_routing import after_adapter
 from api.alpha_middleware import AlphaMiddleware
-from api.original_routes import _adapter
-from api.server import _routing
+from api.original_routes import request_adapter
+from api.server import build_routing
 from api.settings import parse_settings
 from engine.config import AlphaConfig
 
@@ -31,7 +31,7 @@ def _app(routing, loaded=()):
 @pytest.fixture
 def plain():
     """A pair without LoRA, as `lda serve` builds its routing."""
-    return _app(_routing(parse_settings(PAIR)))
+    return _app(build_routing(parse_settings(PAIR)))
 
 
 def test_a_pair_without_lora_takes_its_served_name_or_none(plain):
@@ -41,7 +41,7 @@ def test_a_pair_without_lora_takes_its_served_name_or_none(plain):
 
 
 def test_adapters_take_the_served_name_as_the_default_and_their_own_names():
-    app = _app(_routing(parse_settings(PAIR)), loaded=["small", "large"])
+    app = _app(build_routing(parse_settings(PAIR)), loaded=["small", "large"])
     app.state.lda.adapters.adapters[:] = ["small", "large"]  # as --after-adapter gives them
     app.state.lda.adapters.has_default = True
     assert after_adapter(app, "lda") == after_adapter(app, None) == ("small", "LoRARequest(small)")
@@ -51,7 +51,7 @@ def test_adapters_take_the_served_name_as_the_default_and_their_own_names():
 
 
 def test_an_adapter_unloaded_meanwhile_is_a_404():
-    app = _app(_routing(parse_settings(PAIR)))
+    app = _app(build_routing(parse_settings(PAIR)))
     app.state.lda.adapters.add("ckpt")
     with pytest.raises(LookupError, match="The model `ckpt` was just unloaded"):
         after_adapter(app, "ckpt")
@@ -60,9 +60,9 @@ def test_an_adapter_unloaded_meanwhile_is_a_404():
 def test_original_routes_take_the_served_name_without_lora(plain):
     """/generate_lda, /generate_lda_batch and /generate: `model: "lda"` on a pair without LoRA
     runs the after model (a 404 before the rule was one)."""
-    assert _adapter(SimpleNamespace(app=plain), "lda") == (None, None)
+    assert request_adapter(SimpleNamespace(app=plain), "lda") == (None, None)
     with pytest.raises(HTTPException) as error:
-        _adapter(SimpleNamespace(app=plain), "nope")
+        request_adapter(SimpleNamespace(app=plain), "nope")
     assert error.value.status_code == 404 and "Models served: lda" in error.value.detail
 
 

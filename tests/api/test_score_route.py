@@ -240,7 +240,7 @@ def test_lda_token_scores_on_generate_lda(server):
 
 @pytest.mark.parametrize("error", [ValueError("no chat template"), __import__("jinja2").TemplateError("roles must alternate")])
 def test_a_chat_template_that_refuses_the_messages_is_a_400_naming_them(error):
-    from api.score_routes import ScoreRequest, _prompt_ids
+    from api.score_routes import ScoreRequest, prompt_ids
     from engine.scoring import ScoringError
 
     class Refusing:
@@ -249,4 +249,4 @@ def test_a_chat_template_that_refuses_the_messages_is_a_400_naming_them(error):
 
     req = ScoreRequest(messages=[{"role": "assistant", "content": "hi"}], continuation="x")
     with pytest.raises(ScoringError, match="^messages: the chat template cannot format them"):
-        _prompt_ids(Refusing(), req)
+        prompt_ids(Refusing(), req)
