@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.adapter_load_bench import start_server, timed_completion
+from benchmarks.adapter_load_bench import Restart, start_server, timed_completion
 
 SERVED = "lda"
 
@@ -53,13 +53,6 @@ class Switch:
     @property
     def switch_s(self) -> float:
         return self.load_request_s + self.first_response_s
-
-
-@dataclass(slots=True)
-class Restart:
-    round: int
-    healthy_s: float
-    first_response_s: float
 
 
 def demo_checkpoints(work: Path) -> tuple[Path, Path, Path]:
