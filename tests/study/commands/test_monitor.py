@@ -29,13 +29,6 @@ def fake():
         yield server
 
 
-@pytest.fixture
-def prompts(tmp_path: Path) -> Path:
-    path = tmp_path / "prompts.txt"
-    path.write_text("How do I sleep better?\nHow do I save money?\nAny tips for running?\n")
-    return path
-
-
 def make_run(root: Path, steps=(2, 4, 6)) -> Path:
     run = root / "run"
     for step in steps:

@@ -14,13 +14,6 @@ from tests.study.commands.test_monitor import args, monitor_json
 from tests.study.fake_pair import FakePair, write_checkpoint
 
 
-@pytest.fixture
-def prompts(tmp_path: Path) -> Path:
-    path = tmp_path / "prompts.txt"
-    path.write_text("How do I sleep better?\nHow do I save money?\nAny tips for running?\n")
-    return path
-
-
 def make_full_run(root: Path, steps=(2, 4, 6)) -> Path:
     """A full-weight run as `lda demo-run --full` writes it: checkpoint-<step>/ and base/."""
     run = root / "run"
