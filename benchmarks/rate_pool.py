@@ -205,11 +205,11 @@ def collect(args: argparse.Namespace) -> int:
     print(f"{len(pool)} samples in the pool, {len(jobs)} to draw", file=sys.stderr)
     if not jobs:
         return 0
-    next_seed = max((r["seed"] for r in pool), default=-1) + 1
+    next_seed = max(args.first_seed, max((r["seed"] for r in pool), default=-1) + 1)
     if args.pair == AFTER_ONLY and any(a != 0 for _, a in jobs):
         print(f"--pair {AFTER_ONLY} samples alpha 0 only (--counts 0:N)", file=sys.stderr)
         return 2
-    # Without per-request seeds the engine's own seed (the pool's size) makes each run's stream new.
+    # Without per-request seeds the engine's own seed (the pool's next seed) makes each run's stream new.
     args.engine_seed = 0 if args.seeds == "request" else next_seed
     started = time.monotonic()
     args.pool.parent.mkdir(parents=True, exist_ok=True)
@@ -252,10 +252,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="request: every request its own seed (the row's seed replays it); engine: one "
                    "engine seed per run (vLLM then samples without per-request generators)")
     p.add_argument("--minutes", type=float, default=9.0, help="stop starting batches after this long")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first request's seed when the pool is new: give new alphas drawn beside a compact "
+                        "pool (whose seeds are not kept) seeds past the old pool's, so no stream is replayed")
     p.add_argument("--compact", type=Path, metavar="JSON", help="write the pool's counts here and draw nothing")
+    p.add_argument("--merge", type=Path, action="append", default=[], metavar="POOL",
+                   help="with --compact: add this pool's rows too (a compact .json or a JSONL; repeatable)")
     args = p.parse_args(argv)
     if args.compact:
-        args.compact.write_text(json.dumps(compact(load_pool(args.pool), args.pair, args.max_tokens)) + "\n")
+        rows = load_pool(args.pool) + [r for extra in args.merge for r in load_pool(extra)]
+        args.compact.write_text(json.dumps(compact(rows, args.pair, args.max_tokens)) + "\n")
         return 0
     return collect(args)
 
