@@ -42,8 +42,10 @@ from study.analysis.stats import auroc, wilson_interval
 DEFAULT_BUDGETS = (60, 120, 240, 480, 1000, 2000)
 PLAIN_BUDGETS = (4000, 8000, 16000)
 """Plain sampling only (no fit is run): where plain reaches the path's error at 10x its budget."""
-DESIGNS = {"0,0.5,1,2,4": (0.0, 0.5, 1.0, 2.0, 4.0), "0.5,1,2,4": (0.5, 1.0, 2.0, 4.0), "1,2,4": (1.0, 2.0, 4.0)}
-"""Alphas a budget is spread over: the study's default, and the default without alpha 0."""
+DESIGNS = {"0,0.5,1,2,4": (0.0, 0.5, 1.0, 2.0, 4.0), "0.5,1,2,4": (0.5, 1.0, 2.0, 4.0), "1,2,4": (1.0, 2.0, 4.0),
+           "0,0.25,0.5,1,2,4": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)}
+"""Alphas a budget is spread over: the study's default, the default without alpha 0, and the
+default with 0.25 (close to 0, where a bend in the log-odds shows; needs a pool with 0.25)."""
 
 
 def pool_by_cell(rows: list[dict], max_tokens: int | None) -> dict[tuple[int, float], np.ndarray]:
