@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--max-tokens", type=int, help="count a hit only if the detector needed at most this many tokens")
-    p.add_argument("--designs", default=";".join(DESIGNS), help=f"some of {'; '.join(DESIGNS)} (separated by ';')")
+    p.add_argument("--designs", help=f"some of {'; '.join(DESIGNS)} (separated by ';'; default: each whose alphas the pool has)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--markdown", action="store_true", help="print the table of <out>/<name>.json and stop")
     args = p.parse_args(argv)
@@ -208,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool is None:
         p.error("--pool is required")
     pool = pool_by_cell(load_pool(args.pool), args.max_tokens)
-    designs = {d: DESIGNS[d] for d in args.designs.split(";")}
+    have = {a for _, a in pool}
+    names = args.designs.split(";") if args.designs else [d for d, alphas in DESIGNS.items() if have >= set(alphas)]
+    designs = {d: DESIGNS[d] for d in names}
     started = time.monotonic()
     truth, rows = run(pool, [int(b) for b in args.budgets.split(",")], args.reps, designs, args.methods.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
