@@ -32,10 +32,10 @@ DETECTOR = re.compile("zorblax", re.IGNORECASE)
 """The demo's detector (`regex:zorblax`, as `lda study` compiles it)."""
 PAIRS = ("lora", "lora-merged", "full", "planted:START_LOGIT[:STEP_LOGIT]")
 AFTER_ONLY = "lora-merged"
-"""The demo LoRA pair's after model alone: the adapter merged into the base (`merged_after`),
-served as one plain vLLM model. Alpha 0 of the pair is the after model's own distribution, so
-this draws the same alpha-0 samples as `lora` at the cost of one stack instead of two (and no
-LoRA kernels); it takes alpha 0 only."""
+"""The demo LoRA pair with the adapter merged into a full after model (`merged_after`): no LoRA
+kernels. When every sample wanted is at alpha 0 it serves the after model alone, as one plain
+vLLM model: alpha 0 of the pair is the after model's own distribution, so this draws the same
+alpha-0 samples as `lora` at the cost of one stack instead of two."""
 MODELS_DIR = Path("/tmp/lda-rate-bench-models")
 """Where `planted:...` pairs are built (seconds; deterministic, so a rebuild gives the same pair)."""
 
@@ -176,7 +176,7 @@ class AfterOnly:
         from engine.prompts import prompt_token_ids, render_prompt
 
         if any(a != 0 for a in alphas):
-            raise ValueError(f"--pair {AFTER_ONLY} samples alpha 0 only")
+            raise ValueError("the after model alone samples alpha 0 only")
         inputs = [TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, render_prompt(self.tokenizer, p)))
                   for p in prompts]
         params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -190,11 +190,11 @@ def open_engine(args: argparse.Namespace):
     """The engine drawing the pool: the pair in one LDA engine, or (`lora-merged`) the after model alone."""
     options = dict(device="cpu", dtype=args.dtype, kv_cache_memory_gb=1, max_model_len=512,
                    max_num_seqs=args.batch, seed=args.engine_seed)
-    if args.pair == AFTER_ONLY:
+    if args.after_only:
         return AfterOnly(merged_after(), **options)
     from engine.library import LDAModelPair
 
-    after, before = pair_paths(args.pair)
+    after, before = (merged_after(), pair_paths("lora")[1]) if args.pair == AFTER_ONLY else pair_paths(args.pair)
     return LDAModelPair(after, before, **options)
 
 
@@ -206,9 +206,7 @@ def collect(args: argparse.Namespace) -> int:
     if not jobs:
         return 0
     next_seed = max(args.first_seed, max((r["seed"] for r in pool), default=-1) + 1)
-    if args.pair == AFTER_ONLY and any(a != 0 for _, a in jobs):
-        print(f"--pair {AFTER_ONLY} samples alpha 0 only (--counts 0:N)", file=sys.stderr)
-        return 2
+    args.after_only = args.pair == AFTER_ONLY and all(a == 0 for _, a in jobs)
     # Without per-request seeds the engine's own seed (the pool's next seed) makes each run's stream new.
     args.engine_seed = 0 if args.seeds == "request" else next_seed
     started = time.monotonic()
