@@ -148,7 +148,7 @@ class AfterOnly:
     """One plain vLLM engine on one model, with `LDAModelPair.generate_lda`'s call shape at alpha 0
     (the prompts rendered and tokenized as the pair's engine does)."""
 
-    def __init__(self, model: str, **engine_options) -> None:
+    def __init__(self, model: str, block_size: int | None = None, **engine_options) -> None:
         from vllm import LLM
 
         from engine.config import AlphaConfig, EngineOptions, LDAConfig, adapter_pair, engine_kwargs, prepare_process
@@ -158,6 +158,7 @@ class AfterOnly:
         kwargs = engine_kwargs(config)
         for pair_only in ("hf_overrides", "logits_processors", "worker_extension_cls"):
             kwargs.pop(pair_only)
+        kwargs.update({"block_size": block_size} if block_size else {})
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -191,8 +192,14 @@ def open_engine(args: argparse.Namespace):
     options = dict(device="cpu", dtype=args.dtype, kv_cache_memory_gb=1, max_model_len=512,
                    max_num_seqs=args.batch, seed=args.engine_seed)
     if args.after_only:
-        return AfterOnly(merged_after(), **options)
+        return AfterOnly(merged_after(), block_size=args.block_size, **options)
+    import engine.library
     from engine.library import LDAModelPair
+
+    if args.block_size:  # EngineOptions has no block size: add it to the engine's arguments here
+        pair_kwargs = engine.library.engine_kwargs
+        engine.library.engine_kwargs = lambda config, *a, **k: {**pair_kwargs(config, *a, **k),
+                                                                 "block_size": args.block_size}
 
     after, before = (merged_after(), pair_paths("lora")[1]) if args.pair == AFTER_ONLY else pair_paths(args.pair)
     return LDAModelPair(after, before, **options)
@@ -249,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", choices=("request", "engine"), default="request",
                    help="request: every request its own seed (the row's seed replays it); engine: one "
                    "engine seed per run (vLLM then samples without per-request generators)")
+    p.add_argument("--block-size", type=int, default=32,
+                   help="KV-cache block size; vLLM's CPU default (128) is longer than the demo prompts "
+                   "(37 to 44 tokens), so no prompt would fill a block and prefix caching would never hit "
+                   "(0: vLLM's default)")
     p.add_argument("--minutes", type=float, default=9.0, help="stop starting batches after this long")
     p.add_argument("--first-seed", type=int, default=0,
                    help="the first request's seed when the pool is new: give new alphas drawn beside a compact "
