@@ -12,6 +12,11 @@ random stream of an earlier engine start, and no two alphas share a stream.
     /work/bin/engine-slot python -m benchmarks.rate_pool --pair lora --pool studies/rates/lora.jsonl \\
         --counts 0:400,0.5:20,1:20,2:20,4:20 --minutes 9
 
+The demo pair's pool (docs/research/rate-estimate.md, "The demo pair") is drawn in two files:
+alpha 0 from the after model alone (`--pair lora-merged --counts 0:N`: one stack), the other
+alphas from the pair with the adapter merged (`--pair lora-merged --counts 0.25:N,...`), then
+compacted into one (`--compact ... --merge`).
+
 Each line: {"prompt": index into the prompt file, "alpha", "seed", "hit": 0/1, "hit_at": the
 answer tokens the detector needed (so any shorter max_tokens can be read off offline), "tokens",
 "text": the answer when it is a hit (empty otherwise, to keep the pool small)}.
