@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from study.analysis.plan import DEFAULT_TOP
 from study.collect.detectors import JudgeConfig, parse_detector
 
 ENDPOINTS = ("chat", "completions")
@@ -16,7 +17,7 @@ RAW_PROMPT_SETS = ("generic",)
 MIN_ALPHA = -1.0
 AUTO_ALPHAS = "auto"
 """`--alphas auto`: the sampling plan (study/analysis/plan.py) chooses the alphas from the hits."""
-AUTO_TOP = 4.0
+AUTO_TOP = DEFAULT_TOP
 """The largest alpha the plan samples (the top of the fixed default)."""
 RANK_BY = ("max", "sum", "mean")
 DEFAULT_RANK_BY = "mean"

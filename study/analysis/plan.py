@@ -12,19 +12,24 @@ spends what is left where the straight extrapolation is least certain.
    (spread over the prompts); the plan steps down while the probe shows at least `MIN_HITS` hits,
    and stops at the first rung that does not (its samples stay in the data: their zeros say the
    rate is low there), at the last rung, or when the budget runs out.
-2. **The rest.** What is left goes to the two lowest measurable rungs (the lowest alpha with hits,
+2. **The target itself.** A fifth of the budget (`ANCHOR_SHARE`, as the fixed default gives
+   alpha 0) is sampled at the target, last: a rare behaviour shows few hits there, and those zeros
+   hold the fitted curve down where the trend bends below the alphas with hits.
+3. **The rest.** What is left goes to the two lowest measurable rungs (the lowest alpha with hits,
    `low`, and the rung above it, `high`; when only the top rung had hits, the top and the rung
    below it), split as the c-optimal design for a straight line in log-odds: extrapolated to
    target t, `eta(t) = c_low * eta(low) + c_high * eta(high)`, whose variance
    `sum c_i^2 / (n_i p_i (1 - p_i))` is least with `n_i` proportional to `|c_i| / sqrt(p_i (1 - p_i))`
-   (the rates p_i as measured so far). The lowest rung gets most: it is closest to the target.
-   When no rung had hits (the behaviour is too rare even at the top), the rest goes to the top.
+   (the rates p_i as measured so far; samples already there count). The lowest rung gets most: it
+   is closest to the target. When no rung had hits (the behaviour is too rare even at the top),
+   the rest goes to the top.
 
+The descent stops early when another probe would eat into the rest and the target's share.
 Pure functions over counts: `next_step(budget, history)` is the step to take after `history` (the
 steps taken, each with the hits it found), None when the budget is spent. The plan is
 deterministic given the hits, so a resumed study replays it from the samples on disk. It spends
 the budget exactly; how the samples of a step are spread over prompts is the caller's (the study
-gives each prompt the same number, the first prompts one more when it does not divide).
+gives each prompt the same number, and the ones left over to the next prompts in turn).
 """
 
 from __future__ import annotations
