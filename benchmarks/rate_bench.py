@@ -162,6 +162,22 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
     return truth_info, rows
 
 
+def whole(pool, designs, methods) -> list[dict]:
+    """Each method's estimate at alpha 0 from the whole pool on each design (the path at its
+    largest budget), to set beside the pool's own alpha-0 rate."""
+    out = []
+    for design, alphas in designs.items():
+        if alphas is None:
+            continue
+        cells = [Cell(str(p), a, int(h.sum()), len(h)) for (p, a), h in sorted(pool.items()) if a in alphas]
+        for method in methods:
+            est = estimate_rate(cells, 0.0, method)
+            out.append({"design": design, "method": method, "rate": est.rate, "ci_low": est.ci_low,
+                        "ci_high": est.ci_high, "reason": est.reason, "warning": est.warning,
+                        "n": sum(c.n for c in cells)})
+    return out
+
+
 def _line(row: dict) -> str:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     return (f"{row['budget']:>6} {row['method']:<13} {row['design']:<12} err {fmt(row['median_abs_log10_error'], '.3f')}"
@@ -230,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, help="count a hit only if the detector needed at most this many tokens")
     p.add_argument("--designs", help=f"some of {'; '.join(DESIGNS)} (separated by ';'; default: each whose alphas the pool has)")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--whole", action="store_true", help="print each method's estimate from the whole pool and stop")
     p.add_argument("--markdown", action="store_true", help="print the table of <out>/<name>.json and stop")
     args = p.parse_args(argv)
     if args.markdown:
@@ -241,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     have = {a for _, a in pool}
     names = args.designs.split(";") if args.designs else [d for d, alphas in DESIGNS.items() if alphas is None or have >= set(alphas)]
     designs = {d: DESIGNS[d] for d in names}
+    if args.whole:
+        for a in sorted(have):
+            hits, n = sum(int(h.sum()) for (_, b), h in pool.items() if b == a), sum(len(h) for (_, b), h in pool.items() if b == a)
+            low, high = wilson_interval(hits, n)
+            print(f"alpha {a:g}: {hits}/{n} = {100 * hits / n:.3g}% [{100 * low:.3g}, {100 * high:.3g}]")
+        for row in whole(pool, designs, args.methods.split(",")):
+            print(json.dumps(row))
+        return 0
     started = time.monotonic()
     truth, rows = run(pool, [int(b) for b in args.budgets.split(",")], args.reps, designs, args.methods.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
