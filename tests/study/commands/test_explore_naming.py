@@ -24,6 +24,8 @@ from tests.benchmarks.fake_openai import JUDGE_MODEL, FakeServer
 from tests.factories import PLANT_TEXT, build_planted_pair
 from tests.servers import start_lda_server
 
+pytestmark = pytest.mark.slow
+
 PLANT = PLANT_TEXT.lower()
 
 
