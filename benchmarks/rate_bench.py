@@ -46,6 +46,19 @@ DESIGNS = {"0,0.5,1,2,4": (0.0, 0.5, 1.0, 2.0, 4.0), "0.5,1,2,4": (0.5, 1.0, 2.0
 """Alphas a budget is spread over: the study's default, and the default without alpha 0."""
 
 
+def design(text: str) -> tuple[float, ...]:
+    """A named design, or alphas written a,b,c (ValueError naming the bad one)."""
+    if text in DESIGNS:
+        return DESIGNS[text]
+    alphas = []
+    for a in text.split(","):
+        try:
+            alphas.append(float(a))
+        except ValueError:
+            raise ValueError(f"not an alpha: {a!r} (in {text!r})") from None
+    return tuple(alphas)
+
+
 def pool_by_cell(rows: list[dict], max_tokens: int | None) -> dict[tuple[int, float], np.ndarray]:
     """Hits (0/1) per (prompt, alpha); with `max_tokens`, a hit counts only if the detector
     needed at most that many tokens."""
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--max-tokens", type=int, help="count a hit only if the detector needed at most this many tokens")
-    p.add_argument("--designs", default=";".join(DESIGNS), help=f"some of {'; '.join(DESIGNS)} (separated by ';')")
+    p.add_argument("--designs", default=";".join(DESIGNS), help=f"some of {'; '.join(DESIGNS)}, or any alphas a,b,c (designs separated by ';')")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--markdown", action="store_true", help="print the table of <out>/<name>.json and stop")
     args = p.parse_args(argv)
@@ -206,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool is None:
         p.error("--pool is required")
     pool = pool_by_cell(load_pool(args.pool), args.max_tokens)
-    designs = {d: DESIGNS[d] for d in args.designs.split(";")}
+    try:
+        designs = {d: design(d) for d in args.designs.split(";")}
+    except ValueError as e:
+        p.error(f"--designs: {e}")
     started = time.monotonic()
     truth, rows = run(pool, [int(b) for b in args.budgets.split(",")], args.reps, designs, args.methods.split(","))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ The models (`METHODS`):
 - `pooled`: all prompts' counts pooled per alpha, one logistic curve.
 - `quadratic`: pooled, with log-odds allowed to bend (concave) in alpha: a behaviour of several
   tokens saturates token by token, so its log-odds are not straight (see `_QuadraticFit`).
+- `local`: `guarded` over the alphas nearest the target only (up to the third alpha with hits),
+  so a trend that bends is followed over a shorter, straighter stretch (see `_local`).
 - `dispersed`: pooled, each alpha's log-odds allowed to stray from the straight trend by a
   deviation of fitted spread s; the trend is a prior for the target, its own samples update it
   (see `_dispersed`).
@@ -46,7 +48,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-METHODS = ("hierarchical", "pooled", "quadratic", "dispersed", "guarded")
+METHODS = ("hierarchical", "pooled", "quadratic", "dispersed", "guarded", "local")
 DEFAULT_METHOD = "guarded"
 DEFAULT_LEVEL = 0.95
 QUADRATURE_NODES = 16
@@ -162,6 +164,8 @@ def estimate_rate(
         return _replace(base, reason="a bending (quadratic) trend needs hits at three alphas or more")
     if method == "guarded":
         return _guard(estimate_rate(cells, target_alpha, "hierarchical", level), level, method)
+    if method == "local":
+        return _local(cells, used, target_alpha, level)
     if method == "dispersed":
         return _dispersed(data, used, base, target_alpha, level)
     fit = {"pooled": _PooledFit, "quadratic": _QuadraticFit, "hierarchical": _HierarchicalFit}[method](data)
@@ -230,7 +234,7 @@ def format_estimate(estimate: Estimate, top_prompts: int = 3) -> str:
 def describe_interval(estimate: Estimate) -> str:
     """What the interval is, in a few words, by method."""
     level = f"{100 * estimate.level:g}%"
-    if estimate.method == "guarded":
+    if estimate.method in ("guarded", "local"):
         return f"{level} interval: upper bound by profile likelihood, lower bound from alpha {estimate.target_alpha:g}'s own samples"
     if estimate.method == "dispersed":
         return f"{level} posterior interval"
@@ -625,6 +629,21 @@ def _profile_bounds(fit, target: float, eta_hat: float, critical: float) -> tupl
 def _target_counts(used: list[dict], target: float) -> tuple[int, int] | None:
     """(hits, n) of the target alpha's own samples, all prompts together; None when not sampled."""
     return next(((u["hits"], u["n"]) for u in used if u["alpha"] == target), None)
+
+
+LOCAL_ALPHAS_WITH_HITS = 3
+"""`local` fits the alphas up to the third with hits, counted from the target."""
+
+
+def _local(cells: list[Cell], used: list[dict], target: float, level: float) -> Estimate:
+    """`guarded` on the alphas nearest the target: those up to the LOCAL_ALPHAS_WITH_HITS-th alpha
+    with hits counted outwards from the target (with the zeros between). A trend that bends is
+    straighter over a short stretch, and the stretch carried is shorter; the price is fewer hits."""
+    with_hits = sorted((u["alpha"] for u in used if u["hits"] > 0), key=lambda a: (abs(a - target), a))
+    reach = abs(with_hits[min(LOCAL_ALPHAS_WITH_HITS, len(with_hits)) - 1] - target)
+    near = [c for c in cells if abs(c.alpha - target) <= reach + 1e-12]
+    estimate = estimate_rate(near, target, "guarded", level)
+    return _replace(estimate, method="local")
 
 
 def exact_lower_bound(hits: int, n: int, tail: float) -> float:

@@ -203,3 +203,17 @@ def test_dispersed_follows_the_targets_samples_when_they_contradict_the_trend():
         for method, values in errors.items():
             values.append(abs(math.log10(estimate_rate(cells, 0.0, method).rate / truth)))
     assert np.median(errors["dispersed"]) < np.median(errors["pooled"]) - 0.3
+
+
+def test_local_follows_a_bend_that_fine_low_alphas_show():
+    rng = np.random.default_rng(12)
+    truth = tokens_rate(*TOKENS, 0.0)
+    errors = {"guarded": [], "local": []}
+    for _ in range(6):
+        cells = draw_tokens(rng, *TOKENS, (0, 0.125, 0.25, 0.5, 1, 2, 4), 20, 20)
+        for method, values in errors.items():
+            estimate = estimate_rate(cells, 0.0, method)
+            values.append(abs(math.log10(estimate.rate / truth)))
+            assert estimate.ci_low <= truth <= estimate.ci_high and estimate.method == method
+        assert [u["alpha"] for u in estimate.used][-1] < 4  # local: the saturated alphas are left out
+    assert np.median(errors["local"]) < np.median(errors["guarded"]) - 0.3
