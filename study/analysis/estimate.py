@@ -163,7 +163,7 @@ def estimate_rate(
     if method == "quadratic" and sum(u["hits"] > 0 for u in used) < 3:
         return _replace(base, reason="a bending (quadratic) trend needs hits at three alphas or more")
     if method == "guarded":
-        return _guard(estimate_rate(cells, target_alpha, "hierarchical", level), level, method)
+        return guarded_from(estimate_rate(cells, target_alpha, "hierarchical", level))
     if method == "local":
         return _local(cells, used, target_alpha, level)
     if method == "dispersed":
@@ -661,8 +661,8 @@ def exact_lower_bound(hits: int, n: int, tail: float) -> float:
     return low
 
 
-def _guard(estimate: Estimate, level: float, method: str) -> Estimate:
-    """The hierarchical estimate, its interval's lower side opened to what the target's own samples
+def guarded_from(estimate: Estimate, method: str = "guarded") -> Estimate:
+    """`guarded` from an estimate of `hierarchical` (the same cells): its interval's lower side opened to what the target's own samples
     allow (their exact lower bound; 0 when the target was not sampled or shows no hit).
 
     A behaviour of several tokens has log-odds concave in alpha (each token's log-probability,
@@ -672,7 +672,7 @@ def _guard(estimate: Estimate, level: float, method: str) -> Estimate:
     if estimate.rate is None:
         return _replace(estimate, method=method)
     own = _target_counts(estimate.used, estimate.target_alpha)
-    floor = 0.0 if own is None else exact_lower_bound(*own, (1 - level) / 2)
+    floor = 0.0 if own is None else exact_lower_bound(*own, (1 - estimate.level) / 2)
     return _replace(estimate, method=method, ci_low=min(estimate.ci_low, floor))
 
 
