@@ -181,27 +181,29 @@ def plot(rows: list[dict], truth: dict, path: Path, title: str) -> None:
 
 
 def markdown(record: dict) -> str:
-    """The docs' table: per budget, plain and the path estimate as error / coverage / AUROC: every
-    method on the study's default alphas, the hierarchical one on the other designs."""
+    """The docs' tables, one per design: per budget, plain and every method on that design as
+    error / coverage / AUROC."""
     rows = record["rows"]
-    default = next(iter(DESIGNS))
-    series = sorted({(r["method"], r["design"]) for r in rows
-                     if r["method"] != "plain" and (r["design"] == default or r["method"] == "hierarchical")})
+    designs = list(dict.fromkeys(r["design"] for r in rows if r["method"] != "plain"))
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    header = "| budget | plain: error / cover / AUROC | " + " | ".join(f"{m} [{d}]" for m, d in series) + " |"
-    lines = [header, "|" + "---|" * (2 + len(series))]
-    for budget in sorted({r["budget"] for r in rows}):
-        at = {(r["method"], r["design"]): r for r in rows if r["budget"] == budget}
-        cells = []
-        for key in [("plain", "-"), *series]:
-            r = at.get(key)
-            cells.append("" if r is None else
-                         f"{fmt(r['median_abs_log10_error'], '.2f')} / {fmt(r['coverage_95'], '.2f')}"
-                         + (f" / {fmt(r['per_prompt_auroc'], '.2f')}" if r["per_prompt_auroc"] is not None else "")
-                         + (f" ({r['null']} null)" if r["null"] else "")
-                         + (f" ({r['warned']} warned)" if r.get("warned") else ""))
-        lines.append(f"| {budget} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    tables = []
+    for design in designs:
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["design"] == design))
+        header = f"Alphas {design}:\n\n| budget | plain: error / cover / AUROC | " + " | ".join(methods) + " |"
+        lines = [header, "|" + "---|" * (2 + len(methods))]
+        for budget in sorted({r["budget"] for r in rows}):
+            at = {(r["method"], r["design"]): r for r in rows if r["budget"] == budget}
+            cells = []
+            for key in [("plain", "-"), *((m, design) for m in methods)]:
+                r = at.get(key)
+                cells.append("" if r is None else
+                             f"{fmt(r['median_abs_log10_error'], '.2f')} / {fmt(r['coverage_95'], '.2f')}"
+                             + (f" / {fmt(r['per_prompt_auroc'], '.2f')}" if r["per_prompt_auroc"] is not None else "")
+                             + (f" ({r['null']} null)" if r["null"] else "")
+                             + (f" ({r['warned']} warned)" if r.get("warned") else ""))
+            lines.append(f"| {budget} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> int:
