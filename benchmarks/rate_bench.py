@@ -7,7 +7,10 @@ subsets of that size, offline:
 - plain: `budget` answers at alpha 0, spread evenly over the prompts; the rate is
   (hits + 0.5) / (n + 1) (so that 0 hits still has a log), the interval Wilson's;
 - path: the same number of answers spread evenly over the prompts and the design's alphas,
-  estimated at alpha 0 by `study.analysis.estimate` (each method).
+  estimated at alpha 0 by `study.analysis.estimate` (each method);
+- auto (the design `auto`): the sampling plan of `lda study --alphas auto`
+  (`study.analysis.plan`) chooses the alphas step by step from the hits the pool gives it (each
+  step at the pool's nearest alpha), spending the same budget.
 
 Reported per budget: the median absolute error of log10(rate) against the pool's whole alpha-0
 rate, the share of 95% intervals that cover it, and the per-prompt AUROC against the brute-force
@@ -37,13 +40,16 @@ import numpy as np
 
 from benchmarks.rate_pool import load_pool
 from study.analysis.estimate import METHODS, Cell, estimate_rate, guarded_from
+from study.analysis.plan import Taken, next_step
 from study.analysis.stats import auroc, wilson_interval
 
 DEFAULT_BUDGETS = (60, 120, 240, 480, 1000, 2000)
 PLAIN_BUDGETS = (4000, 8000, 16000)
 """Plain sampling only (no fit is run): where plain reaches the path's error at 10x its budget."""
-DESIGNS = {"0,0.5,1,2,4": (0.0, 0.5, 1.0, 2.0, 4.0), "0.5,1,2,4": (0.5, 1.0, 2.0, 4.0), "1,2,4": (1.0, 2.0, 4.0)}
-"""Alphas a budget is spread over: the study's default, and the default without alpha 0."""
+DESIGNS = {"0,0.5,1,2,4": (0.0, 0.5, 1.0, 2.0, 4.0), "0.5,1,2,4": (0.5, 1.0, 2.0, 4.0), "1,2,4": (1.0, 2.0, 4.0),
+           "auto": None}
+"""Alphas a budget is spread over: the study's default, and the default without alpha 0; `auto`
+(None): the sampling plan chooses them."""
 
 
 def design(text: str) -> tuple[float, ...]:
@@ -88,6 +94,24 @@ def subsample(rng, pool, counts) -> list[Cell]:
     return out
 
 
+def planned(rng, pool, budget: int, prompts: list[int], target: float = 0.0) -> list[Cell]:
+    """The sampling plan's samples: each step's answers spread over the prompts at the pool's
+    alpha nearest the step's, drawn without replacement across steps."""
+    alphas = sorted({a for _, a in pool})
+    order: dict[tuple[int, float], np.ndarray] = {}
+    used: dict[tuple[int, float], int] = defaultdict(int)
+    history: list[Taken] = []
+    while (step := next_step(budget, history, target)) is not None:
+        alpha = min(alphas, key=lambda a: abs(a - step.alpha))
+        hits = 0
+        for (p, a), n in spread(rng, step.n, prompts, (alpha,)).items():
+            cell = order.setdefault((p, a), rng.permutation(pool[p, a]))
+            hits += int(cell[used[p, a] : used[p, a] + n].sum())
+            used[p, a] += n
+        history.append(Taken(step, hits))
+    return [Cell(str(p), a, int(order[p, a][:n].sum()), n) for (p, a), n in sorted(used.items()) if n]
+
+
 def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGETS) -> tuple[dict, list[dict]]:
     prompts = sorted({p for p, _ in pool})
     zero = [pool[p, 0.0] for p in prompts]
@@ -114,7 +138,11 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
             score = {c.prompt_id: c.hits / c.n for c in plain}
             r["auc"].append(auroc([score.get(str(p), 0.0) for p in prompts], labels))
             for design, alphas in designs.items() if path_too else ():
-                cells = subsample(rng, pool, spread(rng, budget, prompts, alphas))
+                if alphas is None:
+                    cells = planned(rng, pool, budget, prompts)
+                    results["lowest", design]["err"].append(min(c.alpha for c in cells))
+                else:
+                    cells = subsample(rng, pool, spread(rng, budget, prompts, alphas))
                 fitted = {}
                 for method in sorted(methods, key=lambda m: m != "hierarchical"):
                     started = time.perf_counter()
@@ -132,6 +160,7 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
                     if est.per_prompt:
                         score = {pe.prompt_id: pe.rate for pe in est.per_prompt}
                         r["auc"].append(auroc([score.get(str(p), 0.0) for p in prompts], labels))
+        lowest = results.pop(("lowest", "auto"), None)
         for (method, design), r in results.items():
             aucs = [a for a in r["auc"] if a is not None]
             rows.append({
@@ -142,6 +171,7 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
                 "coverage_95": float(np.mean(r["cov"])) if r["cov"] else None,
                 "per_prompt_auroc": float(np.mean(aucs)) if aucs else None,
                 "seconds_per_fit": r["sec"] / reps if method != "plain" else None,
+                "lowest_alpha": float(np.median(lowest["err"])) if lowest and design == "auto" else None,
             })
             print(_line(rows[-1]), file=sys.stderr, flush=True)
     return truth_info, rows
@@ -200,7 +230,8 @@ def markdown(record: dict) -> str:
                              f"{fmt(r['median_abs_log10_error'], '.2f')} / {fmt(r['coverage_95'], '.2f')}"
                              + (f" / {fmt(r['per_prompt_auroc'], '.2f')}" if r["per_prompt_auroc"] is not None else "")
                              + (f" ({r['null']} null)" if r["null"] else "")
-                             + (f" ({r['warned']} warned)" if r.get("warned") else ""))
+                             + (f" ({r['warned']} warned)" if r.get("warned") else "")
+                             + (f" (lowest alpha {r['lowest_alpha']:g})" if r.get("lowest_alpha") is not None else ""))
             lines.append(f"| {budget} | " + " | ".join(cells) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
