@@ -140,7 +140,7 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
             for design, alphas in designs.items() if path_too else ():
                 if alphas is None:
                     cells = planned(rng, pool, budget, prompts)
-                    results["lowest", design]["err"].append(min(c.alpha for c in cells))
+                    results["lowest", design]["err"].append(min(c.alpha for c in cells if c.alpha > 0.0))
                 else:
                     cells = subsample(rng, pool, spread(rng, budget, prompts, alphas))
                 fitted = {}
