@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.rate_pool import load_pool
-from study.analysis.estimate import METHODS, Cell, estimate_rate
+from study.analysis.estimate import METHODS, Cell, estimate_rate, guarded_from
 from study.analysis.plan import Taken, next_step
 from study.analysis.stats import auroc, wilson_interval
 
@@ -51,6 +51,19 @@ DESIGNS = {"0,0.5,1,2,4": (0.0, 0.5, 1.0, 2.0, 4.0), "0.5,1,2,4": (0.5, 1.0, 2.0
 """Alphas a budget is spread over: the study's default, the default without alpha 0, the default
 with 0.25 (close to 0, where a bend in the log-odds shows; needs a pool with 0.25); `auto` (None):
 the sampling plan chooses them."""
+
+
+def design(text: str) -> tuple[float, ...]:
+    """A named design, or alphas written a,b,c (ValueError naming the bad one)."""
+    if text in DESIGNS:
+        return DESIGNS[text]
+    alphas = []
+    for a in text.split(","):
+        try:
+            alphas.append(float(a))
+        except ValueError:
+            raise ValueError(f"not an alpha: {a!r} (in {text!r})") from None
+    return tuple(alphas)
 
 
 def pool_by_cell(rows: list[dict], max_tokens: int | None) -> dict[tuple[int, float], np.ndarray]:
@@ -128,12 +141,15 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
             for design, alphas in designs.items() if path_too else ():
                 if alphas is None:
                     cells = planned(rng, pool, budget, prompts)
-                    results["lowest", design]["err"].append(min(c.alpha for c in cells))
+                    results["lowest", design]["err"].append(min(c.alpha for c in cells if c.alpha > 0.0))
                 else:
                     cells = subsample(rng, pool, spread(rng, budget, prompts, alphas))
-                for method in methods:
+                fitted = {}
+                for method in sorted(methods, key=lambda m: m != "hierarchical"):
                     started = time.perf_counter()
-                    est = estimate_rate(cells, 0.0, method)
+                    # guarded is hierarchical with another lower bound: the same fit, not a second one
+                    est = fitted[method] = (guarded_from(fitted["hierarchical"]) if method == "guarded" and "hierarchical" in fitted
+                                            else estimate_rate(cells, 0.0, method))
                     r = results[method, design]
                     r["sec"] += time.perf_counter() - started
                     if est.rate is None:
@@ -212,28 +228,30 @@ def plot(rows: list[dict], truth: dict, path: Path, title: str) -> None:
 
 
 def markdown(record: dict) -> str:
-    """The docs' table: per budget, plain and the path estimate as error / coverage / AUROC: every
-    method on the study's default alphas, the hierarchical one on the other designs."""
+    """The docs' tables, one per design: per budget, plain and every method on that design as
+    error / coverage / AUROC."""
     rows = record["rows"]
-    default = next(iter(DESIGNS))
-    series = sorted({(r["method"], r["design"]) for r in rows
-                     if r["method"] != "plain" and (r["design"] == default or r["method"] == "hierarchical")})
+    designs = list(dict.fromkeys(r["design"] for r in rows if r["method"] != "plain"))
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    header = "| budget | plain: error / cover / AUROC | " + " | ".join(f"{m} [{d}]" for m, d in series) + " |"
-    lines = [header, "|" + "---|" * (2 + len(series))]
-    for budget in sorted({r["budget"] for r in rows}):
-        at = {(r["method"], r["design"]): r for r in rows if r["budget"] == budget}
-        cells = []
-        for key in [("plain", "-"), *series]:
-            r = at.get(key)
-            cells.append("" if r is None else
-                         f"{fmt(r['median_abs_log10_error'], '.2f')} / {fmt(r['coverage_95'], '.2f')}"
-                         + (f" / {fmt(r['per_prompt_auroc'], '.2f')}" if r["per_prompt_auroc"] is not None else "")
-                         + (f" ({r['null']} null)" if r["null"] else "")
-                         + (f" ({r['warned']} warned)" if r.get("warned") else "")
-                         + (f" (lowest alpha {r['lowest_alpha']:g})" if r.get("lowest_alpha") is not None else ""))
-        lines.append(f"| {budget} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    tables = []
+    for design in designs:
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["design"] == design))
+        header = f"Alphas {design}:\n\n| budget | plain: error / cover / AUROC | " + " | ".join(methods) + " |"
+        lines = [header, "|" + "---|" * (2 + len(methods))]
+        for budget in sorted({r["budget"] for r in rows}):
+            at = {(r["method"], r["design"]): r for r in rows if r["budget"] == budget}
+            cells = []
+            for key in [("plain", "-"), *((m, design) for m in methods)]:
+                r = at.get(key)
+                cells.append("" if r is None else
+                             f"{fmt(r['median_abs_log10_error'], '.2f')} / {fmt(r['coverage_95'], '.2f')}"
+                             + (f" / {fmt(r['per_prompt_auroc'], '.2f')}" if r["per_prompt_auroc"] is not None else "")
+                             + (f" ({r['null']} null)" if r["null"] else "")
+                             + (f" ({r['warned']} warned)" if r.get("warned") else "")
+                             + (f" (lowest alpha {r['lowest_alpha']:g})" if r.get("lowest_alpha") is not None else ""))
+            lines.append(f"| {budget} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--max-tokens", type=int, help="count a hit only if the detector needed at most this many tokens")
-    p.add_argument("--designs", help=f"some of {'; '.join(DESIGNS)} (separated by ';'; default: each whose alphas the pool has)")
+    p.add_argument("--designs", help=f"some of {'; '.join(DESIGNS)}, or any alphas a,b,c (designs separated by ';'; "
+                   "default: each named one whose alphas the pool has)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--whole", action="store_true", help="print each method's estimate from the whole pool and stop")
     p.add_argument("--markdown", action="store_true", help="print the table of <out>/<name>.json and stop")
@@ -257,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     pool = pool_by_cell(load_pool(args.pool), args.max_tokens)
     have = {a for _, a in pool}
     names = args.designs.split(";") if args.designs else [d for d, alphas in DESIGNS.items() if alphas is None or have >= set(alphas)]
-    designs = {d: DESIGNS[d] for d in names}
+    try:
+        designs = {d: design(d) for d in names}
+    except ValueError as e:
+        p.error(f"--designs: {e}")
     if args.whole:
         for a in sorted(have):
             hits, n = sum(int(h.sum()) for (_, b), h in pool.items() if b == a), sum(len(h) for (_, b), h in pool.items() if b == a)

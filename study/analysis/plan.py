@@ -24,7 +24,10 @@ spends what is left where the straight extrapolation is least certain.
    is closest to the target. When no rung had hits (the behaviour is too rare even at the top),
    the rest goes to the top.
 
-The descent stops early when another probe would eat into the rest and the target's share.
+The descent stops early when another probe would eat into the rest and the target's share. A
+budget under 120 (probes under `MIN_PROBE` samples, which would see nothing at the low alphas) is
+spread as the fixed default is, a fifth at each of 4, 2, 1, 0.5 and the target: the benchmark found
+the descent worse than the default there (more fits without a trend).
 Pure functions over counts: `next_step(budget, history)` is the step to take after `history` (the
 steps taken, each with the hits it found), None when the budget is spent. The plan is
 deterministic given the hits, so a resumed study replays it from the samples on disk. It spends
@@ -44,6 +47,11 @@ LEVELS = 7
 """Rungs of the ladder: the lowest is (top - target) / 64 above the target (0.0625 for 4 to 0)."""
 PROBE_SHARE = 10
 """Each descent probe spends budget // PROBE_SHARE samples."""
+MIN_PROBE = 12
+"""Below a probe of this many samples (a budget under 120) probes see nothing: the plan is then
+the fixed default's alphas, a fifth of the budget each."""
+FIXED = (1.0, 0.5, 0.25, 0.125, 0.0)
+"""The fixed default's alphas (4, 2, 1, 0.5, 0 for target 0) as fractions of top - target above it."""
 MIN_HITS = 3
 """A rung is measurable when its samples hold at least this many hits."""
 ANCHOR_SHARE = 0.2
@@ -92,6 +100,8 @@ def next_step(budget: int, history: Sequence[Taken], target: float = 0.0, top: f
         return None
     rungs = ladder(target, top)
     probe = max(1, budget // PROBE_SHARE)
+    if probe < MIN_PROBE:
+        return _fixed(budget, len(history), target, top)
     descent = _descent(history, rungs)
     if len(descent) == len(history):  # still descending
         if not descent:
@@ -102,6 +112,14 @@ def next_step(budget: int, history: Sequence[Taken], target: float = 0.0, top: f
             return Step(rungs[k + 1], min(probe, remaining),
                         f"step down: {last.hits} hits in {last.step.n} at alpha {last.step.alpha:g}", True)
     return _spend_rest(remaining, history, descent, rungs, target, budget)
+
+
+def _fixed(budget: int, k: int, target: float, top: float) -> Step:
+    """Step k of the fixed default's design: a fifth of the budget at each of its alphas, top first."""
+    per, extra = divmod(budget, len(FIXED))
+    alpha = target + (top - target) * FIXED[k]
+    return Step(alpha, per + (k < extra), f"a budget under {MIN_PROBE * PROBE_SHARE} is too small for probes: "
+                                          f"the fixed default's alphas, a fifth each")
 
 
 def _descent(history: Sequence[Taken], rungs: Sequence[float]) -> list[Taken]:

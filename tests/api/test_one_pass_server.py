@@ -1,12 +1,12 @@
 """One pass for an adapter pair (`--one-pass`) on a real TP=2 server, with an adapter loaded at
 runtime and the score route.
 
-One server for the module: a tiny Llama base with a rank-8 adapter as the after model (the before
-model is the base), `--one-pass`, `--tensor-parallel-size 2` (each rank its own core, as in
-test_scale_out.py) and runtime adapters allowed. Both ranks must say that they run one pass, and run
-every step as one (their step records, `LDA_STEP_TIMING_DIR`).
+One server for the module: a tiny Llama base with a rank-8 adapter (attention, MLP and the output
+head) as the after model, the base as the before model, `--one-pass`, `--tensor-parallel-size 2`
+(each rank its own core, as in test_scale_out.py) and runtime adapters allowed. Both ranks must
+say that they run one pass, and run every step as one (their step records, `LDA_STEP_TIMING_DIR`).
 Greedy tokens at alpha -1, 0, 1 and 3, in one batch, equal the independent reference (peft's
-`merge_and_unload` in plain transformers; the two-pass mode equals the same reference in
+`merge_and_unload` in plain transformers; the two-pass mode meets the same kind of reference in
 test_lora_server.py and tests/engine/test_lora_one_pass.py); so do a second adapter's, loaded
 through POST /v1/load_lora_adapter while one pass is on and decoding beside the first. POST
 /v1/lda/score on either adapter (one-pass scoring, promoted tokens) equals the reference's values.
@@ -25,7 +25,7 @@ import pytest
 
 from engine.env import BINDING_VARS
 from engine.reference import ReferencePair, score_tokens
-from tests.factories import build_adapter, build_model, merge_adapter
+from tests.factories import ATTENTION_AND_MLP, build_adapter, build_model, merge_adapter
 from tests.servers import free_port, start_server, tiny_server_env
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,8 @@ CONTINUATION = " Try a walk, a book, or a call to a friend."
 def models(models_root):
     root = models_root / "one-pass-server"
     base = build_model(root / "base", "llama", seed=2)
-    adapters = {"small": build_adapter(base, root / "small", rank=8, seed=1),
+    # The start-up adapter also targets the output head (its LoRA then runs on the gathered logits).
+    adapters = {"small": build_adapter(base, root / "small", rank=8, seed=1, targets=(*ATTENTION_AND_MLP, "lm_head")),
                 "runtime": build_adapter(base, root / "runtime", rank=16, seed=3)}
     merged = {name: merge_adapter(base, path, root / f"merged-{name}") for name, path in adapters.items()}
     return SimpleNamespace(base=base, adapters=adapters, merged=merged)
@@ -138,12 +139,18 @@ def test_scores_and_promoted_tokens_match_the_reference(server, references, runt
         body = reply.json()
         assert body["prompt_tokens"] == len(prompt_ids) and body["model"] == model
         for token, (after, before, amplified) in zip(body["tokens"], score_tokens(ref, prompt_ids, cont_ids, alpha), strict=True):
-            assert token["logp_after"] == pytest.approx(after, abs=1e-4)
-            assert token["logp_before"] == pytest.approx(before, abs=1e-4)
-            assert token["logp_amplified"] == pytest.approx(amplified, abs=1e-3)
+            # float32 against float32: 1e-4, or 1e-4 relative in the far tail (-37 and below)
+            assert token["logp_after"] == pytest.approx(after, abs=1e-4, rel=1e-4)
+            assert token["logp_before"] == pytest.approx(before, abs=1e-4, rel=1e-4)
+            assert token["logp_amplified"] == pytest.approx(amplified, abs=1e-3, rel=1e-4)
     with torch.no_grad():
         ids = torch.tensor([prompt_ids + cont_ids])
-        diff = ref.after(ids).logits[0].double().log_softmax(-1) - ref.before(ids).logits[0].double().log_softmax(-1)
+        ref_after = ref.after(ids).logits[0].double().log_softmax(-1)
+        diff = ref_after - ref.before(ids).logits[0].double().log_softmax(-1)
     for offset, token in enumerate(body["tokens"]):
-        best = torch.topk(diff[len(prompt_ids) - 1 + offset], 3)
-        assert [p["diff"] for p in token["promoted"]] == pytest.approx(best.values.tolist(), abs=1e-4)
+        row = len(prompt_ids) - 1 + offset
+        best = torch.topk(diff[row], 3)
+        for promoted, value, token_id in zip(token["promoted"], best.values.tolist(), best.indices.tolist(), strict=True):
+            # A diff of two logprobs: each within 1e-4 relative (the far tail, as above).
+            after = float(ref_after[row, token_id])
+            assert promoted["diff"] == pytest.approx(value, abs=1e-4 + 1e-4 * (abs(after) + abs(after - value)))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.rate_bench import pool_by_cell, run, spread
+import pytest
+
+from benchmarks.rate_bench import DESIGNS, design, pool_by_cell, run, spread
 from benchmarks.rate_pool import compact, expand, missing_jobs
 
 
@@ -68,3 +70,10 @@ def test_the_merged_after_model_gives_the_pairs_after_logits(tmp_path):
     assert torch.allclose(got, want, atol=1e-3)
     assert torch.equal(merged.get_input_embeddings().weight, embedding)
     assert not torch.equal(merged.lm_head.weight, embedding)  # the head's LoRA is in, untied
+
+
+def test_a_design_is_named_or_written_as_alphas():
+    assert design("1,2,4") == DESIGNS["1,2,4"] == (1.0, 2.0, 4.0)
+    assert design("0,0.125,0.25") == (0.0, 0.125, 0.25)
+    with pytest.raises(ValueError, match="not an alpha: 'x'"):
+        design("0,x")

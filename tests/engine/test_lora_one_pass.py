@@ -177,8 +177,8 @@ def test_scores_and_promoted_tokens_match_the_reference(pair, lora_models):
             ids = torch.tensor([prompt_ids + cont_ids])
             diff = ref.after(ids).logits[0].double().log_softmax(-1) - ref.before(ids).logits[0].double().log_softmax(-1)
         for offset, (token, values) in enumerate(zip(result.tokens, expected, strict=True)):
-            # float32 against float32: 1e-4, or 5e-5 relative for the far tail (-40 and below)
-            assert (token.logp_after, token.logp_before) == pytest.approx(values[:2], abs=1e-4, rel=5e-5)
+            # float32 against float32: 1e-4, or 1e-4 relative in the far tail (-40 and below)
+            assert (token.logp_after, token.logp_before) == pytest.approx(values[:2], abs=1e-4, rel=1e-4)
             assert token.logp_amplified == pytest.approx(values[2], abs=1e-3)
             best = torch.topk(diff[len(prompt_ids) - 1 + offset], 3).values.tolist()
             assert [p.diff for p in token.promoted] == pytest.approx(best, abs=1e-3)  # differences of far-tail logps

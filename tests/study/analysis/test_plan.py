@@ -122,4 +122,11 @@ def test_bad_budgets_and_histories_are_refused():
     with pytest.raises(ValueError, match="budget of at least 2"):
         next_step(1, [])
     with pytest.raises(ValueError, match="not its rung"):
-        next_step(100, [Taken(Step(2.0, 10, "x", descent=True), 3)])
+        next_step(1000, [Taken(Step(2.0, 100, "x", descent=True), 3)])
+
+
+def test_a_budget_too_small_for_probes_is_the_fixed_default():
+    history = simulate(119, lambda a: expit(-3.0 + a))
+    assert [(t.step.alpha, t.step.n) for t in history] == [(4.0, 24), (2.0, 24), (1.0, 24), (0.5, 24), (0.0, 23)]
+    assert "too small for probes" in history[0].step.reason
+    assert descent(simulate(120, lambda a: expit(-3.0 + a)))[0] == 4.0
