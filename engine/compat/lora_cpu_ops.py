@@ -211,6 +211,15 @@ def onednn_handlers(a: torch.Tensor, b: torch.Tensor) -> list | None:
 FUSED = FusedLinearLoRA()
 
 
+def set_onednn(model, on: bool) -> bool:
+    """The fused op's products on oneDNN handlers (True, the default) or aten matmuls, in a running
+    worker (`LLM.apply_model(partial(set_onednn, on=...))`), to compare the two; True."""
+    if FUSED.onednn != on:
+        FUSED.onednn = on
+        FUSED.slots_written()  # rebuild the stacked weights the chosen way
+    return True
+
+
 def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs):
     """`PunicaWrapperCPU.add_lora_linear`, fused (see the module's docstring); a caller's own
     buffer or extra options go to vLLM's original."""
