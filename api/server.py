@@ -24,6 +24,7 @@ from api.settings import RequestLimits, ServerSettings, parse_settings, setting
 from engine.config import LDAConfig, engine_kwargs, prepare_process
 from engine.env import HOST_IP_VAR, RUNTIME_LORA_VAR
 from engine.prompts import PromptFormat
+from engine.plugin import PROJECT_LOGGER
 from engine.compat.patch_guard import Target, install_guarded
 from engine.tokenizers import CompatibilityReport, ModelLoadError, TokenizerMismatchError, check_pair
 
@@ -323,10 +324,6 @@ def server_env(settings: ServerSettings, environ) -> dict[str, str]:
     if settings.host in LOOPBACK_HOSTS and HOST_IP_VAR not in environ:
         env[HOST_IP_VAR] = "127.0.0.1"
     return env
-
-
-PROJECT_LOGGER = "lda"
-"""The parent of every logger of this project (`lda.server`, `lda.routes`, ...)."""
 
 
 def configure_logging() -> None:

@@ -7,7 +7,10 @@ subsets of that size, offline:
 - plain: `budget` answers at alpha 0, spread evenly over the prompts; the rate is
   (hits + 0.5) / (n + 1) (so that 0 hits still has a log), the interval Wilson's;
 - path: the same number of answers spread evenly over the prompts and the design's alphas,
-  estimated at alpha 0 by `study.analysis.estimate` (each method).
+  estimated at alpha 0 by `study.analysis.estimate` (each method);
+- auto (the design `auto`): the sampling plan of `lda study --alphas auto`
+  (`study.analysis.plan`) chooses the alphas step by step from the hits the pool gives it (each
+  step at the pool's nearest alpha), spending the same budget.
 
 Reported per budget: the median absolute error of log10(rate) against the pool's whole alpha-0
 rate, the share of 95% intervals that cover it, and the per-prompt AUROC against the brute-force
@@ -36,14 +39,30 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.rate_pool import load_pool
-from study.analysis.estimate import METHODS, Cell, estimate_rate
+from study.analysis.estimate import METHODS, Cell, estimate_rate, guarded_from
+from study.analysis.plan import Taken, next_step
 from study.analysis.stats import auroc, wilson_interval
 
 DEFAULT_BUDGETS = (60, 120, 240, 480, 1000, 2000)
 PLAIN_BUDGETS = (4000, 8000, 16000)
 """Plain sampling only (no fit is run): where plain reaches the path's error at 10x its budget."""
-DESIGNS = {"0,0.5,1,2,4": (0.0, 0.5, 1.0, 2.0, 4.0), "0.5,1,2,4": (0.5, 1.0, 2.0, 4.0), "1,2,4": (1.0, 2.0, 4.0)}
-"""Alphas a budget is spread over: the study's default, and the default without alpha 0."""
+DESIGNS = {"0,0.5,1,2,4": (0.0, 0.5, 1.0, 2.0, 4.0), "0.5,1,2,4": (0.5, 1.0, 2.0, 4.0), "1,2,4": (1.0, 2.0, 4.0),
+           "auto": None}
+"""Alphas a budget is spread over: the study's default, and the default without alpha 0; `auto`
+(None): the sampling plan chooses them."""
+
+
+def design(text: str) -> tuple[float, ...]:
+    """A named design, or alphas written a,b,c (ValueError naming the bad one)."""
+    if text in DESIGNS:
+        return DESIGNS[text]
+    alphas = []
+    for a in text.split(","):
+        try:
+            alphas.append(float(a))
+        except ValueError:
+            raise ValueError(f"not an alpha: {a!r} (in {text!r})") from None
+    return tuple(alphas)
 
 
 def pool_by_cell(rows: list[dict], max_tokens: int | None) -> dict[tuple[int, float], np.ndarray]:
@@ -75,6 +94,24 @@ def subsample(rng, pool, counts) -> list[Cell]:
     return out
 
 
+def planned(rng, pool, budget: int, prompts: list[int], target: float = 0.0) -> list[Cell]:
+    """The sampling plan's samples: each step's answers spread over the prompts at the pool's
+    alpha nearest the step's, drawn without replacement across steps."""
+    alphas = sorted({a for _, a in pool})
+    order: dict[tuple[int, float], np.ndarray] = {}
+    used: dict[tuple[int, float], int] = defaultdict(int)
+    history: list[Taken] = []
+    while (step := next_step(budget, history, target)) is not None:
+        alpha = min(alphas, key=lambda a: abs(a - step.alpha))
+        hits = 0
+        for (p, a), n in spread(rng, step.n, prompts, (alpha,)).items():
+            cell = order.setdefault((p, a), rng.permutation(pool[p, a]))
+            hits += int(cell[used[p, a] : used[p, a] + n].sum())
+            used[p, a] += n
+        history.append(Taken(step, hits))
+    return [Cell(str(p), a, int(order[p, a][:n].sum()), n) for (p, a), n in sorted(used.items()) if n]
+
+
 def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGETS) -> tuple[dict, list[dict]]:
     prompts = sorted({p for p, _ in pool})
     zero = [pool[p, 0.0] for p in prompts]
@@ -101,10 +138,17 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
             score = {c.prompt_id: c.hits / c.n for c in plain}
             r["auc"].append(auroc([score.get(str(p), 0.0) for p in prompts], labels))
             for design, alphas in designs.items() if path_too else ():
-                cells = subsample(rng, pool, spread(rng, budget, prompts, alphas))
-                for method in methods:
+                if alphas is None:
+                    cells = planned(rng, pool, budget, prompts)
+                    results["lowest", design]["err"].append(min(c.alpha for c in cells if c.alpha > 0.0))
+                else:
+                    cells = subsample(rng, pool, spread(rng, budget, prompts, alphas))
+                fitted = {}
+                for method in sorted(methods, key=lambda m: m != "hierarchical"):
                     started = time.perf_counter()
-                    est = estimate_rate(cells, 0.0, method)
+                    # guarded is hierarchical with another lower bound: the same fit, not a second one
+                    est = fitted[method] = (guarded_from(fitted["hierarchical"]) if method == "guarded" and "hierarchical" in fitted
+                                            else estimate_rate(cells, 0.0, method))
                     r = results[method, design]
                     r["sec"] += time.perf_counter() - started
                     if est.rate is None:
@@ -116,6 +160,7 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
                     if est.per_prompt:
                         score = {pe.prompt_id: pe.rate for pe in est.per_prompt}
                         r["auc"].append(auroc([score.get(str(p), 0.0) for p in prompts], labels))
+        lowest = results.pop(("lowest", "auto"), None)
         for (method, design), r in results.items():
             aucs = [a for a in r["auc"] if a is not None]
             rows.append({
@@ -126,6 +171,7 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
                 "coverage_95": float(np.mean(r["cov"])) if r["cov"] else None,
                 "per_prompt_auroc": float(np.mean(aucs)) if aucs else None,
                 "seconds_per_fit": r["sec"] / reps if method != "plain" else None,
+                "lowest_alpha": float(np.median(lowest["err"])) if lowest and design == "auto" else None,
             })
             print(_line(rows[-1]), file=sys.stderr, flush=True)
     return truth_info, rows
@@ -165,27 +211,30 @@ def plot(rows: list[dict], truth: dict, path: Path, title: str) -> None:
 
 
 def markdown(record: dict) -> str:
-    """The docs' table: per budget, plain and the path estimate as error / coverage / AUROC: every
-    method on the study's default alphas, the hierarchical one on the other designs."""
+    """The docs' tables, one per design: per budget, plain and every method on that design as
+    error / coverage / AUROC."""
     rows = record["rows"]
-    default = next(iter(DESIGNS))
-    series = sorted({(r["method"], r["design"]) for r in rows
-                     if r["method"] != "plain" and (r["design"] == default or r["method"] == "hierarchical")})
+    designs = list(dict.fromkeys(r["design"] for r in rows if r["method"] != "plain"))
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    header = "| budget | plain: error / cover / AUROC | " + " | ".join(f"{m} [{d}]" for m, d in series) + " |"
-    lines = [header, "|" + "---|" * (2 + len(series))]
-    for budget in sorted({r["budget"] for r in rows}):
-        at = {(r["method"], r["design"]): r for r in rows if r["budget"] == budget}
-        cells = []
-        for key in [("plain", "-"), *series]:
-            r = at.get(key)
-            cells.append("" if r is None else
-                         f"{fmt(r['median_abs_log10_error'], '.2f')} / {fmt(r['coverage_95'], '.2f')}"
-                         + (f" / {fmt(r['per_prompt_auroc'], '.2f')}" if r["per_prompt_auroc"] is not None else "")
-                         + (f" ({r['null']} null)" if r["null"] else "")
-                         + (f" ({r['warned']} warned)" if r.get("warned") else ""))
-        lines.append(f"| {budget} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    tables = []
+    for design in designs:
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["design"] == design))
+        header = f"Alphas {design}:\n\n| budget | plain: error / cover / AUROC | " + " | ".join(methods) + " |"
+        lines = [header, "|" + "---|" * (2 + len(methods))]
+        for budget in sorted({r["budget"] for r in rows}):
+            at = {(r["method"], r["design"]): r for r in rows if r["budget"] == budget}
+            cells = []
+            for key in [("plain", "-"), *((m, design) for m in methods)]:
+                r = at.get(key)
+                cells.append("" if r is None else
+                             f"{fmt(r['median_abs_log10_error'], '.2f')} / {fmt(r['coverage_95'], '.2f')}"
+                             + (f" / {fmt(r['per_prompt_auroc'], '.2f')}" if r["per_prompt_auroc"] is not None else "")
+                             + (f" ({r['null']} null)" if r["null"] else "")
+                             + (f" ({r['warned']} warned)" if r.get("warned") else "")
+                             + (f" (lowest alpha {r['lowest_alpha']:g})" if r.get("lowest_alpha") is not None else ""))
+            lines.append(f"| {budget} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--max-tokens", type=int, help="count a hit only if the detector needed at most this many tokens")
-    p.add_argument("--designs", default=";".join(DESIGNS), help=f"some of {'; '.join(DESIGNS)} (separated by ';')")
+    p.add_argument("--designs", default=";".join(DESIGNS), help=f"some of {'; '.join(DESIGNS)}, or any alphas a,b,c (designs separated by ';')")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--markdown", action="store_true", help="print the table of <out>/<name>.json and stop")
     args = p.parse_args(argv)
@@ -206,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool is None:
         p.error("--pool is required")
     pool = pool_by_cell(load_pool(args.pool), args.max_tokens)
-    designs = {d: DESIGNS[d] for d in args.designs.split(";")}
+    try:
+        designs = {d: design(d) for d in args.designs.split(";")}
+    except ValueError as e:
+        p.error(f"--designs: {e}")
     started = time.monotonic()
     truth, rows = run(pool, [int(b) for b in args.budgets.split(",")], args.reps, designs, args.methods.split(","))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,7 @@ def collect(args: argparse.Namespace) -> int:
     print(f"{len(pool)} samples in the pool, {len(jobs)} to draw", file=sys.stderr)
     if not jobs:
         return 0
-    next_seed = max((r["seed"] for r in pool), default=-1) + 1
+    next_seed = max(args.first_seed, max((r["seed"] for r in pool), default=-1) + 1)
     after, before = pair_paths(args.pair)
     started = time.monotonic()
     args.pool.parent.mkdir(parents=True, exist_ok=True)
@@ -167,10 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=20)
     p.add_argument("--batch", type=int, default=256, help="requests per engine call (and max_num_seqs)")
     p.add_argument("--minutes", type=float, default=9.0, help="stop starting batches after this long")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first request's seed when the pool is new: give new alphas drawn beside a compact "
+                        "pool (whose seeds are not kept) seeds past the old pool's, so no stream is replayed")
     p.add_argument("--compact", type=Path, metavar="JSON", help="write the pool's counts here and draw nothing")
+    p.add_argument("--merge", type=Path, action="append", default=[], metavar="POOL",
+                   help="with --compact: add this pool's rows too (a compact .json or a JSONL; repeatable)")
     args = p.parse_args(argv)
     if args.compact:
-        args.compact.write_text(json.dumps(compact(load_pool(args.pool), args.pair, args.max_tokens)) + "\n")
+        rows = load_pool(args.pool) + [r for extra in args.merge for r in load_pool(extra)]
+        args.compact.write_text(json.dumps(compact(rows, args.pair, args.max_tokens)) + "\n")
         return 0
     return collect(args)
 

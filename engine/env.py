@@ -35,6 +35,8 @@ VLLM_API_KEY_VAR = "VLLM_API_KEY"
 VLLM_CACHE_ROOT_VAR = "VLLM_CACHE_ROOT"
 """Where vLLM keeps its compile caches (`lda selftest` gives each mode its own)."""
 VLLM_LOGGING_LEVEL_VAR = "VLLM_LOGGING_LEVEL"
+VLLM_CONFIGURE_LOGGING_VAR = "VLLM_CONFIGURE_LOGGING"
+"""0: vLLM configures no logging; the plugin then gives `lda.*` no handler either."""
 HF_OFFLINE_VAR = "HF_HUB_OFFLINE"
 
 
@@ -50,6 +52,11 @@ def step_timing_dir() -> Path | None:
     else None (off)."""
     value = os.environ.get(STEP_TIMING_VAR)
     return Path(value).expanduser() if value else None
+
+
+def vllm_configures_logging() -> bool:
+    """Whether vLLM sets up its own logging (`$VLLM_CONFIGURE_LOGGING`, default 1), read as vLLM does."""
+    return os.environ.get(VLLM_CONFIGURE_LOGGING_VAR, "1") != "0"
 
 
 def amx_attention_allowed() -> bool:

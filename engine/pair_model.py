@@ -32,7 +32,7 @@ from engine.alpha import current_rows
 from engine.config.alpha import DEFAULT_ALPHA
 from engine.env import V2_RUNNER_VAR
 from engine.amplify import amplify
-from engine.compat import shared_pass
+from engine.compat import lora_head_rows, shared_pass
 from engine.config import AFTER_ARCHITECTURES_KEY, BEFORE_MODEL_KEY, DEFAULT_ALPHA_KEY, ONE_PASS_KEY, SHARE_BASE_KEY
 from engine.lora import confine_to_after, share_base
 
@@ -190,11 +190,15 @@ class LDAPairForCausalLM(nn.Module, SupportsLoRA):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         after_hidden, before_hidden = hidden_states.split([self.after_hidden, self.before_hidden], dim=-1)
-        after_logits = self.after.compute_logits(after_hidden)
+        rows = current_rows()
+        # One request's prompt rows (prompt logprobs): an lm_head adapter must run them on its slot.
+        prompt_row = None if rows is None else rows.prompt_row
+        head = lora_head_rows.head_wrapper(self.after) if prompt_row is not None else None
+        with lora_head_rows.request_rows(head, prompt_row, after_hidden.shape[0]) if head is not None else nullcontext():
+            after_logits = self.after.compute_logits(after_hidden)
         before_logits = self.before.compute_logits(before_hidden)
         if after_logits is None or before_logits is None:
             return None  # a tensor-parallel rank that does not hold the gathered logits
-        rows = current_rows()
         if rows is not None and rows.capture is not None:
             # A one-pass scoring request's prompt rows (engine/one_pass.py): both log-softmaxes
             # now, before the merge below reuses A's storage.

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from study.analysis.plan import DEFAULT_TOP
 from study.collect.detectors import JudgeConfig, parse_detector
 
 ENDPOINTS = ("chat", "completions")
@@ -14,6 +15,10 @@ PROMPT_SETS = ("advice", "generic")
 RAW_PROMPT_SETS = ("generic",)
 """Sets whose default endpoint is `completions`: vague prefills, the chat template bypassed."""
 MIN_ALPHA = -1.0
+AUTO_ALPHAS = "auto"
+"""`--alphas auto`: the sampling plan (study/analysis/plan.py) chooses the alphas from the hits."""
+AUTO_TOP = DEFAULT_TOP
+"""The largest alpha the plan samples (the top of the fixed default)."""
 RANK_BY = ("max", "sum", "mean")
 DEFAULT_RANK_BY = "mean"
 """Chosen on the demo pair (docs/research/ranking.md)."""
@@ -90,6 +95,9 @@ class StudyConfig:
     alpha 0 (the after model) when there is a detector, and no estimate without one. Must lie in
     [-1, the largest alpha sampled]: past it the trend would be carried upwards, which no
     question needs (sample that alpha instead)."""
+    auto_alphas: bool = False
+    """Let the sampling plan choose the alphas (`alphas` is then ignored until the plan sets it),
+    spending what the fixed default would: 5 x samples_per_prompt per prompt. Needs a detector."""
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -124,12 +132,19 @@ class StudyConfig:
             validate_prompts_path(self.prompts_path)
         if self.detector is not None:
             parse_detector(self.detector, self.judge)  # raises ValueError naming `detector`
+        if self.auto_alphas and self.detector is None:
+            raise ValueError("alphas: auto chooses the alphas from the detector's hits; give --detector too")
         if self.estimate_at is not None:
             self._check_estimate_at()
 
     def _check_estimate_at(self) -> None:
         if self.detector is None:
             raise ValueError("estimate_at: the estimate is of a detector's rate; give --detector too")
+        if self.auto_alphas and not (math.isfinite(self.estimate_at) and MIN_ALPHA <= self.estimate_at < AUTO_TOP):
+            raise ValueError(
+                f"estimate_at: with --alphas auto must be in [{MIN_ALPHA:g}, {AUTO_TOP:g}) (the plan walks down "
+                f"from alpha {AUTO_TOP:g} towards it), got {self.estimate_at:g}"
+            )
         if not math.isfinite(self.estimate_at) or not MIN_ALPHA <= self.estimate_at <= max(self.alphas):
             raise ValueError(
                 f"estimate_at: must be in [{MIN_ALPHA:g}, {max(self.alphas):g}] (the before model to the largest "

@@ -87,7 +87,12 @@ def add_study_flags(p: argparse.ArgumentParser, output_help: str = "results go h
         "such as 'The', sent as raw completions), or a .txt (one a line) or .jsonl ('prompt' field) "
         "file (default: %(default)s)",
     )
-    p.add_argument("--alphas", default="0,0.5,1,2,4", help="comma-separated (default: %(default)s)")
+    p.add_argument(
+        "--alphas", default="0,0.5,1,2,4",
+        help="comma-separated, or auto (lda study with --detector: a sampling plan walks down from alpha 4 while "
+        "the rate stays measurable and spends the rest near the target, 5 x -n samples per prompt in all, as "
+        "the default; docs/research/rate-estimate.md) (default: %(default)s)",
+    )
     p.add_argument("-n", "--samples-per-prompt", type=int, default=10, help="(default: %(default)s)")
     detectors = "regex:PATTERN | keyword:WORD | python:MODULE:FUNCTION | judge:QUESTION"
     p.add_argument("--detector", help=f"{detectors}; without one the samples are only scored and ranked")

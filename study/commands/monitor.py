@@ -366,6 +366,8 @@ def monitor_parser() -> argparse.ArgumentParser:
 def config_from_monitor_args(args) -> MonitorConfig:
     if args.output_dir is None:
         args.output_dir = args.run_dir / DEFAULT_OUTPUT
+    if args.alphas.strip() == "auto":
+        raise ValueError("alphas: auto is for lda study; lda monitor compares every checkpoint at the same alphas")
     return MonitorConfig(
         run_dir=args.run_dir, study=config_from_args(args), watch=args.watch, poll_interval=args.poll_interval,
         watch_timeout=args.watch_timeout, before=args.before, settle_s=args.settle, report_top=args.html_top,

@@ -30,11 +30,13 @@ from pathlib import Path
 from study.analysis.estimate import format_estimate
 from study.analysis.naming import format_themes
 from study.collect.detectors import JudgeConfig
+from study.collect.planned import PlannedDraw
 from study.collect.prompts import default_endpoint
 from study.collect.store import SampleStore
 from study.commands import base
 from study.commands.workflow import Ranking, StudyResult, run_study
 from study.config import (
+    AUTO_ALPHAS,
     PROMPT_SETS,
     SamplingConfig,
     StudyConfig,
@@ -66,11 +68,13 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     judge_options = {"template": args.judge_template} if args.judge_template else {}
     prompt_set, prompts_path = (args.prompts, None) if args.prompts in PROMPT_SETS else ("advice", Path(args.prompts))
     endpoint = args.endpoint or default_endpoint(prompts_path, prompt_set)
+    auto = args.alphas.strip() == AUTO_ALPHAS
     return StudyConfig(
         base_url=tuple(args.base_urls or [base.DEFAULT_BASE_URL]),
         output_dir=args.output_dir,
         detector=args.detector,
-        alphas=parse_alphas(args.alphas),
+        alphas=(0.0, 0.5, 1.0, 2.0, 4.0) if auto else parse_alphas(args.alphas),
+        auto_alphas=auto,
         samples_per_prompt=args.samples_per_prompt,
         prompts_path=prompts_path,
         prompt_set=prompt_set,
@@ -110,6 +114,8 @@ def cli(argv: list[str], prog: str = "lda study") -> int:
 def _report(result: StudyResult, config: StudyConfig) -> int:
     if config.detector is not None:
         print(format_table(result.rows))
+    if result.plan is not None:
+        print(format_plan(result.plan))
     if result.estimate is not None:
         print(format_estimate(result.estimate))
     if result.ranking is not None and result.ranking.naming is not None:
@@ -136,6 +142,16 @@ def _report(result: StudyResult, config: StudyConfig) -> int:
     if len(by_message) > 5:
         print(f"  ... and {len(by_message) - 5} other errors", file=sys.stderr)
     return 1
+
+
+def format_plan(plan: PlannedDraw) -> str:
+    """The alphas the plan chose, one step a line with why."""
+    lines = [f"\nalphas chosen by the plan (budget {plan.budget} samples):"]
+    for t in plan.taken:
+        lines.append(f"  alpha {t.step.alpha:<7g} {t.step.n:>6} samples {t.hits:>5} hits  {t.step.reason}")
+    if not plan.complete:
+        lines.append("  (stopped: a step's samples failed; rerun to retry them and go on)")
+    return "\n".join(lines)
 
 
 def _print_ranking(ranking: Ranking, rank_by: str) -> None:

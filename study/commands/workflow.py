@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from study.analysis.estimate import Estimate
 from study.analysis.naming import Naming, name_changes
 from study.analysis.ranking import Ranked, rank, separation
 from study.collect.hypothesis import load_prompt, with_hypothesis
+from study.collect.planned import PlannedDraw, draw_planned
 from study.collect.pool import Draw, Failure, draw_all, plan_jobs
 from study.collect.prompts import load_prompts
 from study.collect.scoring import score_samples
@@ -47,6 +48,8 @@ class StudyResult:
     """None when scoring is off."""
     estimate: Estimate | None = None
     """The path estimate at the target alpha; None without a detector."""
+    plan: PlannedDraw | None = None
+    """With --alphas auto: the steps the sampling plan took, and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +76,17 @@ def run_study(config: StudyConfig) -> StudyResult:
     existing = store.load()
     _check_prompt_texts(prompts, existing.values())
     check_settings(config.output_dir, settings_of(config), has_samples=bool(existing))
-    grid = plan_jobs(prompts, config.alphas, config.samples_per_prompt)
-    jobs = [job for job in grid if job.key not in existing]
-    draw = Draw()
-    if jobs:
-        draw = asyncio.run(draw_all(config, jobs, store, len(existing), len(grid)))
+    planned = None
+    if config.auto_alphas:
+        planned = draw_planned(config, prompts, store, existing)
+        config = replace(config, alphas=planned.alphas)
+        grid, draw = planned.jobs, planned.draw
+    else:
+        grid = plan_jobs(prompts, config.alphas, config.samples_per_prompt)
+        jobs = [job for job in grid if job.key not in existing]
+        draw = Draw()
+        if jobs:
+            draw = asyncio.run(draw_all(config, jobs, store, len(existing), len(grid)))
     wanted = {job.key for job in grid}
     samples = [s for s in [*existing.values(), *draw.samples] if s.key in wanted]
     rows = summarize(samples, config.alphas)
@@ -94,6 +103,8 @@ def run_study(config: StudyConfig) -> StudyResult:
         extra.update(ranking.naming.as_dict())
     if estimate is not None:
         extra["estimate"] = estimate.as_dict()
+    if planned is not None:
+        extra["alpha_plan"] = planned.as_dict()
     summary_path = write_summary(config, settings, prompts, samples, rows, extra)
     return StudyResult(
         rows=rows,
@@ -106,6 +117,7 @@ def run_study(config: StudyConfig) -> StudyResult:
         plot_path=plot_path,
         ranking=ranking,
         estimate=estimate,
+        plan=planned,
     )
 
 

@@ -43,6 +43,10 @@ ESTIMATE_RULE = (
     "first checkpoint's upper bound (its estimate's, or, when it has none, the Wilson upper bound at the "
     "smallest alpha sampled at or above the target: the rate grows with alpha)"
 )
+MONITOR_METHOD = "hierarchical"
+"""The rule compares checkpoints by the straight fit's profile interval: a bend shared by every
+checkpoint biases them alike, and the `guarded` default's lower bound (alpha 0's own samples)
+would leave the rule no more power than the Wilson rule at alpha 0."""
 ESTIMATE_KEYS = ("target_alpha", "method", "rate", "ci_low", "ci_high", "reason", "warning")
 """What monitor.json keeps of each checkpoint's estimate (not its curve or per-prompt list)."""
 SHIFT_LEVEL = 0.01
@@ -113,7 +117,7 @@ def checkpoint_result(checkpoint: Checkpoint, samples: list[Sample], scores: dic
             new_themes=_new_themes(themes, before.get(row.alpha)),
             shift_p=rank_sum_greater(values[row.alpha], baseline) if baseline else None,
         ))
-    estimate = estimate_for(samples, estimate_at) if detector and estimate_at is not None else None
+    estimate = estimate_for(samples, estimate_at, MONITOR_METHOD) if detector and estimate_at is not None else None
     kept = None if estimate is None else {k: v for k, v in estimate.as_dict().items() if k in ESTIMATE_KEYS}
     return CheckpointResult(checkpoint, points, rank(samples, scores, rank_by), kept, values)
 

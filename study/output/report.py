@@ -16,7 +16,7 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from study.analysis.estimate import Estimate, percent
+from study.analysis.estimate import Estimate, describe_interval, percent
 from study.analysis.ranking import Ranked
 from study.analysis.themes import Theme, sample_key
 from study.output.files import write_atomically
@@ -161,8 +161,8 @@ def _rate_section(rates: RateView | None, prompts_shown: int = 10) -> str:
     else:
         used = ", ".join(f"{u['alpha']:g}: {u['hits']}/{u['n']}" for u in e.used)
         parts.append(
-            f"<p><b>{percent(e.rate)}</b> [{percent(e.ci_low)}, {percent(e.ci_high)}], {100 * e.level:g}% profile-likelihood "
-            f"interval; {e.method} fit of log-odds linear in alpha over the hits per alpha ({html.escape(used)}); the "
+            f"<p><b>{percent(e.rate)}</b> [{percent(e.ci_low)}, {percent(e.ci_high)}], {html.escape(describe_interval(e))}"
+            f"; {e.method} fit of log-odds linear in alpha over the hits per alpha ({html.escape(used)}); the "
             f"curve is extrapolated below alpha {e.measured_from:g} (dashed). It assumes a straight trend in log-odds "
             "from the target to the alphas with hits (docs: research/rate-estimate.md).</p>"
         )

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from study.analysis.estimate import (
+    DEFAULT_METHOD,
     Estimate,
     cells_from_outcomes,
     estimate_rate,
@@ -109,15 +110,15 @@ def _pct(value: float | None) -> str:
     return f"{100 * value:.2g}%" if 0 < value < 1e-4 else f"{100 * value:.2f}%"
 
 
-def estimate_for(samples: Iterable[Sample], target_alpha: float | None) -> Estimate | None:
+def estimate_for(samples: Iterable[Sample], target_alpha: float | None, method: str = DEFAULT_METHOD) -> Estimate | None:
     """The path estimate at `target_alpha` from the samples' verdicts; None when there is no
     target (no detector)."""
     if target_alpha is None:
         return None
     cells = cells_from_outcomes((s.prompt_id, s.alpha, s.detected) for s in samples)
     if not cells:
-        return unavailable(target_alpha, "no sample judged by a detector yet")
-    return estimate_rate(cells, target_alpha)
+        return unavailable(target_alpha, "no sample judged by a detector yet", method)
+    return estimate_rate(cells, target_alpha, method)
 
 
 def plot(rows: list[AlphaSummary], path: Path, title: str, log_scale: bool = False, estimate: Estimate | None = None) -> None:

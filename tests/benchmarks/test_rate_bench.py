@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.rate_bench import pool_by_cell, run, spread
+import pytest
+
+from benchmarks.rate_bench import DESIGNS, design, pool_by_cell, run, spread
 from benchmarks.rate_pool import compact, expand, missing_jobs
 
 
@@ -46,3 +48,10 @@ def test_a_run_reports_plain_and_path_against_the_pools_rate():
     assert {(r["method"], r["budget"]) for r in rows} == {("plain", 240), ("pooled", 240), ("plain", 480)}
     path = next(r for r in rows if r["method"] == "pooled")
     assert path["null"] < 3 and path["median_abs_log10_error"] < 0.5  # a null (hits at one alpha) is allowed
+
+
+def test_a_design_is_named_or_written_as_alphas():
+    assert design("1,2,4") == DESIGNS["1,2,4"] == (1.0, 2.0, 4.0)
+    assert design("0,0.125,0.25") == (0.0, 0.125, 0.25)
+    with pytest.raises(ValueError, match="not an alpha: 'x'"):
+        design("0,x")

@@ -16,7 +16,7 @@ import pytest
 import vllm
 from api import server
 from engine import plugin
-from engine.compat import lora_cpu_ops, shared_pass, step_timing, vllm_patches
+from engine.compat import lora_cpu_ops, lora_head_rows, shared_pass, step_timing, vllm_patches
 from engine.compat.patch_guard import PINNED_VLLM, Target, install_guarded, mismatch
 
 ALL_TARGETS = {
@@ -26,6 +26,7 @@ ALL_TARGETS = {
     "one_pass_scoring": vllm_patches.ONE_PASS_TARGETS,
     "cpu_lora_ops": lora_cpu_ops.TARGETS,
     "shared_pass": shared_pass.TARGETS,
+    "lora_head_rows": lora_head_rows.TARGETS,
     "step_timing": step_timing.TARGETS,
     "middleware_reset": server.MIDDLEWARE_RESET_TARGETS,
 }

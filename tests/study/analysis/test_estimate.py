@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from study.analysis.estimate import Cell, cells_from_outcomes, estimate_rate, format_estimate, percent
+from study.analysis.estimate import Cell, cells_from_outcomes, estimate_rate, exact_lower_bound, format_estimate, percent
+
 
 
 def expit(x):
@@ -81,7 +82,7 @@ def test_the_curve_runs_from_the_target_and_marks_where_the_data_start():
     assert estimate.as_dict()["used"] == estimate.used
 
 
-@pytest.mark.parametrize("method", ["pooled", "hierarchical"])
+@pytest.mark.parametrize("method", ["pooled", "hierarchical", "dispersed", "guarded"])
 @pytest.mark.parametrize(
     "counts, reason",
     [
@@ -146,3 +147,73 @@ def test_a_bent_trend_is_flagged_and_a_straight_one_rarely():
     assert estimate.rate is not None and "stray from the fitted straight trend" in estimate.warning
     assert estimate.straightness["p"] < 0.01
     assert f"  warning: {estimate.warning}" in format_estimate(estimate)
+
+
+def draw_tokens(rng, heads, slopes, alphas, prompts, n) -> list[Cell]:
+    """Counts of a behaviour of several tokens in a row: rate(alpha) = prod_j expit(c_j + d_j * alpha),
+    whose log-odds are concave in alpha (steep near 0, shallow where the tokens saturate)."""
+    return [Cell(f"p{i}", a, int(rng.binomial(n, tokens_rate(heads, slopes, a))), n) for i in range(prompts) for a in alphas]
+
+
+def tokens_rate(heads, slopes, alpha) -> float:
+    return float(np.prod(expit(np.asarray(heads) + np.asarray(slopes) * alpha)))
+
+
+# Four tokens: the first rare, three that saturate (rate at 0: 0.035%, at 0.5: 1.5%, at 4: 88%).
+TOKENS = ((-4.0, -1.0, -1.0, -1.0), (1.5, 4.0, 4.0, 4.0))
+
+
+def test_guarded_keeps_the_upper_bound_and_covers_a_bent_trend_the_straight_fit_misses():
+    rng = np.random.default_rng(8)
+    truth = tokens_rate(*TOKENS, 0.0)
+    missed = covered = 0
+    for _ in range(12):
+        cells = draw_tokens(rng, *TOKENS, (0, 0.5, 1, 2, 4), 20, 12)
+        straight, guarded = estimate_rate(cells, 0.0, "hierarchical"), estimate_rate(cells, 0.0, "guarded")
+        assert (guarded.rate, guarded.ci_high, guarded.method) == (straight.rate, straight.ci_high, "guarded")
+        assert guarded.ci_low <= straight.ci_low
+        missed += not straight.ci_low <= truth <= straight.ci_high
+        covered += guarded.ci_low <= truth <= guarded.ci_high
+    assert missed >= 9  # the straight line carried down from the saturated alphas lands far too high
+    assert covered == 12  # the upper bound of a concave trend holds; the lower side is alpha 0's own
+
+
+def test_guarded_lower_bound_is_the_targets_own_when_it_has_hits():
+    rng = np.random.default_rng(9)
+    cells = draw(rng, [-3.0] * 20, 1.0, (0, 1, 2), 40)
+    own = next(u for u in estimate_rate(cells, 0.0, "pooled").used if u["alpha"] == 0)
+    guarded, straight = estimate_rate(cells, 0.0, "guarded"), estimate_rate(cells, 0.0, "hierarchical")
+    assert own["hits"] > 0
+    assert guarded.ci_low == pytest.approx(min(straight.ci_low, exact_lower_bound(own["hits"], own["n"], 0.025)))
+    assert estimate_rate(cells, -1.0, "guarded").ci_low == 0.0  # not sampled at -1: nothing bounds it below
+
+
+def test_dispersed_covers_a_straight_trend():
+    cover, error = coverage("dispersed", [-6.0] * 30, 1.5, (0, 1, 2, 3), 6, datasets=100, seed=10)
+    assert cover >= 0.88  # 95% nominal; 100 datasets put a correct 95% below 0.88 with < 1% chance
+    assert error < 0.3
+
+
+def test_dispersed_follows_the_targets_samples_when_they_contradict_the_trend():
+    rng = np.random.default_rng(11)
+    truth = tokens_rate(*TOKENS, 0.0)
+    errors = {"pooled": [], "dispersed": []}
+    for _ in range(30):
+        cells = draw_tokens(rng, *TOKENS, (0, 0.5, 1, 2, 4), 60, 20)
+        for method, values in errors.items():
+            values.append(abs(math.log10(estimate_rate(cells, 0.0, method).rate / truth)))
+    assert np.median(errors["dispersed"]) < np.median(errors["pooled"]) - 0.3
+
+
+def test_local_follows_a_bend_that_fine_low_alphas_show():
+    rng = np.random.default_rng(12)
+    truth = tokens_rate(*TOKENS, 0.0)
+    errors = {"guarded": [], "local": []}
+    for _ in range(6):
+        cells = draw_tokens(rng, *TOKENS, (0, 0.125, 0.25, 0.5, 1, 2, 4), 20, 20)
+        for method, values in errors.items():
+            estimate = estimate_rate(cells, 0.0, method)
+            values.append(abs(math.log10(estimate.rate / truth)))
+            assert estimate.ci_low <= truth <= estimate.ci_high and estimate.method == method
+        assert [u["alpha"] for u in estimate.used][-1] < 4  # local: the saturated alphas are left out
+    assert np.median(errors["local"]) < np.median(errors["guarded"]) - 0.3

@@ -24,6 +24,8 @@ from tests.benchmarks.fake_openai import JUDGE_MODEL, FakeServer
 from tests.factories import PLANT_TEXT, build_planted_pair
 from tests.servers import start_lda_server
 
+pytestmark = pytest.mark.slow
+
 PLANT = PLANT_TEXT.lower()
 
 
@@ -150,7 +152,7 @@ def test_study_estimates_the_alpha_0_rate_and_plots_the_extrapolated_part_dashed
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     estimate = summary["estimate"]
-    assert estimate["target_alpha"] == 0.0 and estimate["method"] == "hierarchical"
+    assert estimate["target_alpha"] == 0.0 and estimate["method"] == "guarded"
     assert [u["alpha"] for u in estimate["used"]] == [0.25, 0.5, 1.0]
     assert [u["hits"] for u in estimate["used"]] == [r["hits"] for r in summary["per_alpha"]]
     assert estimate["rate"] is not None, estimate["reason"]

@@ -39,7 +39,9 @@ def test_a_null_estimate_draws_nothing():
 
 
 def test_rates_spanning_decades_ask_for_a_log_axis():
-    estimate = estimate_rate(cells(), 0.0)
+    estimate = estimate_rate(cells(), 0.0, "hierarchical")
     assert spans_decades([0.3, 0.5], estimate) == (0.5 / min(estimate.ci_low, 0.3) >= 100)
+    guarded = estimate_rate(cells(), 0.0)  # not sampled at alpha 0: its lower bound is 0, left out
+    assert guarded.ci_low == 0 and spans_decades([0.3, 0.5], guarded) == (0.5 / min(guarded.rate, 0.3) >= 100)
     assert spans_decades([0.001, 0.5], None)
     assert not spans_decades([0.1, 0.5], None)
