@@ -3,10 +3,12 @@
 vLLM 0.32's LoRA head (`LogitsProcessorWithLoRA._get_logits`) adds the adapters' deltas with the
 punica wrapper's `sampler_indices`: one adapter slot per *sampled* row of the step. The runner's
 prompt-logprobs loop (`GPUModelRunner._get_prompt_logprobs_dict`) calls `compute_logits` on one
-request's *prompt* rows instead, whose count differs, and the op fails: the engine dies ("The
-shape of the mask [2] at index 0 does not match the shape of the indexed tensor [16, 64]"), with
-one pass or two. Scoring (engine/scoring.py) asks for prompt logprobs, so an adapter that targets
-the lm_head took the engine down on its first scoring request.
+request's *prompt* rows instead, whose count differs. Where the step's requests ran on two or
+more slots (two adapters, or an adapter and none), the op fails and the engine dies ("The shape of
+the mask [2] at index 0 does not match the shape of the indexed tensor [16, 64]"), with one pass
+or two; where they ran on one slot, the rows got it by chance. Scoring (engine/scoring.py) asks
+for prompt logprobs, so scoring in a mixed batch with LoRA on the head (an adapter that targets
+the lm_head, or runtime adapters: vLLM then wraps every layer) took the engine down.
 
 `request_rows` makes `sampler_indices` that request's slot on each of its n prompt rows while its
 logits are computed, then puts the step's indices back. The pair model calls it
