@@ -101,7 +101,10 @@ class FusedLinearLoRA:
     def __init__(self) -> None:
         self.generation = 0
         """Bumped whenever vLLM writes a LoRA slot: every stacked copy older than it is stale."""
-        self.weights: dict[int, tuple] = {}
+        self.weights: dict[int, dict] = {}
+        self.onednn = True
+        """Run the products on vLLM's oneDNN GEMM handlers where it has them (off: the aten
+        matmuls of the float32 path, which `benchmarks/lora_ops_bench.py` compares against)."""
         self.adapter_rows: int | None = None
         """In a one-pass step of a shared-base pair (engine/compat/shared_pass.py), the after
         rows: the first `adapter_rows` rows of every input; the rest are the before stack's rows,
@@ -120,12 +123,16 @@ class FusedLinearLoRA:
         return [(s, (indices == s).nonzero().squeeze(1)) for s in present]
 
     def stacked(self, lora_a: tuple[torch.Tensor, ...], lora_b: tuple[torch.Tensor, ...], dtype: torch.dtype):
-        """(A, B) for every slot: A [slots, n * rank, in] float32, B [slots, sum(out), n * rank] block-diagonal in `dtype`."""
+        """The layer's stacked weights for every slot, built at most once per slot generation:
+        `a` [slots, n * rank, in] float32 and `b` [slots, sum(out), n * rank] block-diagonal in
+        `dtype`, and where vLLM's oneDNN GEMM can run them (`onednn_handlers`), `gemm`: per slot
+        the (shrink, expand) handlers holding packed copies of a[slot] and b[slot] in `dtype`."""
         key = id(lora_a[0])
         entry = self.weights.get(key)
-        if entry is not None and entry[0] == self.generation and entry[1] is lora_a[0] and entry[2].dtype == dtype:
-            return entry[3], entry[2]
-        a = torch.cat([t.squeeze(1) for t in lora_a], dim=1).float()
+        if entry is not None and entry["generation"] == self.generation and entry["anchor"] is lora_a[0] \
+                and entry["b"].dtype == dtype:
+            return entry
+        a = torch.cat([t.squeeze(1) for t in lora_a], dim=1)
         slots, rank = lora_b[0].shape[0], lora_b[0].shape[-1]
         outs = [t.shape[2] for t in lora_b]
         b = lora_b[0].new_zeros((slots, sum(outs), rank * len(lora_b)), dtype=dtype)
@@ -133,8 +140,11 @@ class FusedLinearLoRA:
         for i, t in enumerate(lora_b):
             b[:, row : row + outs[i], i * rank : (i + 1) * rank] = t.squeeze(1)
             row += outs[i]
-        self.weights[key] = (self.generation, lora_a[0], b, a)
-        return a, b
+        entry = {"generation": self.generation, "anchor": lora_a[0], "a": a.float(), "b": b, "gemm": None}
+        if self.onednn and a.dtype == dtype:
+            entry["gemm"] = onednn_handlers(a, b)
+        self.weights[key] = entry
+        return entry
 
     def apply(self, wrapper, y: torch.Tensor, x: torch.Tensor, lora_a, lora_b, scale: float, output_slices) -> None:
         groups = getattr(wrapper, "lda_row_groups", None)
@@ -142,13 +152,28 @@ class FusedLinearLoRA:
             groups = wrapper.lda_row_groups = self.groups(wrapper.token_lora_indices)
         if not groups:
             return
-        a, b = self.stacked(lora_a, lora_b, y.dtype)
+        entry = self.stacked(lora_a, lora_b, y.dtype)
         out_y = y.view(-1, y.shape[-1])
-        x = x.view(-1, x.shape[-1]).float()
-        if self.adapter_rows is not None:
+        x = x.view(-1, x.shape[-1])
+        if self.adapter_rows is not None:  # before any cast: the before rows need none
             out_y, x = out_y[: self.adapter_rows], x[: self.adapter_rows]
         width = sum(output_slices)
         target = out_y[:, :width] if width != out_y.shape[1] else out_y
+        gemm = entry["gemm"]
+        if gemm is not None and scale == 1.0 and x.dtype == y.dtype:
+            # vLLM's oneDNN GEMM on packed weights: the shrink rounded to y's dtype from its
+            # float32 accumulator, as the float32 path below does at scale 1 (what vLLM passes).
+            from vllm import _custom_ops as ops
+
+            for slot, rows in groups:
+                shrink, expand = gemm[slot]
+                if rows is None:
+                    target += ops.onednn_mm(expand, ops.onednn_mm(shrink, x, None), None)
+                else:
+                    target.index_add_(0, rows, ops.onednn_mm(expand, ops.onednn_mm(shrink, x[rows], None), None))
+            return
+        a, b = entry["a"], entry["b"]
+        x = x.float()
         if len(groups) == 1 and groups[0][1] is None:
             slot = groups[0][0]
             shrunk = x @ a[slot].T
@@ -165,7 +190,34 @@ class FusedLinearLoRA:
         target += delta
 
 
+def onednn_handlers(a: torch.Tensor, b: torch.Tensor) -> list | None:
+    """Per slot, vLLM's oneDNN GEMM handlers (shrink by a[slot], expand by b[slot]), the ones its
+    CPU linear layers run on (`vllm._custom_ops.create_onednn_mm`); None where this build of vLLM
+    has no oneDNN or refuses the shapes. A handler holds its own packed copy of the weights.
+
+    Why: one aten matmul on a few rows costs 100 to 200 us in the worker (dispatch, a oneDNN
+    primitive looked up per call, casts to float32 and back), where the packed oneDNN GEMM costs
+    about half (benchmarks/lora_ops_bench.py; docs/performance/lora.md)."""
+    from vllm import _custom_ops as ops
+
+    if not getattr(ops, "_supports_onednn", False) or a.dtype not in (torch.bfloat16, torch.float32):
+        return None
+    try:
+        return [(ops.create_onednn_mm(a[s].t(), 32), ops.create_onednn_mm(b[s].t(), 32)) for s in range(a.shape[0])]
+    except RuntimeError:
+        return None
+
+
 FUSED = FusedLinearLoRA()
+
+
+def set_onednn(model, on: bool) -> bool:
+    """The fused op's products on oneDNN handlers (True, the default) or aten matmuls, in a running
+    worker (`LLM.apply_model(partial(set_onednn, on=...))`), to compare the two; True."""
+    if FUSED.onednn != on:
+        FUSED.onednn = on
+        FUSED.slots_written()  # rebuild the stacked weights the chosen way
+    return True
 
 
 def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs):

@@ -5,7 +5,9 @@ appends one JSON line per model step to `<dir>/steps-<pid>.jsonl`: the step's sc
 and requests, and the wall time of the whole step (`execute_model` plus `sample_tokens`), of the
 model's forward, of `compute_logits` (the head; for the pair both heads and the merge), of the
 sampler, and for the pair each stack's forward (in a one-pass step of an adapter pair, both
-stacks run as "after", and the record's `one_pass` is true; false when that pair ran two passes). It works for any model vLLM serves, so the pair
+stacks run as "after", and the record's `one_pass` is true; false when that pair ran two passes;
+its `lora_onednn` says whether the fused CPU LoRA ran on oneDNN handlers or aten matmuls,
+engine/compat/lora_cpu_ops.py). It works for any model vLLM serves, so the pair
 and the after model alone can be compared step for step; `lda bench --step-timing` does that.
 
     python -m engine.compat.step_timing DIR      # the summary table of a folder of step files
@@ -116,7 +118,10 @@ def _wrap_runner(GPUModelRunner, log: StepLog) -> None:  # noqa: N803 - the clas
         log.begin(scheduler_output.total_num_scheduled_tokens, len(scheduler_output.num_scheduled_tokens))
         shared = getattr(self.model, "shared_pass", None)
         if shared is not None:  # an adapter pair with one pass installed: which mode ran the step
+            from engine.compat.lora_cpu_ops import FUSED
+
             log.current["one_pass"] = shared.enabled
+            log.current["lora_onednn"] = FUSED.onednn
         output = execute_model(self, scheduler_output, *args, **kwargs)
         if output is not None:  # no sampling this step (nothing scheduled, or a pipeline stage)
             log.end()

@@ -97,3 +97,29 @@ def test_groups_name_each_slot_and_leave_out_base_rows():
     assert [(s, r.tolist()) for s, r in groups] == [(0, [2]), (1, [0, 3])]
     assert ours.FUSED.groups(torch.tensor([2, 2, 2])) == [(2, None)]
     assert ours.FUSED.groups(torch.tensor([-1, -1])) == []
+
+
+@pytest.mark.parametrize("batch", ["one adapter", "two adapters and base rows"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_the_onednn_products_equal_the_aten_ones(batch, dtype):
+    """At scale 1 (what vLLM passes) the products run on vLLM's packed oneDNN GEMM: the same
+    output as the float32 aten path (`FUSED.onednn` off), and the one-pass before rows untouched."""
+    slices, token_ids = (48, 16, 16), BATCHES[batch]
+    a, b = _weights(slices, dtype)
+    g = torch.Generator().manual_seed(5)
+    n = len(token_ids)
+    x = torch.randn(2 * n, IN, generator=g).to(dtype)  # a one-pass step: after rows, then before rows
+    y = torch.randn(2 * n, sum(slices), generator=g).to(dtype)
+    outputs = {}
+    try:
+        for onednn in (False, True):
+            ours.FUSED.onednn, ours.FUSED.adapter_rows = onednn, n
+            ours.FUSED.slots_written()
+            outputs[onednn] = y.clone()
+            ours.add_lora_linear(_wrapper(token_ids, False), outputs[onednn], x, a, b, 1.0, slices)
+            assert (ours.FUSED.weights[id(a[0])]["gemm"] is not None) == onednn
+    finally:
+        ours.FUSED.onednn, ours.FUSED.adapter_rows = True, None
+    torch.testing.assert_close(outputs[True], outputs[False], rtol=0, atol=1e-2 if dtype == torch.bfloat16 else 1e-5)
+    assert torch.equal(outputs[True][n:], y[n:])
+    assert not torch.equal(outputs[True][:n], y[:n])
