@@ -47,9 +47,10 @@ DEFAULT_BUDGETS = (60, 120, 240, 480, 1000, 2000)
 PLAIN_BUDGETS = (4000, 8000, 16000)
 """Plain sampling only (no fit is run): where plain reaches the path's error at 10x its budget."""
 DESIGNS = {"0,0.5,1,2,4": (0.0, 0.5, 1.0, 2.0, 4.0), "0.5,1,2,4": (0.5, 1.0, 2.0, 4.0), "1,2,4": (1.0, 2.0, 4.0),
-           "auto": None}
-"""Alphas a budget is spread over: the study's default, and the default without alpha 0; `auto`
-(None): the sampling plan chooses them."""
+           "0,0.25,0.5,1,2,4": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), "auto": None}
+"""Alphas a budget is spread over: the study's default, the default without alpha 0, the default
+with 0.25 (close to 0, where a bend in the log-odds shows; needs a pool with 0.25); `auto` (None):
+the sampling plan chooses them."""
 
 
 def design(text: str) -> tuple[float, ...]:
@@ -177,6 +178,22 @@ def run(pool, budgets, reps, designs, methods, seed=0, plain_budgets=PLAIN_BUDGE
     return truth_info, rows
 
 
+def whole(pool, designs, methods) -> list[dict]:
+    """Each method's estimate at alpha 0 from the whole pool on each design (the path at its
+    largest budget), to set beside the pool's own alpha-0 rate."""
+    out = []
+    for design, alphas in designs.items():
+        if alphas is None:
+            continue
+        cells = [Cell(str(p), a, int(h.sum()), len(h)) for (p, a), h in sorted(pool.items()) if a in alphas]
+        for method in methods:
+            est = estimate_rate(cells, 0.0, method)
+            out.append({"design": design, "method": method, "rate": est.rate, "ci_low": est.ci_low,
+                        "ci_high": est.ci_high, "reason": est.reason, "warning": est.warning,
+                        "n": sum(c.n for c in cells)})
+    return out
+
+
 def _line(row: dict) -> str:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     return (f"{row['budget']:>6} {row['method']:<13} {row['design']:<12} err {fmt(row['median_abs_log10_error'], '.3f')}"
@@ -245,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)))
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--max-tokens", type=int, help="count a hit only if the detector needed at most this many tokens")
-    p.add_argument("--designs", default=";".join(DESIGNS), help=f"some of {'; '.join(DESIGNS)}, or any alphas a,b,c (designs separated by ';')")
+    p.add_argument("--designs", help=f"some of {'; '.join(DESIGNS)}, or any alphas a,b,c (designs separated by ';'; "
+                   "default: each named one whose alphas the pool has)")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--whole", action="store_true", help="print each method's estimate from the whole pool and stop")
     p.add_argument("--markdown", action="store_true", help="print the table of <out>/<name>.json and stop")
     args = p.parse_args(argv)
     if args.markdown:
@@ -255,10 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool is None:
         p.error("--pool is required")
     pool = pool_by_cell(load_pool(args.pool), args.max_tokens)
+    have = {a for _, a in pool}
+    names = args.designs.split(";") if args.designs else [d for d, alphas in DESIGNS.items() if alphas is None or have >= set(alphas)]
     try:
-        designs = {d: design(d) for d in args.designs.split(";")}
+        designs = {d: design(d) for d in names}
     except ValueError as e:
         p.error(f"--designs: {e}")
+    if args.whole:
+        for a in sorted(have):
+            hits, n = sum(int(h.sum()) for (_, b), h in pool.items() if b == a), sum(len(h) for (_, b), h in pool.items() if b == a)
+            low, high = wilson_interval(hits, n)
+            print(f"alpha {a:g}: {hits}/{n} = {100 * hits / n:.3g}% [{100 * low:.3g}, {100 * high:.3g}]")
+        for row in whole(pool, designs, args.methods.split(",")):
+            print(json.dumps(row))
+        return 0
     started = time.monotonic()
     truth, rows = run(pool, [int(b) for b in args.budgets.split(",")], args.reps, designs, args.methods.split(","))
     args.out.mkdir(parents=True, exist_ok=True)

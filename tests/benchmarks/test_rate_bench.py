@@ -50,6 +50,28 @@ def test_a_run_reports_plain_and_path_against_the_pools_rate():
     assert path["null"] < 3 and path["median_abs_log10_error"] < 0.5  # a null (hits at one alpha) is allowed
 
 
+def test_the_merged_after_model_gives_the_pairs_after_logits(tmp_path):
+    """`--pair lora-merged` samples alpha 0 from one model: its logits must be the adapter on its
+    base (head LoRA included), and its input embedding the base's (the base ties the two)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from benchmarks.rate_pool import merged_after, pair_paths
+
+    after, before = pair_paths("lora")
+    merged = AutoModelForCausalLM.from_pretrained(merged_after(tmp_path / "merged"), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(before, dtype=torch.float32)
+    reference = PeftModel.from_pretrained(base, after)
+    ids = AutoTokenizer.from_pretrained(before)("How can I choose a good book?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        want, got = reference(ids).logits, merged(ids).logits
+        embedding = base.get_input_embeddings().weight
+    assert torch.allclose(got, want, atol=1e-3)
+    assert torch.equal(merged.get_input_embeddings().weight, embedding)
+    assert not torch.equal(merged.lm_head.weight, embedding)  # the head's LoRA is in, untied
+
+
 def test_a_design_is_named_or_written_as_alphas():
     assert design("1,2,4") == DESIGNS["1,2,4"] == (1.0, 2.0, 4.0)
     assert design("0,0.125,0.25") == (0.0, 0.125, 0.25)
