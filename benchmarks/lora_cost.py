@@ -1,7 +1,7 @@
 """What serving a LoRA adapter as the after model costs against serving it merged, offline.
 
     python -m benchmarks.lora_cost [--rank 32] [--concurrency 16 64] [--rounds 3] [--alone] [--no-merged]
-                                   [--aten] [--output out.json]
+                                   [--onednn] [--output out.json]
 
 Builds (once, cached under LDA_CACHE_DIR) a random LoRA adapter on SmolLM2-135M-Instruct's
 attention and MLP projections and the same adapter merged into a full copy with peft's
@@ -13,9 +13,9 @@ as one batch, greedy, ignore_eos, alpha 1) in interleaved rounds, so a slow spel
 machine hits all: the adapter pair in one pass, the same engine in two passes (one pass switched
 off in the worker: `engine.compat.shared_pass.set_enabled`), the merged pair. `--alone` then
 closes the pairs and measures the merged (after) model served alone by vLLM, the same rounds.
-`--no-merged` starts the adapter pair alone (one engine), one pass against two passes. `--aten`
-adds the one pass with the fused CPU LoRA's products as aten matmuls (`FUSED.onednn` off in the
-worker, as before 2026-12-07), interleaved with the rest: the oneDNN handlers' gain at the same load.
+`--no-merged` starts the adapter pair alone (one engine), one pass against two passes. `--onednn`
+adds the one pass with the fused CPU LoRA's products on vLLM's oneDNN handlers (`FUSED.onednn` on
+in the worker; the default is aten matmuls), interleaved with the rest, to compare at the same load.
 
 With `LDA_STEP_TIMING_DIR` set, each worker records its steps (engine/compat/step_timing.py; the
 adapter pair's records say which mode ran them) and the decode step medians are printed per
@@ -66,7 +66,7 @@ def _pair_generate(pair):
     return generate
 
 
-def _one_pass(pair, on: bool, onednn: bool = True):
+def _one_pass(pair, on: bool, onednn: bool = False):
     from engine.compat.lora_cpu_ops import set_onednn
     from engine.compat.shared_pass import set_enabled
 
@@ -118,11 +118,11 @@ def _step_tables(folder: Path, workers: dict[str, int], batch_sizes: tuple[int, 
         if not path.exists():
             continue
         steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        modes = sorted({(s.get("one_pass"), s.get("lora_onednn", True)) for s in steps}, key=str)
+        modes = sorted({(s.get("one_pass"), s.get("lora_onednn", False)) for s in steps}, key=str)
         for mode, onednn in modes:
             label = name if mode is None else f"{name} {'one pass' if mode else 'two passes'}"
-            label += "" if onednn else " aten"
-            chosen = [s for s in steps if (s.get("one_pass"), s.get("lora_onednn", True)) == (mode, onednn)]
+            label += " oneDNN" if onednn else ""
+            chosen = [s for s in steps if (s.get("one_pass"), s.get("lora_onednn", False)) == (mode, onednn)]
             rows += [(label, r) for r in summarize(chosen, batch_sizes) if r.kind == "decode"]
     return format_summary(rows) if rows else "(no step records)"
 
@@ -135,8 +135,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--alone", action="store_true", help="also the merged model served alone, after the pairs")
     parser.add_argument("--no-merged", action="store_true",
                         help="the adapter pair alone, one pass against two passes (one engine: no merged pair)")
-    parser.add_argument("--aten", action="store_true",
-                        help="also the one pass with the LoRA products as aten matmuls (before the oneDNN handlers)")
+    parser.add_argument("--onednn", action="store_true",
+                        help="also the one pass with the LoRA products on vLLM's oneDNN handlers")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.rounds < 1 or any(c < 1 for c in args.concurrency) or args.rank < 1:
@@ -166,21 +166,21 @@ def main(argv: list[str]) -> int:
     if "merged" in pairs:
         report["weight_ratio"] = report["adapter_weight_bytes"] / report["merged_weight_bytes"]
     runs = {"one_pass": _one_pass(pairs["adapter"], True), "two_pass": _one_pass(pairs["adapter"], False)}
-    if args.aten:
-        runs["one_pass_aten"] = _one_pass(pairs["adapter"], True, onednn=False)
+    if args.onednn:
+        runs["one_pass_onednn"] = _one_pass(pairs["adapter"], True, onednn=True)
     if "merged" in pairs:
         runs["merged"] = _pair_generate(pairs["merged"])
     for generate in runs.values() if args.concurrency else ():
         generate(4)  # warm-up
     for c, rates in _rounds(runs, args.concurrency, args.rounds).items():
         ratios = {"one_pass_over_two_pass": _ratio(rates, "one_pass", "two_pass")}
-        if "one_pass_aten" in rates:
-            ratios["one_pass_over_one_pass_aten"] = _ratio(rates, "one_pass", "one_pass_aten")
+        if "one_pass_onednn" in rates:
+            ratios["one_pass_onednn_over_one_pass"] = _ratio(rates, "one_pass_onednn", "one_pass")
         if "merged" in rates:
             ratios.update(one_pass_over_merged=_ratio(rates, "one_pass", "merged"),
                           two_pass_over_merged=_ratio(rates, "two_pass", "merged"))
-            if "one_pass_aten" in rates:
-                ratios["one_pass_aten_over_merged"] = _ratio(rates, "one_pass_aten", "merged")
+            if "one_pass_onednn" in rates:
+                ratios["one_pass_onednn_over_merged"] = _ratio(rates, "one_pass_onednn", "merged")
         report[f"c{c}"] = {**{f"{name}_tok_s": r for name, r in rates.items()}, **ratios}
         line = ", ".join(f"{name} {statistics.median(r):.0f}" for name, r in rates.items())
         said = ", ".join(f"{k.replace('_over_', ' / ')} {v['median']:.2f}" for k, v in ratios.items())

@@ -94,8 +94,9 @@ def main(argv: list[str]) -> int:
             old = None if args.one_pass else _time_us(lambda: run(per_slice), args.iters, args.stat)
         finally:
             ops.FUSED.adapter_rows = None
+        default = ops.FUSED.onednn
         aten, onednn = fused(False), fused(True)
-        ops.FUSED.onednn = True
+        ops.FUSED.onednn = default
         base = _time_us(lambda: [vllm_ops.onednn_mm(handlers[k], inputs[k], None) for k in layers], args.iters, args.stat)
         said_old = f"{'-':>10}" if old is None else f"{old:>10.0f}"
         print(f"{n:>5} {said_old} {aten:>11.0f} {onednn:>13.0f} {aten / onednn:>8.2f}x {base:>11.0f}", flush=True)

@@ -19,6 +19,7 @@ shared modules. Every room may import the shared modules; analysis no other room
       promoted     promoted tokens -> themes
       naming       a study's scores -> themes and token aggregates
       estimate     the path estimate: the rate at an alpha, fitted along the alphas sampled
+      plan         `--alphas auto`: which alpha to sample next, from the hits so far
 
     collect/     talking to servers and keeping what they answer
       server       the one server lifecycle: start on a free loopback port, wait for /health, stop
@@ -26,6 +27,7 @@ shared modules. Every room may import the shared modules; analysis no other room
       prompts      the prompts sampled
       detectors    hit or miss for one answer
       pool         concurrent jobs, resumable
+      planned      draws an `--alphas auto` plan step by step, resuming from the samples on disk
       store        samples.jsonl
       scoring      per-token attribution from the server, scores.jsonl
       settings     study.json: what the samples mean

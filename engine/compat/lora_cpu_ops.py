@@ -102,9 +102,11 @@ class FusedLinearLoRA:
         self.generation = 0
         """Bumped whenever vLLM writes a LoRA slot: every stacked copy older than it is stale."""
         self.weights: dict[int, dict] = {}
-        self.onednn = True
-        """Run the products on vLLM's oneDNN GEMM handlers where it has them (off: the aten
-        matmuls of the float32 path, which `benchmarks/lora_ops_bench.py` compares against)."""
+        self.onednn = False
+        """Run the products on vLLM's oneDNN GEMM handlers where it has them. Off by default:
+        twice as fast as the aten matmuls alone (`benchmarks/lora_ops_bench.py`) but slower in the
+        engine's worker on 2 cores (139 against 88 ms a one-pass step at batch 16, interleaved:
+        `benchmarks/lora_cost.py --onednn`; docs/performance/lora.md)."""
         self.adapter_rows: int | None = None
         """In a one-pass step of a shared-base pair (engine/compat/shared_pass.py), the after
         rows: the first `adapter_rows` rows of every input; the rest are the before stack's rows,
@@ -212,7 +214,7 @@ FUSED = FusedLinearLoRA()
 
 
 def set_onednn(model, on: bool) -> bool:
-    """The fused op's products on oneDNN handlers (True, the default) or aten matmuls, in a running
+    """The fused op's products on oneDNN handlers (True) or aten matmuls (False, the default), in a running
     worker (`LLM.apply_model(partial(set_onednn, on=...))`), to compare the two; True."""
     if FUSED.onednn != on:
         FUSED.onednn = on

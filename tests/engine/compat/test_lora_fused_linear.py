@@ -102,7 +102,7 @@ def test_groups_name_each_slot_and_leave_out_base_rows():
 @pytest.mark.parametrize("batch", ["one adapter", "two adapters and base rows"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_the_onednn_products_equal_the_aten_ones(batch, dtype):
-    """At scale 1 (what vLLM passes) the products run on vLLM's packed oneDNN GEMM: the same
+    """At scale 1 (what vLLM passes) the products can run on vLLM's packed oneDNN GEMM: the same
     output as the float32 aten path (`FUSED.onednn` off), and the one-pass before rows untouched."""
     slices, token_ids = (48, 16, 16), BATCHES[batch]
     a, b = _weights(slices, dtype)
@@ -110,7 +110,7 @@ def test_the_onednn_products_equal_the_aten_ones(batch, dtype):
     n = len(token_ids)
     x = torch.randn(2 * n, IN, generator=g).to(dtype)  # a one-pass step: after rows, then before rows
     y = torch.randn(2 * n, sum(slices), generator=g).to(dtype)
-    outputs = {}
+    outputs, default = {}, ours.FUSED.onednn
     try:
         for onednn in (False, True):
             ours.FUSED.onednn, ours.FUSED.adapter_rows = onednn, n
@@ -119,7 +119,7 @@ def test_the_onednn_products_equal_the_aten_ones(batch, dtype):
             ours.add_lora_linear(_wrapper(token_ids, False), outputs[onednn], x, a, b, 1.0, slices)
             assert (ours.FUSED.weights[id(a[0])]["gemm"] is not None) == onednn
     finally:
-        ours.FUSED.onednn, ours.FUSED.adapter_rows = True, None
+        ours.FUSED.onednn, ours.FUSED.adapter_rows = default, None
     torch.testing.assert_close(outputs[True], outputs[False], rtol=0, atol=1e-2 if dtype == torch.bfloat16 else 1e-5)
     assert torch.equal(outputs[True][n:], y[n:])
     assert not torch.equal(outputs[True][:n], y[:n])
