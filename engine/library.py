@@ -132,7 +132,7 @@ class LDAModelPair:
     """Both models of a pair in one vLLM engine.
 
     `engine_options` are `EngineOptions` fields (vLLM's names): device, dtype, max_model_len,
-    max_num_seqs, max_num_batched_tokens, enable_prefix_caching, kv_cache_memory_gb,
+    max_num_seqs, max_num_batched_tokens, enable_prefix_caching, block_size, kv_cache_memory_gb,
     gpu_memory_utilization, tensor_parallel_size, enforce_eager, seed.
 
     `model_after_id` may be a PEFT LoRA adapter; `model_before_id` then defaults to its base.

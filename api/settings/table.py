@@ -96,6 +96,7 @@ SETTINGS = (
     Setting("--seed", "SEED", "engine.seed", "engine seed", kind=int),
     Setting("--cpu-bind", "LDA_CPU_BIND", "engine.cpu_bind", "CPU only: all (the worker on every core) or vllm (vLLM's binding)"),
     Setting("--enforce-eager", "ENFORCE_EAGER", "engine.enforce_eager", "disable torch.compile and CUDA graphs (default: on for CPU)", kind=bool),
+    Setting("--block-size", "BLOCK_SIZE", "engine.block_size", "tokens per KV-cache block, the unit of a prefix-cache hit (default: vLLM's, 128 on CPU)", kind=int),
     Setting("--no-prefix-caching", "DISABLE_PREFIX_CACHING", "engine.enable_prefix_caching", "turn prefix caching off", kind=bool, negates=True),
     # Who may call.
     Setting("--api-key", "LDA_API_KEY", "access.api_key", "key every route but /health requires (Authorization: Bearer KEY or X-API-Key: KEY)"),

@@ -44,6 +44,11 @@ class EngineOptions:
     max_num_batched_tokens: int | None = None
     """Token budget of one step; None: vLLM's."""
     enable_prefix_caching: bool = True
+    block_size: int | None = None
+    """Tokens per KV-cache block, the unit of a prefix-cache hit; None: vLLM's (128 on CPU, 16 on
+    most GPUs). On CPU a prompt shorter than one block is never reused from the cache, so a study
+    that samples each short prompt many times prefills it again every time: 32 lets prompts of
+    32 tokens and more hit (measured on the demo pair's 37-44-token prompts, docs/research/rate-estimate.md)."""
     kv_cache_memory_gb: float | None = None
     """KV-cache size in GiB. None: CPU_KV_CACHE_GB on CPU, vLLM's `gpu_memory_utilization` share on GPU."""
     gpu_memory_utilization: float = 0.9
@@ -78,6 +83,8 @@ class EngineOptions:
         _at_least("max_num_batched_tokens", self.max_num_batched_tokens, 8)
         _at_least("tensor_parallel_size", self.tensor_parallel_size, 1)
         _at_least("data_parallel_size", self.data_parallel_size, 1)
+        if self.block_size is not None and (self.block_size < 16 or self.block_size % 16):
+            raise ValueError(f"block_size must be a multiple of 16 (16, 32, ... 256); got {self.block_size}")
         if self.kv_cache_memory_gb is not None and not self.kv_cache_memory_gb > 0:
             raise ValueError(f"kv_cache_memory_gb must be > 0; got {self.kv_cache_memory_gb}")
         if not 0 < self.gpu_memory_utilization <= 1:

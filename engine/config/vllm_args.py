@@ -90,7 +90,8 @@ def engine_kwargs(config: LDAConfig, tokenizer: str | None = None) -> dict[str, 
     )
     kwargs.update(lora_kwargs(config))
     kwargs.update(parallel_kwargs(opts))
-    kwargs.update(_given(max_model_len=opts.max_model_len, max_num_batched_tokens=opts.max_num_batched_tokens))
+    kwargs.update(_given(max_model_len=opts.max_model_len, max_num_batched_tokens=opts.max_num_batched_tokens,
+                         block_size=opts.block_size))
     if opts.served_model_name:
         kwargs["served_model_name"] = opts.served_model_name
     kwargs.update(memory_kwargs(opts, device))

@@ -59,7 +59,8 @@ def test_each_setting_reads_its_flag_and_its_variable(monkeypatch, row):
               "access.api_key": ("k1", "k2"), "engine.served_model_name": ("n1", "n2"), "server.host": ("0.0.0.0", "::1")},
         int: {"engine.data_parallel_size_local": ("1", "0"), "engine.pipeline_parallel_size": ("1", "1"),
               "pair.max_lora_rank": ("16", "32"), "pair.max_loras": ("4", "5"), "server.port": ("8001", "8002"),
-              "engine.max_model_len": ("64", "128"), "engine.max_num_batched_tokens": ("64", "128")},
+              "engine.max_model_len": ("64", "128"), "engine.max_num_batched_tokens": ("64", "128"),
+              "engine.block_size": ("32", "64")},
         float: {"engine.gpu_memory_utilization": ("0.5", "0.7"), "alpha.default_alpha": ("2.0", "3.0")},
     }
     if row.group == "pair" and row.name in ("after", "before", "adapters"):
@@ -101,6 +102,7 @@ def _plain(value):
         (["--default-alpha", "500"], "default_alpha must be a finite number in [-1, max_alpha=100]; got 500.0 (set by --default-alpha or LDA_DEFAULT_ALPHA)"),
         (["--device", "tpu"], "device must be one of auto, cpu, cuda; got 'tpu' (set by --device or DEVICE)"),
         (["--port", "0"], "PORT must be in 1..65535; got 0"),
+        (["--block-size", "40"], "block_size must be a multiple of 16 (16, 32, ... 256); got 40 (set by --block-size or BLOCK_SIZE)"),
     ],
 )
 def test_errors_name_the_field_the_range_and_the_setting(argv, message):
