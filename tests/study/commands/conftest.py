@@ -1,4 +1,4 @@
-"""Fixtures shared by the command tests: the monitor tests' prompt file."""
+"""Fixtures shared by the command tests: the three-question prompt file of the monitor and `--alphas auto` tests."""
 
 from __future__ import annotations
 

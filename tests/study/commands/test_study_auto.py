@@ -4,7 +4,6 @@ steps are drawn, recorded in summary.json with why, spend the budget exactly, an
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -19,16 +18,9 @@ def server():
         yield fake
 
 
-@pytest.fixture
-def prompts_file(tmp_path: Path) -> Path:
-    path = tmp_path / "prompts.txt"
-    path.write_text("How do I sleep better?\nHow do I save money?\nAny tips for running?\n")
-    return path
-
-
-def test_auto_draws_the_plans_steps_and_records_why(server, tmp_path, prompts_file, capsys):
+def test_auto_draws_the_plans_steps_and_records_why(server, tmp_path, prompts, capsys):
     out = tmp_path / "study"
-    args = ["--base-url", server.url, "--prompts", str(prompts_file), "--alphas", "auto", "-n", "10",
+    args = ["--base-url", server.url, "--prompts", str(prompts), "--alphas", "auto", "-n", "10",
             "--detector", f"keyword:{KEYWORD.lower()}", "--seed", "7", "--max-tokens", "32", "--no-progress",
             "--no-score", "-o", str(out)]
     before = len(server.requests)
