@@ -135,15 +135,13 @@ def merged_after(folder: Path = MODELS_DIR / "lora-merged", pair: tuple[str, str
     the input embedding as the pair's engine has it (vLLM applies the head's LoRA to the logits)."""
     if (folder / "config.json").exists():
         return str(folder)
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from demo.training_run import untied_model
 
     after, before = pair or pair_paths("lora")
-    model = AutoModelForCausalLM.from_pretrained(before, dtype=torch.float32)
-    model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
-    model.config.tie_word_embeddings = False
-    merged = PeftModel.from_pretrained(model, after).merge_and_unload()
+    merged = PeftModel.from_pretrained(untied_model(Path(before)), after).merge_and_unload()
     merged.save_pretrained(folder)
     AutoTokenizer.from_pretrained(before).save_pretrained(folder)
     return str(folder)

@@ -202,7 +202,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja")
 
 
-def _untied_model(base: Path):
+def untied_model(base: Path):
     """The base model, its output head untied from the embedding (a copy) when it was tied."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -235,7 +235,7 @@ def merge_into_full(base: Path, adapter: Path, out_dir: Path) -> Path:
     from transformers import AutoConfig
 
     dtype = getattr(AutoConfig.from_pretrained(base), "torch_dtype", None) or "float32"
-    merged = PeftModel.from_pretrained(_untied_model(base), adapter).merge_and_unload()
+    merged = PeftModel.from_pretrained(untied_model(base), adapter).merge_and_unload()
     return _save_full(merged, base, out_dir, dtype)
 
 
@@ -244,7 +244,7 @@ def save_full_base(base: Path, out_dir: Path) -> Path:
     from transformers import AutoConfig
 
     dtype = getattr(AutoConfig.from_pretrained(base), "torch_dtype", None) or "float32"
-    return _save_full(_untied_model(base), base, out_dir, dtype)
+    return _save_full(untied_model(base), base, out_dir, dtype)
 
 
 def full_run(run: Path, base: Path, out_dir: Path) -> Path:

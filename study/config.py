@@ -15,10 +15,10 @@ PROMPT_SETS = ("advice", "generic")
 RAW_PROMPT_SETS = ("generic",)
 """Sets whose default endpoint is `completions`: vague prefills, the chat template bypassed."""
 MIN_ALPHA = -1.0
+DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0)
+"""The alphas a study samples unless told (`--alphas`)."""
 AUTO_ALPHAS = "auto"
 """`--alphas auto`: the sampling plan (study/analysis/plan.py) chooses the alphas from the hits."""
-AUTO_TOP = DEFAULT_TOP
-"""The largest alpha the plan samples (the top of the fixed default)."""
 RANK_BY = ("max", "sum", "mean")
 DEFAULT_RANK_BY = "mean"
 """Chosen on the demo pair (docs/research/ranking.md)."""
@@ -64,7 +64,7 @@ class StudyConfig:
     detector: str | None = None
     """Detector spec: regex:PATTERN, keyword:WORD, python:module:function or judge:QUESTION;
     None explores: samples are only scored and ranked."""
-    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
     samples_per_prompt: int = 10
     prompts_path: Path | None = None
     """A .txt file (one prompt a line) or .jsonl ({"prompt": ..., optional "id": ...}); None: built-in set."""
@@ -140,10 +140,10 @@ class StudyConfig:
     def _check_estimate_at(self) -> None:
         if self.detector is None:
             raise ValueError("estimate_at: the estimate is of a detector's rate; give --detector too")
-        if self.auto_alphas and not (math.isfinite(self.estimate_at) and MIN_ALPHA <= self.estimate_at < AUTO_TOP):
+        if self.auto_alphas and not (math.isfinite(self.estimate_at) and MIN_ALPHA <= self.estimate_at < DEFAULT_TOP):
             raise ValueError(
-                f"estimate_at: with --alphas auto must be in [{MIN_ALPHA:g}, {AUTO_TOP:g}) (the plan walks down "
-                f"from alpha {AUTO_TOP:g} towards it), got {self.estimate_at:g}"
+                f"estimate_at: with --alphas auto must be in [{MIN_ALPHA:g}, {DEFAULT_TOP:g}) (the plan walks down "
+                f"from alpha {DEFAULT_TOP:g} towards it), got {self.estimate_at:g}"
             )
         if not math.isfinite(self.estimate_at) or not MIN_ALPHA <= self.estimate_at <= max(self.alphas):
             raise ValueError(

@@ -37,6 +37,7 @@ from study.commands import base
 from study.commands.workflow import Ranking, StudyResult, run_study
 from study.config import (
     AUTO_ALPHAS,
+    DEFAULT_ALPHAS,
     PROMPT_SETS,
     SamplingConfig,
     StudyConfig,
@@ -73,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         base_url=tuple(args.base_urls or [base.DEFAULT_BASE_URL]),
         output_dir=args.output_dir,
         detector=args.detector,
-        alphas=(0.0, 0.5, 1.0, 2.0, 4.0) if auto else parse_alphas(args.alphas),
+        alphas=DEFAULT_ALPHAS if auto else parse_alphas(args.alphas),
         auto_alphas=auto,
         samples_per_prompt=args.samples_per_prompt,
         prompts_path=prompts_path,
